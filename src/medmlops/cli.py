@@ -1,0 +1,168 @@
+"""The ``medmlops`` command line.
+
+User mistakes (a bad key, a missing file, a failed validation) end with one sentence on stderr and a non-zero
+exit code; bugs keep their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from medmlops.config import PROFILES, load_params, save_resolved
+from medmlops.errors import UserError
+
+log = logging.getLogger("medmlops")
+
+DATASET_CHOICES = ("ich", "aiforcovid", "brixia", "chexpert")
+
+
+def _quiet_third_parties() -> None:
+    # Telemetry off for every tool we drive (set here, in main(), never at import time).
+    for key, value in {
+        "GX_ANALYTICS_ENABLED": "false",
+        "DVC_NO_ANALYTICS": "1",
+        "BENTOML_DO_NOT_TRACK": "true",
+        "DO_NOT_TRACK": "1",
+        "HF_HUB_OFFLINE": "1",
+    }.items():
+        os.environ.setdefault(key, value)
+
+
+def _add_params_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument("--profile", choices=PROFILES, default=None, help="profile of overrides (default: the file's)")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)"
+    )
+
+
+def _params(args: argparse.Namespace):
+    return load_params(args.params, profile=args.profile, overrides=args.overrides)
+
+
+def _parse_shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError as exc:
+        raise UserError(f"--shape '{text}' must be integers separated by commas, e.g. 32,128,128") from exc
+    return shape
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Commands
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def cmd_data_generate(args: argparse.Namespace) -> int:
+    from medmlops.data.simulate import generate
+
+    params = _params(args)
+    targets = DATASET_CHOICES if args.dataset == "all" else (args.dataset,)
+    for dataset in targets:
+        cfg = getattr(params.data, dataset)
+        out = Path(args.out) / dataset if args.dataset == "all" else Path(args.out)
+        shape = _parse_shape(args.shape) or cfg.shape
+        extra = {"n_valid": cfg.n_valid} if dataset == "chexpert" else {}
+        n = args.n if args.n is not None else cfg.n
+        seed = args.seed if args.seed is not None else params.data.seed
+        generate(dataset, out, n=n, seed=seed, shape=shape, shift=args.shift, progress=not args.quiet, **extra)
+        print(f"{dataset}: wrote {n} samples to {out}" + (f" (shift: {args.shift})" if args.shift else ""))
+    return 0
+
+
+def cmd_data_validate(args: argparse.Namespace) -> int:
+    from medmlops.validation import validate_dataset
+
+    params = _params(args)
+    report = validate_dataset(args.dataset, args.dir, params, progress=not args.quiet)
+    print(report.summary())
+    reports = [Path(args.report)] if args.report else []
+    if args.report and Path(args.report).suffix == ".json":
+        reports.append(Path(args.report).with_suffix(".html"))
+    for path in reports:
+        report.write(path)
+        print(f"report: {path}")
+    return 0 if report.success else 1
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import yaml
+
+    params = _params(args)
+    if args.out:
+        save_resolved(params, args.out)
+    print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from medmlops.demo import run_demo
+
+    return run_demo(_params(args), repo=Path(args.repo), progress=not args.quiet)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Parser
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medmlops", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="simulate and validate datasets").add_subparsers(dest="data_command", required=True)
+    gen = data.add_parser("generate", help="write a simulated dataset in its public on-disk format")
+    gen.add_argument("dataset", choices=(*DATASET_CHOICES, "all"))
+    gen.add_argument("--out", required=True, help="output folder (for 'all': one subfolder per dataset)")
+    gen.add_argument("--n", type=int, default=None, help="number of samples (default: from params)")
+    gen.add_argument("--seed", type=int, default=None, help="seed (default: data.seed)")
+    gen.add_argument("--shape", default=None, help="image shape, e.g. 32,128,128 (CT) or 256,256 (X-ray)")
+    gen.add_argument("--shift", default=None, choices=("scanner", "intensity", "noise", "population", "corruption"))
+    gen.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_params_args(gen)
+    gen.set_defaults(func=cmd_data_generate)
+
+    val = data.add_parser("validate", help="Great Expectations checks of a dataset's table and images; exit 1 on failure")
+    val.add_argument("dataset", choices=DATASET_CHOICES)
+    val.add_argument("dir", help="dataset folder")
+    val.add_argument("--report", default=None, help="write the report here (.json also writes .html beside it)")
+    val.add_argument("--quiet", action="store_true")
+    _add_params_args(val)
+    val.set_defaults(func=cmd_data_validate)
+
+    config = sub.add_parser("config", help="inspect the configuration").add_subparsers(dest="config_command", required=True)
+    show = config.add_parser("show", help="print the resolved params (after profile and --set)")
+    show.add_argument("--out", default=None, help="also write them to this YAML file")
+    _add_params_args(show)
+    show.set_defaults(func=cmd_config_show)
+
+    demo = sub.add_parser("demo", help="the front door: data → validation → DVC check (more stages as they land)")
+    demo.add_argument("--repo", default=".", help="project root holding params.yaml, data.dvc, dvc.yaml")
+    demo.add_argument("--quiet", action="store_true")
+    _add_params_args(demo)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    _quiet_third_parties()
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"medmlops: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

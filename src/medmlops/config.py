@@ -1,0 +1,254 @@
+"""Typed, frozen configuration loaded from ``params.yaml``.
+
+``params.yaml`` is the single source of configuration for the CLI, the dvc.yaml stages and the Kubeflow
+pipelines. It holds the defaults (the ``demo`` profile) at the top level and a ``profiles:`` mapping whose
+entries are *overrides* of the same tree (``smoke`` shrinks everything for tests, ``paper`` restores the
+papers' settings). Loading is strict: an unknown key anywhere is a user mistake and is reported with its
+dotted path, e.g. ``params.yaml: unknown key 'data.ich.shpe' (expected one of: n, shape, ...)``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmlops.errors import UserError
+
+PROFILES = ("smoke", "demo", "paper")
+
+
+class ConfigError(UserError, ValueError):
+    """A user mistake in params.yaml or a ``--set`` override; the message names the key."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Schema
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IchData:
+    """Size of the simulated ICH dataset and the patients to exclude when reading (real or simulated)."""
+
+    n: int = 120
+    shape: tuple[int, int, int] = (32, 128, 128)  # slices, rows, cols
+    # The authors' public code drops patient 213 (a scan that fails to load); the list is configurable.
+    exclude: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class CxrData:
+    n: int = 240
+    shape: tuple[int, int] = (256, 256)  # rows, cols
+
+
+@dataclass(frozen=True)
+class ChexpertData:
+    n: int = 600  # frontal training images; the simulator adds laterals and a validation split
+    n_valid: int = 100
+    shape: tuple[int, int] = (256, 256)
+    # CheXpert's uncertain (-1) labels: "ignore" (U-Ignore: masked out of the loss), "ones" (U-Ones), "zeros" (U-Zeros).
+    uncertainty_policy: str = "ignore"
+    frontal_only: bool = True
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    raw_dir: str = "data/raw"
+    seed: int = 0
+    ich: IchData = field(default_factory=IchData)
+    aiforcovid: CxrData = field(default_factory=CxrData)
+    brixia: CxrData = field(default_factory=CxrData)
+    chexpert: ChexpertData = field(default_factory=ChexpertData)
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    """Plausibility ranges applied by ``medmlops data validate`` (Great Expectations)."""
+
+    reports_dir: str = "reports/validation"
+    # Every referenced image is opened and checked; cap it for very large real datasets (0 = all).
+    max_images: int = 0
+    ct_min_slices: int = 8
+    ct_max_slices: int = 1024
+    ct_min_inplane: int = 64
+    ct_max_inplane: int = 2048
+    ct_spacing_mm: tuple[float, float] = (0.1, 12.0)
+    # Real scanners pad outside the field of view with -1024 (GE even -3024); a volume whose 1st
+    # percentile is not air-like was probably rescaled already (not HU) and is refused.
+    ct_hu_min: float = -3100.0
+    ct_hu_max: float = 4100.0
+    ct_air_below_hu: float = -500.0
+    cxr_min_size: int = 32
+    cxr_max_size: int = 8192
+    min_image_std: float = 1e-3
+
+
+@dataclass(frozen=True)
+class Params:
+    seed: int = 42
+    profile: str = "demo"
+    data: DataConfig = field(default_factory=DataConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_params(
+    path: str | Path = "params.yaml",
+    profile: str | None = None,
+    overrides: typing.Sequence[str] = (),
+) -> Params:
+    """Load ``params.yaml``, apply a profile's overrides and ``key=value`` overrides, and type-check the result.
+
+    Args:
+        path: the YAML file; a missing file is an error (the defaults alone are not a config anyone reviewed).
+        profile: one of ``smoke``, ``demo``, ``paper``; ``None`` keeps the file's ``profile`` value.
+        overrides: dotted ``key=value`` strings (``data.ich.n=16``); values are parsed as YAML.
+
+    Raises:
+        ConfigError: unknown key, unknown profile, wrong type; the message names the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return params_from_dict(raw, profile=profile, overrides=overrides, source=str(path))
+
+
+def params_from_dict(
+    raw: dict[str, Any],
+    profile: str | None = None,
+    overrides: typing.Sequence[str] = (),
+    source: str = "params",
+) -> Params:
+    raw = copy.deepcopy(raw)
+    profiles = raw.pop("profiles", {}) or {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"{source}: 'profiles' must be a mapping of profile name to overrides")
+    for name in profiles:
+        if name not in PROFILES:
+            raise ConfigError(f"{source}: unknown profile 'profiles.{name}' (expected one of: {', '.join(PROFILES)})")
+    chosen = profile or raw.get("profile", "demo")
+    if chosen not in PROFILES:
+        raise ConfigError(f"{source}: unknown profile '{chosen}' (expected one of: {', '.join(PROFILES)})")
+    merged = _deep_merge(raw, profiles.get(chosen) or {}, source=f"{source}: profiles.{chosen}")
+    merged["profile"] = chosen
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' must look like key=value")
+        _set_dotted(merged, key.strip(), yaml.safe_load(value))
+    return _build(Params, merged, prefix="", source=source)
+
+
+def _deep_merge(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, source)
+        else:
+            out[key] = value
+    return out
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{dotted}': '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<root>'}' must be a mapping")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (expected one of: {', '.join(names)})")
+    kwargs = {}
+    for name in names:
+        if name in values:
+            kwargs[name] = _coerce(hints[name], values[name], f"{prefix}{name}", source)
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, prefix=f"{key}.", source=source)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key, source)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{source}: '{key}' must be a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, key, source) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{source}: '{key}' must have {len(args)} items, got {len(value)}")
+        return tuple(_coerce(a, v, key, source) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: '{key}' must be a mapping")
+        return dict(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _to_plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def save_resolved(params: Params, path: str | Path) -> Path:
+    """Write the resolved config next to a run's outputs (timm's ``args.yaml`` habit)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False), encoding="utf-8")
+    return path

@@ -1,0 +1,285 @@
+"""Great Expectations suites for the four datasets: the clinical/metadata tables and the per-image statistics.
+
+Each expectation carries a ``description`` in plain words; the report quotes it with the failing rows'
+identifiers, so a failure reads "column 'GCS' must be an integer from 3 to 15: 2 of 120 rows (PatientID 17: 2.0)".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import great_expectations as gx
+import numpy as np
+import pandas as pd
+
+from medmlops.config import ValidationConfig
+from medmlops.data.readers import (
+    AIFORCOVID_PROGNOSIS,
+    CHEXPERT_COLUMNS,
+    CHEXPERT_OBSERVATIONS,
+    ICH_CLINICAL_COLUMNS,
+    parse_brixia_score,
+)
+
+E = gx.expectations
+
+ICH_BINARY = (
+    "Label (poor_prognosis)", "Gender", "Smoker", "Alcohol", "HT", "DM", "Dyslipidemia", "MH_ICH", "MH_CVD",
+    "MH_neuro", "MH_dementia", "MH_cancer", "MH_hematho", "MH_others", "Anticoagulant", "Antiaggregant",
+    "Antihypertensive_drugs", "Calcium_antag", "Alpha_blockers", "PE_neuro", "Cause_head_trauma",
+)  # fmt: skip
+# Physiological bounds, wide on purpose: they catch unit mix-ups and typing errors, not unusual patients.
+ICH_RANGES = {
+    "Age": (0, 120), "GCS": (3, 15), "Systolic_AP": (40, 300), "Dyastolic_AP": (20, 200), "OxSat": (30, 100),
+    "Tº": (25, 45), "HR": (20, 250), "RF": (4, 80), "Glucose": (20, 1500), "Creatinine": (0.1, 20), "Urea": (1, 500),
+    "Sodium": (100, 180), "Potassium": (1.5, 9), "WBC": (0.1, 200), "Hgb": (3, 25), "Platelets": (1, 2000),
+    "MCV": (50, 150), "RCDW": (5, 40), "CMHC": (20, 45), "MPV": (3, 20), "INR": (0.5, 15), "Fibrinogen": (20, 2000),
+}  # fmt: skip
+ICH_REQUIRED = ("PatientID", "Label (poor_prognosis)", "Gender", "Age", "GCS")
+
+
+@dataclass
+class Suite:
+    """A named expectation list over one DataFrame, with the column that identifies a row in messages."""
+
+    name: str
+    frame: pd.DataFrame
+    id_column: str
+    expectations: list = field(default_factory=list)
+
+    def add(self, expectation) -> None:
+        self.expectations.append(expectation)
+
+
+def _numeric(frame: pd.DataFrame, columns) -> pd.DataFrame:
+    out = frame.copy()
+    for column in columns:
+        if column in out:
+            out[column] = pd.to_numeric(out[column], errors="coerce")
+    return out
+
+
+def _integer_flag(frame: pd.DataFrame, column: str) -> None:
+    """Adds ``<column>__is_integer``: True where the value is a whole number (blank counts as True)."""
+    values = frame[column]
+    frame[f"{column}__is_integer"] = values.isna() | (np.floor(values) == values)
+
+
+def _required(suite: Suite, columns, table_name: str) -> list[str]:
+    present = []
+    for column in columns:
+        suite.add(E.ExpectColumnToExist(column=column, description=f"{table_name} must have the column '{column}'"))
+        if column in suite.frame.columns:
+            present.append(column)
+    return present
+
+
+def _not_null(suite: Suite, column: str, what: str = "a value") -> None:
+    suite.add(E.ExpectColumnValuesToNotBeNull(column=column, description=f"column '{column}' must have {what} in every row"))
+
+
+def _between(suite: Suite, column: str, lo: float, hi: float, mostly: float = 1.0) -> None:
+    suite.add(
+        E.ExpectColumnValuesToBeBetween(
+            column=column, min_value=lo, max_value=hi, mostly=mostly,
+            description=f"column '{column}' must be between {lo:g} and {hi:g}",
+        )
+    )  # fmt: skip
+
+
+def _in_set(suite: Suite, column: str, values, mostly: float = 1.0) -> None:
+    values = list(values)
+    suite.add(
+        E.ExpectColumnValuesToBeInSet(
+            column=column, value_set=values, mostly=mostly,
+            description=f"column '{column}' must be one of {', '.join(map(str, values))}",
+        )
+    )  # fmt: skip
+
+
+def _unique(suite: Suite, column: str) -> None:
+    suite.add(E.ExpectColumnValuesToBeUnique(column=column, description=f"column '{column}' must be unique"))
+
+
+def _true(suite: Suite, column: str, description: str) -> None:
+    suite.add(E.ExpectColumnValuesToBeInSet(column=column, value_set=[True], description=description))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tables
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def ich_table_suite(table: pd.DataFrame, manifest: pd.DataFrame | None) -> list[Suite]:
+    frame = _numeric(table, [c for c in ICH_CLINICAL_COLUMNS])
+    frame["PatientID"] = frame["PatientID"] if "PatientID" in frame else np.nan
+    suite = Suite("ich.clinical_table", frame, "PatientID")
+    present = _required(suite, ICH_CLINICAL_COLUMNS, "CLINICAL_DATA_ICH.csv")
+    for column in ICH_REQUIRED:
+        if column in present:
+            _not_null(suite, column, "a numeric value")
+    if "PatientID" in present:
+        _unique(suite, "PatientID")
+    for column in ICH_BINARY:
+        if column in present:
+            _in_set(suite, column, [0, 1])
+    for column, (lo, hi) in ICH_RANGES.items():
+        if column in present:
+            _between(suite, column, lo, hi)
+    for column in ("GCS", "Age"):
+        if column in present:
+            _integer_flag(frame, column)
+            _true(suite, f"{column}__is_integer", f"column '{column}' must hold whole numbers")
+    suites = [suite]
+    if manifest is not None:
+        files = Suite("ich.files", manifest.assign(in_right_folder=_folder_agrees(manifest)), "image_path")
+        _true(files, "in_right_folder", "each scan must sit in the folder of its label (GOOD_PROGNOSIS=0, POOR_PROGNOSIS=1)")
+        suites.append(files)
+    return suites
+
+
+def _folder_agrees(manifest: pd.DataFrame) -> pd.Series:
+    return (manifest["folder_label"] == -1) | (manifest["folder_label"] == manifest["prognosis"])
+
+
+def aiforcovid_table_suite(table: pd.DataFrame) -> list[Suite]:
+    frame = _numeric(table, ["Age"])
+    suite = Suite("aiforcovid.clinical_table", frame, "ImageFile")
+    present = _required(suite, ("ImageFile", "Hospital", "Age", "Sex", "Prognosis"), "AIforCOVID table")
+    for column in present:
+        _not_null(suite, column)
+    if "ImageFile" in present:
+        _unique(suite, "ImageFile")
+    if "Prognosis" in present:
+        _in_set(suite, "Prognosis", AIFORCOVID_PROGNOSIS)
+    if "Age" in present:
+        _between(suite, "Age", 0, 120)
+    if "Sex" in present:
+        _in_set(suite, "Sex", ["M", "F"])
+    return [suite]
+
+
+def brixia_table_suite(table: pd.DataFrame) -> list[Suite]:
+    frame = table.copy()
+    suite = Suite("brixia.metadata", frame, "Filename")
+    present = _required(suite, ("Filename", "BrixiaScore", "BrixiaScoreGlobal", "ConsensusTestset"), "metadata_global_v2.csv")
+    for column in present:
+        _not_null(suite, column)
+    if "Filename" in present:
+        _unique(suite, "Filename")
+    if "BrixiaScore" in present:
+        # Leading zeros lost to a spreadsheet round-trip are repaired by the reader, so they are not a defect here.
+        normalised = frame["BrixiaScore"].map(parse_brixia_score)
+        frame["BrixiaScore__zones_0_3"] = normalised.map(lambda s: s is not None and all(c in "0123" for c in s))
+        _true(suite, "BrixiaScore__zones_0_3", "column 'BrixiaScore' must be six zone digits, each 0-3")
+        if "BrixiaScoreGlobal" in present:
+            digit_sum = normalised.map(lambda s: sum(int(c) for c in s) if s else -1)
+            given = pd.to_numeric(frame["BrixiaScoreGlobal"], errors="coerce")
+            frame["BrixiaScoreGlobal__is_sum"] = digit_sum == given
+            _true(suite, "BrixiaScoreGlobal__is_sum", "column 'BrixiaScoreGlobal' must equal the sum of the BrixiaScore digits")
+    if "ConsensusTestset" in present:
+        frame["ConsensusTestset"] = pd.to_numeric(frame["ConsensusTestset"], errors="coerce")
+        _in_set(suite, "ConsensusTestset", [0, 1])
+    if "Sex" in frame:
+        _in_set(suite, "Sex", ["M", "F"], mostly=0.99)
+    return [suite]
+
+
+def chexpert_table_suite(tables: dict[str, pd.DataFrame]) -> list[Suite]:
+    suites = []
+    for split, table in tables.items():
+        frame = _numeric(table, ["Age", *CHEXPERT_OBSERVATIONS])
+        suite = Suite(f"chexpert.{split}_csv", frame, "Path")
+        present = _required(suite, CHEXPERT_COLUMNS, f"{split}.csv")
+        if "Path" in present:
+            _not_null(suite, "Path")
+            _unique(suite, "Path")
+            suite.add(
+                E.ExpectColumnValuesToMatchRegex(
+                    column="Path",
+                    regex=r"^CheXpert-v1\.0(-small)?/(train|valid|test)/patient\d+/study\d+/view\d+_(frontal|lateral)\.jpe?g$",
+                    description="column 'Path' must follow CheXpert-v1.0-small/<split>/patientNNNNN/studyN/viewN_<frontal|lateral>.jpg",
+                )
+            )
+        # U-Ignore etc. need the codes to mean what CheXpert says: 1 positive, 0 negative, -1 uncertain, blank.
+        allowed = [0.0, 1.0] if split == "valid" else [-1.0, 0.0, 1.0]
+        for column in CHEXPERT_OBSERVATIONS:
+            if column in present:
+                _in_set(suite, column, allowed)
+        if "Frontal/Lateral" in present:
+            _in_set(suite, "Frontal/Lateral", ["Frontal", "Lateral"])
+        if "Age" in present:
+            _between(suite, "Age", 0, 120)
+        if "Sex" in present:
+            _in_set(suite, "Sex", ["Male", "Female", "Unknown"])
+        suites.append(suite)
+    return suites
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Images
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, dataset: str) -> Suite:
+    frame = stats.copy()
+    suite = Suite(f"{dataset}.images", frame, "image_path")
+    _true(suite, "exists", "every referenced image file must exist")
+    loaded = frame[frame["loads"] == True]  # noqa: E712 - pandas boolean mask
+    suite.add(
+        E.ExpectColumnValuesToBeInSet(
+            column="loads", value_set=[True], row_condition='exists==True', condition_parser="pandas",
+            description="every image must open with the dataset's reader",
+        )
+    )  # fmt: skip
+    if loaded.empty:
+        return suite
+    cond = {"row_condition": "loads==True", "condition_parser": "pandas"}
+    expected_ndim = 3 if modality == "ct" else 2
+    suite.add(
+        E.ExpectColumnValuesToBeInSet(column="ndim", value_set=[expected_ndim], **cond,
+                                      description=f"images must be {expected_ndim}D")
+    )  # fmt: skip
+    suite.add(
+        E.ExpectColumnValuesToBeBetween(column="nonfinite", min_value=0, max_value=0, **cond,
+                                        description="images must not contain NaN or Inf values")
+    )  # fmt: skip
+    suite.add(
+        E.ExpectColumnValuesToBeBetween(column="std", min_value=cfg.min_image_std, **cond,
+                                        description="images must not be constant")
+    )  # fmt: skip
+    if modality == "ct":
+        for column, lo, hi, what in (
+            ("dim0", cfg.ct_min_inplane, cfg.ct_max_inplane, "in-plane size (x)"),
+            ("dim1", cfg.ct_min_inplane, cfg.ct_max_inplane, "in-plane size (y)"),
+            ("dim2", cfg.ct_min_slices, cfg.ct_max_slices, "number of slices"),
+        ):
+            suite.add(
+                E.ExpectColumnValuesToBeBetween(column=column, min_value=lo, max_value=hi, **cond,
+                                                description=f"CT {what} must be between {lo} and {hi}")
+            )  # fmt: skip
+        lo, hi = cfg.ct_spacing_mm
+        suite.add(E.ExpectColumnValuesToBeBetween(column="spacing_min", min_value=lo, **cond,
+                                                  description=f"voxel spacing must be at least {lo} mm"))
+        suite.add(E.ExpectColumnValuesToBeBetween(column="spacing_max", max_value=hi, **cond,
+                                                  description=f"voxel spacing must be at most {hi} mm"))
+        suite.add(
+            E.ExpectColumnValuesToBeBetween(column="vmin", min_value=cfg.ct_hu_min, **cond,
+                                            description=f"CT values must be Hounsfield units (minimum ≥ {cfg.ct_hu_min:g})")
+        )  # fmt: skip
+        suite.add(
+            E.ExpectColumnValuesToBeBetween(column="vmax", max_value=cfg.ct_hu_max, **cond,
+                                            description=f"CT values must be Hounsfield units (maximum ≤ {cfg.ct_hu_max:g})")
+        )  # fmt: skip
+        suite.add(
+            E.ExpectColumnValuesToBeBetween(column="p01", max_value=cfg.ct_air_below_hu, **cond,
+                                            description=f"CT must contain air around the head (1st percentile ≤ {cfg.ct_air_below_hu:g} HU; "
+                                                        "a volume already rescaled away from HU fails here)")
+        )  # fmt: skip
+    else:
+        for column, what in (("dim0", "rows"), ("dim1", "columns")):
+            suite.add(
+                E.ExpectColumnValuesToBeBetween(column=column, min_value=cfg.cxr_min_size, max_value=cfg.cxr_max_size,
+                                                **cond, description=f"X-ray {what} must be between {cfg.cxr_min_size} and {cfg.cxr_max_size}")
+            )  # fmt: skip
+    return suite
