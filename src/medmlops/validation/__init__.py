@@ -139,6 +139,18 @@ def run_suites(suites, report: ValidationReport) -> None:
                 report.failures.append(_failure(suite, result, id_column))
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars → Python values, so messages read ``17`` rather than ``np.int64(17)``."""
+    if hasattr(value, "item") and callable(value.item):
+        try:
+            value = value.item()
+        except (ValueError, TypeError):
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _failure(suite, result, id_column: str | None) -> Failure:
     config = result.expectation_config
     column = config.kwargs.get("column")
@@ -146,8 +158,8 @@ def _failure(suite, result, id_column: str | None) -> Failure:
     examples: list[str] = []
     for item in (info.get("unexpected_index_list") or [])[:MAX_EXAMPLES * 4]:
         if isinstance(item, dict):
-            ident = item.get(id_column) if id_column else None
-            value = item.get(column) if column else None
+            ident = _plain(item.get(id_column)) if id_column else None
+            value = _plain(item.get(column)) if column else None
             label = f"{id_column} {ident}" if id_column and id_column != "image_path" else str(ident)
             if suite.name.endswith(".images") and "error" in suite.frame.columns:
                 error = suite.frame.loc[suite.frame["image_path"] == ident, "error"]

@@ -99,7 +99,7 @@ _MAX_SLICE_MM = 10.0
 
 # Intercept of the prognosis logit, calibrated once by Monte Carlo (20 000 latent draws of the default
 # population, see _calibrate_intercept) so that E[P(poor)] = 162/261 = 0.62 as in the real cohort.
-_PROGNOSIS_INTERCEPT = 0.7148
+_PROGNOSIS_INTERCEPT = 0.9822
 
 _BINARY_CLINICAL = (
     "Smoker",
@@ -192,13 +192,7 @@ def _sigmoid(x: float) -> float:
 
 def _prognosis_logit(burden_ml: float, gcs: int, age: int, ivh: bool, pf: bool) -> float:
     """Log-odds of poor prognosis without the intercept (known ICH score ingredients)."""
-    return (
-        1.1 * math.log(burden_ml / 20.0)
-        + 0.25 * (13 - gcs)
-        + 0.05 * (age - 72)
-        + 0.9 * float(ivh)
-        + 0.5 * float(pf)
-    )
+    return 1.6 * math.log(burden_ml / 20.0) + 0.3 * (13 - gcs) + 0.07 * (age - 72) + 1.0 * float(ivh) + 0.6 * float(pf)
 
 
 def _draw_latents(seed: int, pid: int, shift: str | None, intercept: float = _PROGNOSIS_INTERCEPT) -> dict:
@@ -284,7 +278,6 @@ def _draw_latents(seed: int, pid: int, shift: str | None, intercept: float = _PR
         "_vent_axes": vent_axes,
         "atrophy_gap_mm": atrophy_gap_mm,
         "_head_scale": head_scale,
-        "_u": u[10:],
         "_z": z[6:],
     }
 
@@ -292,7 +285,9 @@ def _draw_latents(seed: int, pid: int, shift: str | None, intercept: float = _PR
 def _calibrate_intercept(n: int = 20000, target: float = 162 / 261) -> float:
     """Find the logit intercept with mean P(poor) == target over the default population (used offline)."""
     base = [_draw_latents(10**6, i, None, intercept=0.0) for i in range(n)]
-    offsets = np.array([_prognosis_logit(b["burden_ml"], b["gcs"], b["age"], b["ivh"], b["posterior_fossa"]) for b in base])
+    offsets = np.array(
+        [_prognosis_logit(b["burden_ml"], b["gcs"], b["age"], b["ivh"], b["posterior_fossa"]) for b in base]
+    )
     lo, hi = -10.0, 10.0
     for _ in range(60):
         mid = 0.5 * (lo + hi)
@@ -484,7 +479,7 @@ def _synth_volume(lat: dict, seed: int, shape: tuple[int, int, int], shift: str 
     img[vent_mask] = _HU_CSF
 
     # Haematomas: 1-3 slightly irregular ellipsoids; the main one at the drawn location.
-    zs, us = lat["_z"], lat["_u"]
+    zs = lat["_z"]
     weights = np.sort(np.exp(0.8 * zs[: lat["n_hematomas"]]))[::-1]
     volumes = lat["burden_ml"] * weights / weights.sum()
     blood = np.zeros(g.shape, dtype=bool)
@@ -517,7 +512,10 @@ def _synth_volume(lat: dict, seed: int, shape: tuple[int, int, int], shift: str 
     for m in ivh_masks:
         img[m] = blood_hu - 4.0
     voxel_ml = g.spacing[0] * g.spacing[1] * g.spacing[2] / 1000.0
-    blood_voxel_ml = float((blood | np.logical_or.reduce(ivh_masks) if ivh_masks else blood).sum()) * voxel_ml
+    all_blood = blood.copy()
+    for m in ivh_masks:
+        all_blood |= m
+    blood_voxel_ml = float(all_blood.sum()) * voxel_ml
 
     vendor = _VENDORS[lat["vendor"]]
     # Reconstruction kernel: slight in-plane blur; sharp kernels add an unsharp mask (edge overshoot).
@@ -589,3 +587,209 @@ def _corrupt(img: np.ndarray, g: _Grid, rng: np.random.Generator) -> str:
         img[:, :, blk] = sub
         kinds.append("blur")
     return "+".join(kinds)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Clinical table
+# --------------------------------------------------------------------------------------------------------------
+def _clinical_row(lat: dict, seed: int) -> dict:
+    """Clinical variables correlated with the latents (history with age, INR with anticoagulants, ...)."""
+    rng = _rng(seed, lat["PatientID"], _STREAM_CLINICAL)
+    age, male, gcs, burden = lat["age"], lat["male"], lat["gcs"], lat["burden_ml"]
+    old = (age - 65) / 15.0
+
+    def flag(logit: float) -> int:
+        return int(rng.random() < _sigmoid(logit))
+
+    ht = flag(0.6 + 0.6 * old)  # hypertension: the main risk factor of spontaneous ICH
+    dm = flag(-1.1 + 0.2 * old)
+    dysl = flag(-0.6 + 0.1 * old)
+    smoker = flag(-1.6 - 0.6 * old + 0.7 * male)
+    alcohol = flag(-2.2 - 0.3 * old + 1.0 * male)
+    anticoag = flag(-2.2 + 0.5 * old)
+    antiagg = flag(-1.6 + 0.5 * old + 0.5 * dysl)
+    row = {
+        "PatientID": lat["PatientID"],
+        "Label (poor_prognosis)": lat["label"],
+        "Gender": int(male),  # 1 = male, 0 = female
+        "Age": age,
+        "Smoker": smoker,
+        "Alcohol": alcohol,
+        "HT": ht,
+        "DM": dm,
+        "Dyslipidemia": dysl,
+        "MH_ICH": flag(-2.6 + 0.2 * old),
+        "MH_CVD": flag(-1.9 + 0.5 * old + 0.4 * ht),
+        "MH_neuro": flag(-2.2 + 0.3 * old),
+        "MH_dementia": flag(-3.0 + 1.2 * old),
+        "MH_cancer": flag(-2.3 + 0.3 * old),
+        "MH_hematho": flag(-3.0),
+        "MH_others": flag(-0.9 + 0.2 * old),
+        "Anticoagulant": anticoag,
+        "Antiaggregant": antiagg,
+        "Antihypertensive_drugs": int(ht and rng.random() < 0.8),
+        "Calcium_antag": int(ht and rng.random() < 0.25),
+        "Alpha_blockers": flag(-3.2 + 1.2 * male + 0.4 * old),
+        "GCS": gcs,
+    }
+    systolic = float(np.clip(rng.normal(150 + 22 * ht + 0.15 * burden, 22), 90, 230))
+    row["Systolic_AP"] = round(systolic)
+    row["Dyastolic_AP"] = round(float(np.clip(0.45 * systolic + rng.normal(17, 10), 40, 130)))
+    row["OxSat"] = round(float(np.clip(rng.normal(97.0 - 0.35 * (15 - gcs), 2.0), 80, 100)))
+    row["T\u00ba"] = round(float(np.clip(rng.normal(36.5 + 0.03 * (15 - gcs), 0.45), 35, 40)), 1)
+    row["HR"] = round(float(np.clip(rng.normal(80 + 0.8 * (15 - gcs), 15), 40, 150)))
+    row["RF"] = round(float(np.clip(rng.normal(17 + 0.4 * (15 - gcs), 3.5), 10, 35)))
+    row["PE_neuro"] = flag(-0.5 + 0.35 * (15 - gcs) + 0.6 * lat["posterior_fossa"])  # pathological neuro exam
+    row["Glucose"] = round(float(np.clip(rng.normal(125 + 50 * dm + 3.0 * (15 - gcs), 30), 60, 400)))
+    creat = float(np.clip(math.exp(rng.normal(-0.1 + 0.12 * old, 0.3)), 0.4, 5.0))
+    row["Creatinine"] = round(creat, 2)
+    row["Urea"] = round(float(np.clip(30 * creat * math.exp(rng.normal(0.2, 0.3)), 10, 200)))
+    row["Sodium"] = round(float(np.clip(rng.normal(139.0, 3.0), 125, 155)))
+    row["Potassium"] = round(float(np.clip(rng.normal(4.0, 0.45), 2.8, 6.0)), 1)
+    row["WBC"] = round(float(np.clip(rng.normal(8.5 + 0.03 * burden + 0.2 * (15 - gcs), 2.5), 3, 25)), 2)
+    row["Hgb"] = round(float(np.clip(rng.normal(14.2 if male else 13.0, 1.5), 8, 18)), 1)
+    row["Platelets"] = round(float(np.clip(rng.normal(225, 65), 50, 500)))
+    row["MCV"] = round(float(np.clip(rng.normal(90, 5), 75, 105)), 1)
+    row["RCDW"] = round(float(np.clip(rng.normal(13.8 + 0.2 * old, 1.1), 11, 18)), 1)
+    row["CMHC"] = round(float(np.clip(rng.normal(33.5, 1.0), 30, 37)), 1)
+    row["MPV"] = round(float(np.clip(rng.normal(10.0, 1.0), 7, 13)), 1)
+    inr = rng.lognormal(math.log(2.3), 0.3) if anticoag else rng.normal(1.04, 0.08)
+    row["INR"] = round(float(np.clip(inr, 0.8, 4.0)), 2)
+    row["Fibrinogen"] = round(float(np.clip(rng.normal(390 + 20 * old, 80), 150, 600)))
+    row["Cause_head_trauma"] = flag(-3.0 + 0.4 * old)
+    # Occasional missing labs/vitals, as in the real export (drawn for every column to keep streams aligned).
+    blanks = rng.random(len(_MAY_BE_BLANK)) < _BLANK_RATE
+    for col, blank in zip(_MAY_BE_BLANK, blanks, strict=True):
+        if blank:
+            row[col] = None
+    return row
+
+
+def _clinical_frame(rows: list[dict]) -> pd.DataFrame:
+    """Build the CSV table with stable dtypes: integers for ids/flags/scores, floats for vitals and labs."""
+    df = pd.DataFrame(rows, columns=list(ICH_CLINICAL_COLUMNS)).sort_values("PatientID", kind="stable")
+    int_cols = ["PatientID", "Label (poor_prognosis)", "Gender", "Age", "GCS", *_BINARY_CLINICAL]
+    for col in ICH_CLINICAL_COLUMNS:
+        df[col] = df[col].astype("int64") if col in int_cols else df[col].astype("float64")
+    return df.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writers
+# --------------------------------------------------------------------------------------------------------------
+def _nifti_bytes(data: np.ndarray, affine: np.ndarray, descrip: bytes) -> bytes:
+    """Serialise an int16 NIfTI-1 image and gzip it reproducibly (mtime=0, no embedded file name)."""
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_data_dtype(np.int16)
+    img.header.set_xyzt_units("mm", "sec")
+    img.set_qform(affine, code=1)  # 1 = scanner anatomical coordinates
+    img.set_sform(affine, code=1)
+    img.header["descrip"] = descrip
+    buf = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buf, mtime=0, compresslevel=6) as gz:
+        gz.write(img.to_bytes())
+    return buf.getvalue()
+
+
+def _validate(n: int, shape: tuple[int, int, int], shift: str | None, seed: int) -> tuple[int, int, int]:
+    if shift is not None and shift not in ICH_SHIFTS:
+        raise ValueError(f"shift must be None or one of {', '.join(ICH_SHIFTS)}, got {shift!r}.")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
+        raise ValueError(f"n must be an integer >= 2, got {n!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    try:
+        dims = tuple(int(d) for d in shape)
+    except TypeError:
+        raise ValueError(f"shape must be a (slices, rows, cols) tuple of 3 ints >= 8, got {shape!r}.") from None
+    if len(dims) != 3 or min(dims) < 8:
+        raise ValueError(f"shape must be a (slices, rows, cols) tuple of 3 ints >= 8, got {shape!r}.")
+    return dims  # type: ignore[return-value]
+
+
+_LATENT_COLUMNS = (
+    "PatientID",
+    "label",
+    "p_poor",
+    "age",
+    "male",
+    "gcs",
+    "vendor",
+    "burden_ml",
+    "n_hematomas",
+    "location",
+    "side",
+    "posterior_fossa",
+    "ivh",
+    "ivh_volume_ml",
+    "midline_shift_mm",
+    "ventricle_volume_ml",
+    "atrophy_gap_mm",
+    "blood_voxel_ml",
+    "noise_std",
+    "hu_gain",
+    "hu_offset",
+    "pad_value",
+    "kernel",
+    "artefact",
+    "shift",
+)
+
+
+def generate_ich(
+    out_dir: str | Path,
+    *,
+    n: int = 120,
+    seed: int = 0,
+    shape: tuple[int, int, int] = (32, 128, 128),
+    shift: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Write n synthetic head CTs + CLINICAL_DATA_ICH.csv into out_dir; return the latent ground truth.
+
+    The files follow the public ICH prognosis dataset exactly: ``GOOD_PROGNOSIS/{id}.nii.gz`` (label 0),
+    ``POOR_PROGNOSIS/{id}.nii.gz`` (label 1) and the 44-column ``CLINICAL_DATA_ICH.csv`` sorted by PatientID
+    (ids 1..n). Stale ``*.nii.gz`` files in the two class folders are removed first so a patient can never appear
+    under both labels after regenerating with another seed or ``n``.
+
+    Args:
+        out_dir: Output folder (created if missing).
+        n: Number of patients (>= 2).
+        seed: Non-negative seed; the same arguments always give byte-identical files.
+        shape: Volume size as (slices, rows, cols); stored on disk as an array of shape (cols, rows, slices).
+        shift: None for the default population, or one of :data:`ICH_SHIFTS` for drifted traffic.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        One row per patient with the latent ground truth (label, age, gcs, vendor, burden_ml, n_hematomas, ivh,
+        posterior_fossa, midline_shift_mm, ventricle_volume_ml and the shift-specific acquisition latents
+        noise_std, hu_gain, hu_offset, pad_value, kernel, artefact). Not written to disk.
+
+    Raises:
+        ValueError: For an unknown ``shift``, ``n < 2``, a negative ``seed`` or a ``shape`` dimension < 8.
+    """
+    dims = _validate(n, shape, shift, seed)
+    n, seed = int(n), int(seed)
+    out = Path(out_dir)
+    folders = {0: out / _GOOD_DIR, 1: out / _POOR_DIR}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob("*.nii.gz"):
+            stale.unlink()
+
+    affine = _affine(dims)
+    latents, rows = [], []
+    for pid in tqdm(range(1, n + 1), desc="ICH CTs", unit="scan", disable=not progress):
+        lat = _draw_latents(seed, pid, shift)
+        vol, extra = _synth_volume(lat, seed, dims, shift)
+        lat.update(extra)
+        lat["shift"] = shift
+        path = folders[lat["label"]] / f"{pid}.nii.gz"
+        path.write_bytes(_nifti_bytes(vol, affine, _VENDORS[lat["vendor"]].descrip))
+        rows.append(_clinical_row(lat, seed))
+        latents.append({k: lat[k] for k in _LATENT_COLUMNS})
+
+    csv = _clinical_frame(rows).to_csv(index=False, lineterminator="\n")
+    (out / _CSV_NAME).write_bytes(csv.encode("utf-8"))
+    truth = pd.DataFrame(latents, columns=list(_LATENT_COLUMNS))
+    return truth.astype({"ivh": bool, "posterior_fossa": bool, "male": bool})

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import yaml
+
+from medmlops.config import PROFILES, ConfigError, load_params, params_from_dict, save_resolved
+
+
+def test_repo_params_load_for_every_profile(params_file):
+    for profile in PROFILES:
+        params = load_params(params_file, profile=profile)
+        assert params.profile == profile
+    smoke, demo, paper = (load_params(params_file, profile=p) for p in ("smoke", "demo", "paper"))
+    # Profiles are overrides: smoke shrinks, paper restores the paper's sizes, the rest is shared.
+    assert smoke.data.ich.n < demo.data.ich.n < paper.data.ich.n
+    assert paper.data.ich.n == 261 and paper.data.ich.exclude == (213,)
+    assert smoke.validation == demo.validation
+
+
+def test_unknown_key_is_rejected_with_its_dotted_path():
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.ich\.shpe'"):
+        params_from_dict({"data": {"ich": {"shpe": [1, 2, 3]}}})
+    with pytest.raises(ConfigError, match=r"unknown key 'trian'"):
+        params_from_dict({"trian": {}})
+
+
+def test_unknown_key_inside_a_profile_is_rejected():
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.brixia\.size'"):
+        params_from_dict({"profiles": {"smoke": {"data": {"brixia": {"size": 3}}}}}, profile="smoke")
+
+
+def test_unknown_profile_is_rejected():
+    with pytest.raises(ConfigError, match="unknown profile 'fast'"):
+        params_from_dict({}, profile="fast")
+    with pytest.raises(ConfigError, match="profiles.fast"):
+        params_from_dict({"profiles": {"fast": {}}})
+
+
+def test_types_are_checked_and_tuples_built():
+    params = params_from_dict({"data": {"ich": {"shape": [8, 16, 16], "exclude": [213]}}})
+    assert params.data.ich.shape == (8, 16, 16) and params.data.ich.exclude == (213,)
+    with pytest.raises(ConfigError, match=r"'data\.ich\.n' must be an integer"):
+        params_from_dict({"data": {"ich": {"n": "many"}}})
+    with pytest.raises(ConfigError, match=r"'data\.ich\.shape' must have 3 items"):
+        params_from_dict({"data": {"ich": {"shape": [8, 16]}}})
+    with pytest.raises(ConfigError, match=r"'data\.chexpert\.frontal_only' must be true or false"):
+        params_from_dict({"data": {"chexpert": {"frontal_only": "yes"}}})
+
+
+def test_overrides_apply_after_the_profile():
+    raw = {"data": {"ich": {"n": 100}}, "profiles": {"smoke": {"data": {"ich": {"n": 10}}}}}
+    assert params_from_dict(raw, profile="smoke").data.ich.n == 10
+    assert params_from_dict(raw, profile="smoke", overrides=["data.ich.n=3"]).data.ich.n == 3
+    with pytest.raises(ConfigError, match="key=value"):
+        params_from_dict(raw, overrides=["data.ich.n"])
+    with pytest.raises(ConfigError, match=r"unknown key 'data\.ich\.m'"):
+        params_from_dict(raw, overrides=["data.ich.m=3"])
+
+
+def test_params_are_frozen_and_round_trip(tmp_path):
+    params = params_from_dict({}, profile="smoke")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        params.seed = 1  # type: ignore[misc]
+    path = save_resolved(params, tmp_path / "resolved.yaml")
+    again = params_from_dict(yaml.safe_load(path.read_text()))
+    assert again == params
+
+
+def test_missing_or_broken_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
