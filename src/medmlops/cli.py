@@ -91,6 +91,20 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_data_track(args: argparse.Namespace) -> int:
+    from medmlops.data import versioning
+
+    params = _params(args)
+    repo = Path(args.repo).resolve()
+    record = versioning.track(repo, params.data.raw_dir)
+    print(f"tracked {params.data.raw_dir} in {record.name} (md5 {versioning.recorded_hash(repo)}); commit it with git")
+    if args.push:
+        remote = versioning.ensure_remote(repo)
+        versioning.push(repo)
+        print(f"pushed to the DVC remote '{remote}'")
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
@@ -136,6 +150,12 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--quiet", action="store_true")
     _add_params_args(val)
     val.set_defaults(func=cmd_data_validate)
+
+    trk = data.add_parser("track", help="dvc add data/raw and keep the record as data.dvc at the project root")
+    trk.add_argument("--repo", default=".", help="project root")
+    trk.add_argument("--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)")
+    _add_params_args(trk)
+    trk.set_defaults(func=cmd_data_track)
 
     config = sub.add_parser("config", help="inspect the configuration").add_subparsers(dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")

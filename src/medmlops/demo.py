@@ -7,36 +7,13 @@ validate each with Great Expectations. Later stages (MLflow, pipelines, serving,
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from medmlops.config import Params
+from medmlops.data import versioning
 from medmlops.data.simulate import DATASETS, generate_from_params
-
-
-def dvc(repo: Path, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run the DVC CLI of this interpreter's environment in ``repo``."""
-    exe = Path(sys.executable).with_name("dvc")
-    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "dvc"]
-    return subprocess.run([*cmd, *args], cwd=repo, capture_output=True, text=True, check=check)
-
-
-def dvc_matches(repo: Path, target: str = "data.dvc") -> tuple[bool, str]:
-    """True when the workspace data equals what ``target`` records (``dvc status`` reports nothing)."""
-    if not (repo / target).is_file():
-        return False, f"{target} not found"
-    result = dvc(repo, "status", "--json", target)
-    if result.returncode != 0:
-        return False, (result.stderr or result.stdout).strip().splitlines()[-1] if (result.stderr or result.stdout) else "dvc failed"
-    try:
-        status = json.loads(result.stdout or "{}")
-    except json.JSONDecodeError:
-        return False, result.stdout.strip()
-    return (not status), ("up to date" if not status else json.dumps(status))
 
 
 def _step(title: str) -> None:
@@ -46,22 +23,21 @@ def _step(title: str) -> None:
 def ensure_demo_data(params: Params, repo: Path, progress: bool = True) -> tuple[bool, str]:
     """Reuse, pull or generate ``data/raw``; return (matches data.dvc, how it was obtained)."""
     raw = repo / params.data.raw_dir
-    ok, detail = dvc_matches(repo)
+    ok, _ = versioning.workspace_matches(repo)
     if ok:
         return True, "reused (already matches data.dvc)"
-    remote = dvc(repo, "remote", "list")
-    if remote.returncode == 0 and remote.stdout.strip():
-        pulled = dvc(repo, "pull", "data.dvc")
-        if pulled.returncode == 0:
-            ok, detail = dvc_matches(repo)
-            if ok:
-                return True, "pulled from the DVC remote"
+    if versioning.pull(repo) and versioning.workspace_matches(repo)[0]:
+        return True, "pulled from the DVC remote"
     if raw.exists():
         shutil.rmtree(raw)  # a partial or stale copy: regenerate from scratch so the hashes are comparable
     for dataset in DATASETS:
         generate_from_params(dataset, raw / dataset, params, progress=progress)
-    ok, detail = dvc_matches(repo)
-    return ok, "generated" + ("" if ok else f" — does NOT match data.dvc: {detail}")
+    ok, detail = versioning.workspace_matches(repo)
+    if not ok:
+        return False, f"generated, but it does NOT match data.dvc ({detail}); params or simulator changed?"
+    remote = versioning.ensure_remote(repo)
+    versioning.push(repo)
+    return True, f"generated; matches data.dvc; pushed to the DVC remote '{remote}'"
 
 
 def run_demo(params: Params, repo: Path = Path("."), progress: bool = True) -> int:

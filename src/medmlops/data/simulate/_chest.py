@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -41,6 +42,8 @@ __all__ = [
     "check_args",
     "combine_fill",
     "draw_support_devices",
+    "fmt",
+    "make_uid",
     "paint_atelectasis",
     "paint_edema",
     "paint_effusion",
@@ -50,6 +53,7 @@ __all__ = [
     "render_lateral",
     "rng_for",
     "sample_chest_params",
+    "single_threaded_blas",
     "smooth_field",
     "write_csv",
     "write_dicom",
@@ -829,3 +833,22 @@ def fmt(value: float | None, decimals: int) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     return f"{float(value):.{decimals}f}"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loop helper
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def single_threaded_blas() -> AbstractContextManager[object]:
+    """Limit BLAS to one thread while generating.
+
+    :func:`smooth_field` uses small matrix products; with several BLAS threads they are slower (thread start-up
+    dwarfs the work) and the summation order could depend on the thread count. One thread keeps outputs
+    identical whatever the machine's core count.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
