@@ -75,3 +75,10 @@ def test_missing_or_broken_file(tmp_path):
     bad.write_text("data: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_params(bad)
+
+
+def test_an_empty_mapping_in_a_profile_clears_the_base_mapping(params_file):
+    smoke, demo = load_params(params_file, profile="smoke"), load_params(params_file, profile="demo")
+    assert demo.registry.gates["ich-prognosis"].min_metrics  # real floors by default
+    assert smoke.registry.gates["ich-prognosis"].min_metrics == {}
+    assert smoke.registry.gates["ich-prognosis"].max_regression == demo.registry.gates["ich-prognosis"].max_regression

@@ -92,11 +92,32 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class GatesConfig:
+    """Promotion gates for one registered family: ``candidate`` becomes ``champion`` only when all pass."""
+
+    primary_metric: str = "prognosis_auc_mean"
+    # Absolute floors, metric name → minimum (metrics as logged on the candidate's parent run).
+    min_metrics: dict[str, float] = field(default_factory=dict)
+    # The candidate's primary metric may fall at most this far below the current champion's.
+    max_regression: float = 0.0
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    # Empty: MLFLOW_TRACKING_URI from the environment, else SQLite under .medmlops/ in the working directory.
+    tracking_uri: str = ""
+    artifact_dir: str = ".medmlops/mlartifacts"
+    experiment_prefix: str = "medmlops"
+    gates: dict[str, GatesConfig] = field(default_factory=dict)  # registered family name → gates
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     profile: str = "demo"
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -163,7 +184,8 @@ def params_from_dict(
 def _deep_merge(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
+        # An empty mapping in an override replaces (clears) the base mapping; a non-empty one merges into it.
+        if isinstance(value, dict) and value and isinstance(out.get(key), dict):
             out[key] = _deep_merge(out[key], value, source)
         else:
             out[key] = value
@@ -218,7 +240,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: '{key}' must be a mapping")
-        return dict(value)
+        value_type = args[1] if len(args) == 2 else Any
+        return {str(k): _coerce(value_type, v, f"{key}.{k}", source) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ConfigError(f"{source}: '{key}' must be true or false, got {value!r}")
@@ -231,6 +254,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: '{key}' must be a number, got {value!r}")
         return float(value)
+    if tp is Any:
+        return value
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: '{key}' must be a string, got {value!r}")
