@@ -108,7 +108,10 @@ def _step(d: np.ndarray, w: float) -> np.ndarray:
 
     A clipped linear ramp rather than tanh: transcendental ufuncs dominate the cost of a phantom otherwise.
     """
-    return np.clip(0.5 + (0.5 / w) * d, 0.0, 1.0)
+    r = d * (0.5 / w)
+    r += 0.5
+    np.maximum(r, 0.0, out=r)
+    return np.minimum(r, 1.0, out=r)
 
 
 @lru_cache(maxsize=64)
@@ -131,7 +134,8 @@ def smooth_field(rng: np.random.Generator, shape: tuple[int, int], cells: int | 
     grid = rng.standard_normal((cr, cc))
     field = _interp_matrix(shape[0], cr) @ grid @ _interp_matrix(shape[1], cc).T
     field -= field.mean()
-    return field / (field.std() + 1e-12)
+    field /= field.std() + 1e-12
+    return field.astype(np.float32)
 
 
 def combine_fill(*fills: np.ndarray | None) -> np.ndarray | None:
@@ -248,14 +252,15 @@ class ChestPhantom:
         self.params = p = params
         self.px = 2.0 / min(rows, cols) / p.size
         e = 1.0 * self.px  # anti-aliasing width
-        yy = (np.arange(rows) + 0.5) / rows * 2.0 - 1.0
-        xx = (np.arange(cols) + 0.5) / cols * 2.0 - 1.0
+        # float32 throughout: half the memory traffic of float64, and far more precision than 16-bit storage needs.
+        yy = ((np.arange(rows) + 0.5) / rows * 2.0 - 1.0).astype(np.float32)
+        xx = ((np.arange(cols) + 0.5) / cols * 2.0 - 1.0).astype(np.float32)
         theta = math.radians(p.rotation_deg)
         c, s = math.cos(theta), math.sin(theta)
         xs = xx[None, :] - p.offset[0]
         ys = yy[:, None] - p.offset[1]
-        X = (c * xs + s * ys) / p.size
-        Y = (-s * xs + c * ys) / p.size
+        X = (c * xs + s * ys) * (1.0 / p.size)
+        Y = (-s * xs + c * ys) * (1.0 / p.size)
         self.X, self.Y = X, Y
         ax = np.abs(X)
         self.ax = ax
@@ -270,7 +275,7 @@ class ChestPhantom:
         # lateral costophrenic angle, which is why a small effusion first blunts that angle.
         base_r = 0.58 - p.inspiration - p.dome_raise[0]
         base_l = 0.62 - p.inspiration - p.dome_raise[1]
-        dome_base = np.where(X < 0, base_r, base_l)
+        dome_base = np.where(X < 0, np.float32(base_r), np.float32(base_l))
         dome = dome_base - 0.28 * np.exp(-(((u - 0.42) / 0.38) ** 2))
         self.dome = dome
         self.cp_angle_y = (base_r - 0.28 * math.exp(-((0.58 / 0.38) ** 2)), base_l - 0.28 * math.exp(-((0.58 / 0.38) ** 2)))
@@ -335,17 +340,16 @@ class ChestPhantom:
         hila = np.exp(-((ax - 0.16) ** 2 + (Y + 0.02) ** 2) / 0.006)
         base += lung * (0.05 * vessels * (0.35 + 0.65 * hilar) + 0.10 * hila)
         self.base = base
+        upper = _step(_UPPER_MID_Y - Y, 0.03)
+        lower = _step(Y - _MID_LOW_Y, 0.03)
+        self._bands = (upper, np.clip(1.0 - upper - lower, 0.0, 1.0), lower)
 
     # -- masks ----------------------------------------------------------------------------------------------------
     def zone_mask(self, zone: str) -> np.ndarray:
         """Soft mask of a Brixia zone (A–C right upper→lower, D–F left upper→lower); not restricted to lung."""
         i = ZONES.index(zone)
         side = self.right if i < 3 else 1.0 - self.right
-        band = i % 3
-        upper = _step(_UPPER_MID_Y - self.Y, 0.03)
-        lower = _step(self.Y - _MID_LOW_Y, 0.03)
-        vertical = (upper, np.clip(1.0 - upper - lower, 0.0, 1.0), lower)[band]
-        return side * vertical
+        return side * self._bands[i % 3]
 
     def side_mask(self, side: str) -> np.ndarray:
         """Soft mask of the "right" or "left" hemithorax (patient sides)."""
@@ -375,7 +379,7 @@ def _segment_profile(ax: np.ndarray, y: np.ndarray, a: tuple[float, float], b: t
 
 
 def _zone_weights(ph: ChestPhantom, values: Sequence[float]) -> np.ndarray:
-    out = np.zeros(ph.shape)
+    out = np.zeros(ph.shape, dtype=np.float32)
     for zone, v in zip(ZONES, values, strict=True):
         if v > 0:
             out += float(v) * ph.zone_mask(zone)
@@ -403,7 +407,7 @@ def paint_zone_pneumonia(
     i_map = _zone_weights(ph, interstitial)
     a_map = _zone_weights(ph, alveolar)
     periph = (1.0 - peripheral) + peripheral * _step(ph.u - 0.45, 0.12)
-    fill = np.zeros(ph.shape)
+    fill = np.zeros(ph.shape, dtype=np.float32)
     if i_map.max() > 0:
         cells = max(8, min(ph.shape) // 5)
         reticular = np.exp(-((smooth_field(rng, ph.shape, cells) / 0.3) ** 2))
@@ -430,7 +434,7 @@ def paint_effusion(ph: ChestPhantom, side: str, amount: float) -> np.ndarray:
     """
     s = 0 if side == "right" else 1
     cp = ph.cp_angle_y[s]
-    level = cp - (0.06 + 0.42 * amount)  # fluid height at the lateral chest wall
+    level = cp - (0.10 + 0.55 * amount)  # fluid height at the lateral chest wall
     u = np.clip(ph.u, 0.0, 1.2)
     top = level + (0.10 + 0.12 * amount) * (1.0 - u) ** 2  # meniscus: lower medially
     fluid = _step(ph.Y - top, 0.025) * (0.80 + 0.20 * _step(ph.Y - top - 0.06, 0.05))
@@ -504,7 +508,7 @@ def paint_atelectasis(ph: ChestPhantom, rng: np.random.Generator, side: str, sev
 
 def draw_support_devices(ph: ChestPhantom, rng: np.random.Generator) -> tuple[np.ndarray, list[str]]:
     """Radio-opaque support devices as an attenuation overlay: ET tube, NG tube, central line, ECG leads."""
-    overlay = np.zeros(ph.shape)
+    overlay = np.zeros(ph.shape, dtype=np.float32)
     kinds: list[str] = []
     X, Y = ph.X, ph.Y
     w = max(0.012, 0.8 * ph.px)
@@ -555,14 +559,14 @@ def render_lateral(
     p = params
     px = 2.0 / min(rows, cols) / p.size
     e = px
-    yy = (np.arange(rows) + 0.5) / rows * 2.0 - 1.0
-    xx = (np.arange(cols) + 0.5) / cols * 2.0 - 1.0
+    yy = ((np.arange(rows) + 0.5) / rows * 2.0 - 1.0).astype(np.float32)
+    xx = ((np.arange(cols) + 0.5) / cols * 2.0 - 1.0).astype(np.float32)
     theta = math.radians(p.rotation_deg)
     c, s = math.cos(theta), math.sin(theta)
     xs = xx[None, :] - p.offset[0]
     ys = yy[:, None] - p.offset[1]
-    X = (c * xs + s * ys) / p.size
-    Y = (-s * xs + c * ys) / p.size
+    X = (c * xs + s * ys) * (1.0 / p.size)
+    Y = (-s * xs + c * ys) * (1.0 / p.size)
     body_r = np.sqrt((X / 0.86) ** 2 + (np.minimum(Y + 0.2, 0.0) / 0.9) ** 2)
     body = _step(1.0 - body_r, e / 0.86) * _step(Y + 0.95, 0.05)
     # Lateral views are thicker (the beam crosses both shoulders): denser soft tissue, lower lung contrast.
@@ -570,15 +574,15 @@ def render_lateral(
     dome = 0.55 - p.inspiration - 0.16 * np.exp(-(((X + 0.05) / 0.45) ** 2)) + 0.10 * _step(X - 0.35, 0.08)
     lung_r = np.sqrt(((X + 0.02) / 0.56) ** 2 + (np.minimum(Y + 0.05, 0.0) / 0.72) ** 2)
     lung = _step(1.0 - lung_r, e / 0.56) * _step(dome - Y, e)
-    hw = 0.30 + 0.9 * (p.ctr - 0.42)
-    heart = _step(1.0 - np.sqrt(((X + 0.28) / hw) ** 2 + ((Y - 0.28) / 0.30) ** 2), 0.02)
+    hw = 0.24 + 0.8 * (p.ctr - 0.42)
+    heart = _step(1.0 - np.sqrt(((X + 0.25) / hw) ** 2 + ((Y - 0.30) / 0.26) ** 2), 0.02)
     lung = lung * (1.0 - 0.75 * heart)
     spine = _step(0.10 - np.abs(X - 0.62), e) * body
     vert = 0.5 + 0.5 * np.cos(2.0 * math.pi * Y / 0.13)
     sternum = _step(0.03 - np.abs(X + 0.70 + 0.08 * Y), e) * _step(0.35 - Y, 0.03) * _step(Y + 0.65, 0.03)
-    base += 0.18 * heart + spine * (0.18 + 0.08 * vert) + 0.10 * sternum
+    base += 0.06 * heart + spine * (0.12 + 0.06 * vert) + 0.08 * sternum
     base += 0.04 * lung * np.exp(-((smooth_field(rng, shape, 20) / 0.35) ** 2))
-    fill = np.zeros(shape)
+    fill = np.zeros(shape, dtype=np.float32)
     if effusion > 0:  # fluid collects in the posterior sulcus first
         level = 0.45 - 0.35 * effusion
         fill = combine_fill(fill, _step(Y - (level - 0.15 * np.clip(X, 0, 1)), 0.03) * _step(X + 0.1, 0.1))
@@ -646,7 +650,7 @@ def acquire(att: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.n
     if acq.noise_std > 0:
         # Noise per pixel grows when pixels are larger (fewer pixels, same dose → we keep it per-pixel constant
         # so small test images look like the defaults); mildly signal-dependent like quantum noise.
-        disp = disp + acq.noise_std * (0.7 + 0.6 * np.clip(1.0 - disp, 0.0, 1.0)) * rng.standard_normal(att.shape)
+        disp = disp + acq.noise_std * (0.7 + 0.6 * np.clip(1.0 - disp, 0.0, 1.0)) * rng.standard_normal(att.shape, dtype=np.float32)
     disp = np.clip(disp, 0.0, 1.0)
     top, bottom, left, right = (int(round(f * n)) for f, n in zip(acq.border, (rows, rows, cols, cols), strict=True))
     if top:

@@ -84,7 +84,7 @@ _SCORE_LOOK = {0: (0.0, 0.0), 1: (0.65, 0.0), 2: (0.85, 0.35), 3: (0.55, 0.92)}
 def _zone_scores(rng: np.random.Generator, population_shift: bool) -> tuple[np.ndarray, float]:
     sev = float(rng.normal()) + (1.1 if population_shift else 0.0)
     side = np.repeat(rng.normal(0.0, 0.25, size=2), 3)
-    latent = 1.05 * sev + _ZONE_BIAS + side + 0.55 * rng.standard_normal(6)
+    latent = 0.75 * sev + _ZONE_BIAS + side + 0.6 * rng.standard_normal(6) + 0.15
     return np.digitize(latent, _CUTS).astype(int), sev
 
 

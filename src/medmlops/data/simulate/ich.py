@@ -163,7 +163,7 @@ _VENDORS: dict[str, _Vendor] = {
     "GE": _Vendor("GE", b"GE MEDICAL SYSTEMS", 4.0, 0.0, -1024, 0.7, 0.0),
     "Philips": _Vendor("Philips", b"Philips", 7.0, 3.0, -1000, 0.6, 0.0),
     # Only used by the "scanner" shift: sharper kernel, different noise, offset and padding convention.
-    "SIEMENS": _Vendor("SIEMENS", b"SIEMENS", 9.0, -6.0, -2048, 0.4, 0.8),
+    "SIEMENS": _Vendor("SIEMENS", b"SIEMENS", 9.0, -6.0, -2048, 0.4, 0.35),
 }
 
 # HU of tissue classes (means); the per-patient anatomy adds smooth variation around them.

@@ -1,0 +1,1 @@
+"""Training-side evaluation: metrics, statistics, tabular baselines and report figures."""
