@@ -7,6 +7,7 @@ exit code; bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -105,6 +106,65 @@ def cmd_data_track(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_preprocess(args: argparse.Namespace) -> int:
+    from medmlops.data.preprocess import preprocess
+
+    params = _params(args)
+    path = preprocess(params, args.dataset, raw_root=Path(args.raw) if args.raw else None, progress=not args.quiet)
+    print(f"{args.dataset}: preprocessed; manifest {path}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from medmlops.training.experiment import run_experiment
+
+    params = _params(args)
+    exp = params.experiment(args.experiment)
+    result = run_experiment(args.experiment, params, progress=not args.quiet, resume=not args.restart)
+    print(f"\n{args.experiment}: MLflow run {result.run_id}; outputs in {result.run_dir}")
+    for key in sorted(k for k in result.summary if k.endswith("_mean")):
+        print(f"  {key[:-5]:<40} {result.summary[key]:.3f} ± {result.summary.get(key[:-5] + '_sd', float('nan')):.3f}")
+    register = exp.register if args.register is None else args.register
+    if register:
+        from medmlops.training.register import register_experiment
+
+        version = register_experiment(result, params)
+        print(f"registered {exp.family} version {version} as @candidate")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medmlops.training.report import evaluate_experiments
+
+    params = _params(args)
+    out = evaluate_experiments(args.experiments, params, out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
+    print(f"report: {out}")
+    return 0
+
+
+def cmd_registry(args: argparse.Namespace) -> int:
+    from medmlops import registry
+
+    params = _params(args)
+    registry.configure(params.registry)
+    if args.registry_command == "list":
+        rows = registry.list_versions(args.family)
+        for row in rows:
+            print(json.dumps(row, default=str))
+        if not rows:
+            print(f"{args.family}: no registered versions")
+        return 0
+    if args.registry_command == "promote":
+        gates = params.registry.gates.get(args.family)
+        if gates is None:
+            raise UserError(f"params.yaml has no registry.gates.{args.family}")
+        result = registry.promote(args.family, gates)
+    else:
+        result = registry.rollback(args.family)
+    print(result.message)
+    return 0 if result.promoted or args.registry_command == "rollback" else 1
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
@@ -156,6 +216,39 @@ def build_parser() -> argparse.ArgumentParser:
     trk.add_argument("--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)")
     _add_params_args(trk)
     trk.set_defaults(func=cmd_data_track)
+
+    pre = sub.add_parser("preprocess", help="MONAI preprocessing into the on-disk cache (+ manifest)")
+    pre.add_argument("dataset", choices=("ich",))
+    pre.add_argument("--raw", default=None, help="dataset folder (default: data.raw_dir/DATASET)")
+    pre.add_argument("--quiet", action="store_true")
+    _add_params_args(pre)
+    pre.set_defaults(func=cmd_preprocess)
+
+    train = sub.add_parser("train", help="train and evaluate an experiment over CV folds, tracked in MLflow")
+    train.add_argument("experiment", help="a key of params.yaml experiments (e.g. ich-mt-ord)")
+    reg = train.add_mutually_exclusive_group()
+    reg.add_argument("--register", dest="register", action="store_true", default=None, help="register as @candidate")
+    reg.add_argument("--no-register", dest="register", action="store_false", help="do not register")
+    train.add_argument("--restart", action="store_true", help="ignore checkpoints of an earlier run")
+    train.add_argument("--quiet", action="store_true")
+    _add_params_args(train)
+    train.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("evaluate", help="tables and figures across trained experiments (the papers' tables)")
+    ev.add_argument("experiments", nargs="+", help="experiment names (trained with the same profile)")
+    ev.add_argument("--out", default=None, help="report folder (default: reports/<family>/<profile>)")
+    ev.add_argument("--quiet", action="store_true")
+    _add_params_args(ev)
+    ev.set_defaults(func=cmd_evaluate)
+
+    registry = sub.add_parser("registry", help="MLflow model registry: list, promote through the gates, roll back")
+    rsub = registry.add_subparsers(dest="registry_command", required=True)
+    for command, text in (("list", "versions and aliases"), ("promote", "move @champion if the gates pass"),
+                          ("rollback", "restore the previous champion")):
+        rp = rsub.add_parser(command, help=text)
+        rp.add_argument("family", help="registered model name, e.g. ich-prognosis")
+        _add_params_args(rp)
+        rp.set_defaults(func=cmd_registry)
 
     config = sub.add_parser("config", help="inspect the configuration").add_subparsers(dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")

@@ -92,6 +92,61 @@ class ValidationConfig:
 
 
 @dataclass(frozen=True)
+class CtPreprocessConfig:
+    """ICH CT preprocessing (MONAI). ``spatial_size`` is (x, y, z) as MONAI's Resize takes it on NIfTI arrays:
+    in-plane, in-plane, slices; the paper's 301 × 301 × 40."""
+
+    spatial_size: tuple[int, int, int] = (96, 96, 32)
+    window: tuple[float, float] = (15.0, 100.0)
+    skull_strip: bool = True
+    orientation: str = "RAS"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    out_dir: str = "data/preprocessed"  # cached tensors + manifest per dataset (a dvc.yaml stage output)
+    ich: CtPreprocessConfig = field(default_factory=CtPreprocessConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop's settings (Cobo et al. for ICH: AdamW 1e-3 / 1e-4, batch 8 × 3 accumulation steps,
+    early stopping patience 20 on validation balanced accuracy, augmentation p = 0.5, 10-fold CV)."""
+
+    epochs: int = 30
+    batch_size: int = 8
+    accumulation_steps: int = 3
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    patience: int = 20
+    oversample: bool = True
+    augment: bool = True
+    aug_prob: float = 0.5
+    n_folds: int = 10
+    val_fraction: float = 0.1
+    folds: tuple[int, ...] = ()  # run only these folds (empty: all); the pipelines fan out one fold per task
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    amp: bool = True  # automatic mixed precision, CUDA only
+    num_workers: int = 0
+    runs_dir: str = ".medmlops/runs"
+    bootstrap_fold: int = 0  # the fold whose test set gets bootstrap CIs (the paper's Table 2)
+    n_bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment = a model, its tasks with loss weights (λ), and what to register. Experiments differ only here."""
+
+    family: str = "ich-prognosis"
+    dataset: str = "ich"
+    model: str = "densenet121_3d"
+    tasks: dict[str, float] = field(default_factory=lambda: {"prognosis": 1.0})
+    primary_task: str = "prognosis"  # early stopping and promotion gates read this task's metrics
+    register: bool = False  # register the result as FAMILY@candidate after training
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class GatesConfig:
     """Promotion gates for one registered family: ``candidate`` becomes ``champion`` only when all pass."""
 
@@ -118,6 +173,14 @@ class Params:
     data: DataConfig = field(default_factory=DataConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
+
+    def experiment(self, name: str) -> ExperimentConfig:
+        if name not in self.experiments:
+            raise ConfigError(f"unknown experiment '{name}' (expected one of: {', '.join(sorted(self.experiments))})")
+        return self.experiments[name]
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))

@@ -30,7 +30,7 @@ def skull_strip_mask(
     blood and CSF inside the skull, with bone, scalp and air removed. SynthStrip is a learned network whose
     weights cannot be fetched here; this classical stand-in works because CT's skull is a closed high-density
     shell: per axial slice, bone (≥ ``bone_hu``) is closed morphologically and its holes filled; the filled area
-    minus the (slightly dilated) bone is the intracranial cavity. Kept voxels must be in the soft-tissue range.
+    minus the bone is the intracranial cavity. Kept voxels must be in the soft-tissue range.
     In 3D the largest connected component is kept, which drops the orbits and other soft tissue outside the
     skull. Where the skull is not closed on a slice (skull base, vertex, craniectomy) the slice falls back to the
     soft-tissue voxels connected to the cavity of its neighbours. It is coarser than SynthStrip at the skull
@@ -51,8 +51,8 @@ def skull_strip_mask(
     for k in range(vol.shape[-1]):
         ring = ndimage.binary_closing(bone[..., k], structure=structure, iterations=2)
         filled = ndimage.binary_fill_holes(ring)
-        inside = filled & ~ndimage.binary_dilation(ring, structure=structure, iterations=1)
-        cavity[..., k] = inside & tissue[..., k]
+        # Partial-volume voxels between soft tissue and bone fall outside ``tissue_hu`` and are dropped there.
+        cavity[..., k] = filled & ~ring & tissue[..., k]
     labels, count = ndimage.label(cavity)
     if count == 0:
         # No closed skull anywhere (not a head CT, or already stripped): keep soft tissue, remove nothing else.

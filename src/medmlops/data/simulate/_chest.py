@@ -278,7 +278,10 @@ class ChestPhantom:
         dome_base = np.where(X < 0, np.float32(base_r), np.float32(base_l))
         dome = dome_base - 0.28 * np.exp(-(((u - 0.42) / 0.38) ** 2))
         self.dome = dome
-        self.cp_angle_y = (base_r - 0.28 * math.exp(-((0.58 / 0.38) ** 2)), base_l - 0.28 * math.exp(-((0.58 / 0.38) ** 2)))
+        self.cp_angle_y = (
+            base_r - 0.28 * math.exp(-((0.58 / 0.38) ** 2)),
+            base_l - 0.28 * math.exp(-((0.58 / 0.38) ** 2)),
+        )
 
         # Lungs: rounded apices (half ellipse), near-vertical lateral walls, dome below.
         yc = -0.28
@@ -522,7 +525,11 @@ def draw_support_devices(ph: ChestPhantom, rng: np.random.Generator) -> tuple[np
         overlay += 0.22 * np.exp(-(((X - path) / w) ** 2)) * _step(0.78 - Y, 0.01)
         kinds.append("ngt")
     if k[2] < 0.5 or not kinds:  # right subclavian/jugular central line ending in the SVC
-        horiz = np.exp(-(((Y - (-0.62 + 0.25 * (X + 0.08) ** 2)) / w) ** 2)) * _step(X + 0.55, 0.01) * _step(-0.06 - X, 0.01)
+        horiz = (
+            np.exp(-(((Y - (-0.62 + 0.25 * (X + 0.08) ** 2)) / w) ** 2))
+            * _step(X + 0.55, 0.01)
+            * _step(-0.06 - X, 0.01)
+        )
         vert = np.exp(-(((X + 0.07) / w) ** 2)) * _step(Y + 0.63, 0.01) * _step(-0.12 - Y, 0.01)
         overlay += 0.28 * np.maximum(horiz, vert)
         kinds.append("cvc")
@@ -650,7 +657,9 @@ def acquire(att: np.ndarray, acq: Acquisition, rng: np.random.Generator) -> np.n
     if acq.noise_std > 0:
         # Noise per pixel grows when pixels are larger (fewer pixels, same dose → we keep it per-pixel constant
         # so small test images look like the defaults); mildly signal-dependent like quantum noise.
-        disp = disp + acq.noise_std * (0.7 + 0.6 * np.clip(1.0 - disp, 0.0, 1.0)) * rng.standard_normal(att.shape, dtype=np.float32)
+        disp = disp + acq.noise_std * (0.7 + 0.6 * np.clip(1.0 - disp, 0.0, 1.0)) * rng.standard_normal(
+            att.shape, dtype=np.float32
+        )
     disp = np.clip(disp, 0.0, 1.0)
     top, bottom, left, right = (int(round(f * n)) for f, n in zip(acq.border, (rows, rows, cols, cols), strict=True))
     if top:
@@ -702,7 +711,11 @@ def apply_corruption(disp: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
     bh = max(4, int(rows * rng.uniform(0.07, 0.10)))
     bw = max(8, int(cols * rng.uniform(0.22, 0.35)))
     r0 = int(rng.integers(1, max(2, rows // 12)))
-    c0 = int(rng.integers(1, max(2, cols // 12))) if rng.random() < 0.5 else cols - bw - int(rng.integers(1, max(2, cols // 12)))
+    c0 = (
+        int(rng.integers(1, max(2, cols // 12)))
+        if rng.random() < 0.5
+        else cols - bw - int(rng.integers(1, max(2, cols // 12)))
+    )
     out[r0 : r0 + bh, c0 : c0 + bw] = 0.0
     ih, iw = bh - 2, bw - 2
     n_chars = max(2, iw // 4)
@@ -810,7 +823,12 @@ def write_dicom(
     for key, value in (extra or {}).items():
         setattr(ds, key, value)
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-    ds.save_as(str(path), enforce_file_format=True)
+    import pydicom
+
+    if int(pydicom.__version__.split(".")[0]) >= 3:
+        ds.save_as(str(path), enforce_file_format=True)
+    else:  # pragma: no cover - pydicom 2.x spelling of the same thing (preamble + complete file meta)
+        ds.save_as(str(path), write_like_original=False)
 
 
 def _csv_field(value: object, sep: str, force_quote: bool) -> str:
@@ -821,7 +839,12 @@ def _csv_field(value: object, sep: str, force_quote: bool) -> str:
 
 
 def write_csv(
-    path: str | Path, columns: Sequence[str], rows: Iterable[Sequence[object]], *, sep: str = ",", quote: Iterable[str] = ()
+    path: str | Path,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    sep: str = ",",
+    quote: Iterable[str] = (),
 ) -> None:
     """Write pre-formatted string cells: ``\\n`` endings, UTF-8 without BOM, RFC-4180 quoting only where needed
     (plus always for the columns in ``quote``, e.g. BrixiaScore so the leading zeros read as text)."""

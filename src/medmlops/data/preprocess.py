@@ -1,0 +1,116 @@
+"""``medmlops preprocess``: run the deterministic MONAI chain once per volume and cache the tensors on disk.
+
+Epochs then read cached tensors (MONAI ``PersistentDataset``) instead of re-reading and re-transforming NIfTI;
+random augmentations run after the cache. The cache lives in ``<out_dir>/<dataset>/<config hash>/`` so a change
+of preprocessing parameters never serves stale tensors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from medmlops.config import Params
+from medmlops.data.readers import read_manifest
+from medmlops.errors import DataError
+
+LABEL_COLUMNS = {"ich": ("prognosis", "gcs_binary", "gcs_ordinal", "age_binary")}
+
+
+def config_hash(params: Params, dataset: str) -> str:
+    cfg = asdict(getattr(params.preprocess, dataset))
+    return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cache_root(params: Params, dataset: str, repo: Path = Path(".")) -> Path:
+    return repo / params.preprocess.out_dir / dataset / config_hash(params, dataset)
+
+
+def deterministic_transforms(params: Params, dataset: str) -> list:
+    from medmlops.data.transforms import ct_transforms
+
+    if dataset == "ich":
+        cfg = params.preprocess.ich
+        return ct_transforms(cfg.spatial_size, cfg.window, cfg.skull_strip, cfg.orientation)
+    raise DataError(f"no preprocessing defined for dataset '{dataset}' yet")
+
+
+def augmentations(params: Params, dataset: str) -> list:
+    from medmlops.data.transforms import ct_augmentations
+
+    if dataset == "ich":
+        return ct_augmentations(prob=params.train.aug_prob)
+    return []
+
+
+def items_from_manifest(manifest: pd.DataFrame, dataset: str) -> list[dict]:
+    """Dataset items: the image path plus the integer labels (identical dicts ↔ identical cache keys)."""
+    columns = LABEL_COLUMNS[dataset]
+    return [
+        {"image": row["image_path"], "sample_id": str(row["sample_id"]), **{c: int(row[c]) for c in columns}}
+        for _, row in manifest.iterrows()
+    ]
+
+
+def make_dataset(params: Params, dataset: str, items: list[dict], *, augment: bool, repo: Path = Path(".")):
+    """A ``PersistentDataset`` over ``items``: cached deterministic chain, then (optionally) augmentations."""
+    from monai.data import PersistentDataset
+    from monai.transforms import Compose
+
+    chain = deterministic_transforms(params, dataset) + (augmentations(params, dataset) if augment else [])
+    cache = cache_root(params, dataset, repo) / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    return PersistentDataset(items, transform=Compose(chain), cache_dir=cache)
+
+
+def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
+    """Stop before any work on a missing file or label, naming it (nothing half-done downstream)."""
+    missing = manifest[~manifest["image_exists"]]
+    if len(missing):
+        raise DataError(f"{missing['image_path'].iloc[0]}: image file not found ({len(missing)} missing in {root})")
+    for column in LABEL_COLUMNS[dataset]:
+        bad = manifest[manifest[column].isna() | (manifest[column] < 0)]
+        if len(bad):
+            raise DataError(
+                f"{bad['image_path'].iloc[0]}: label '{column}' missing or invalid in the table for sample {bad['sample_id'].iloc[0]}"
+            )
+
+
+def preprocess(params: Params, dataset: str, raw_root: Path | None = None, repo: Path = Path("."), progress: bool = True) -> Path:
+    """Read, check and preprocess every sample into the cache; write ``manifest.csv`` beside it and return it."""
+    raw_root = Path(raw_root) if raw_root is not None else repo / params.data.raw_dir / dataset
+    manifest = read_manifest(dataset, raw_root, params)
+    check_manifest(manifest, dataset, raw_root)
+    out = cache_root(params, dataset, repo)
+    out.mkdir(parents=True, exist_ok=True)
+    items = items_from_manifest(manifest, dataset)
+    ds = make_dataset(params, dataset, items, augment=False, repo=repo)
+    for i in tqdm(range(len(ds)), desc=f"preprocessing {dataset}", disable=not progress):
+        try:
+            ds[i]
+        except DataError:
+            raise
+        except Exception as exc:  # MONAI wraps loader errors in RuntimeError("applying transform ...")
+            cause = exc
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            if isinstance(cause, DataError):
+                raise cause from exc
+            raise DataError(f"{items[i]['image']}: cannot be preprocessed ({type(cause).__name__}: {cause})") from exc
+    manifest_path = out / "manifest.csv"
+    keep = ["sample_id", "image_path", *LABEL_COLUMNS[dataset], *[c for c in ("gcs", "age") if c in manifest]]
+    manifest[keep].to_csv(manifest_path, index=False)
+    (out / "config.json").write_text(json.dumps(asdict(getattr(params.preprocess, dataset)), indent=2))
+    return manifest_path
+
+
+def load_manifest(params: Params, dataset: str, repo: Path = Path(".")) -> pd.DataFrame:
+    path = cache_root(params, dataset, repo) / "manifest.csv"
+    if not path.is_file():
+        raise DataError(f"{path}: not found; run `medmlops preprocess {dataset}` first")
+    return pd.read_csv(path, dtype={"sample_id": str})

@@ -1,0 +1,1 @@
+"""Saliency maps (Captum) and their figures."""

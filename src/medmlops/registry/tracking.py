@@ -1,0 +1,491 @@
+"""MLflow tracking and model registration: where runs go, and how a model version is registered and loaded.
+
+Everything here talks to whatever tracking URI :func:`configure` set (SQLite on one machine, an ``mlflow server``
+on a cluster); nothing is configured at import. Facts about MLflow 3.17 this module relies on:
+
+* The ``./mlruns`` file store is refused ("maintenance mode"): the default is SQLite under ``.medmlops/``.
+* With a SQLite backend a new experiment's artifacts default to ``./mlruns/<id>`` relative to the *current*
+  directory, so experiments are created with an explicit absolute ``file://`` location under
+  ``registry.artifact_dir``.
+* ``mlflow.pytorch.log_model`` defaults to ``serialization_format="pt2"`` (``torch.export``) off Databricks. An
+  exported program is a graph with the example's batch size baked in, no ``eval()``/``forward_features`` and no
+  hooks, which Captum/INFORMER need; we log with ``"pickle"`` (the model classes live in ``medmlops.models``).
+* A model version's ``version`` is an ``int`` from the SQLite store and a ``str`` over REST; we always use ``str``.
+* ``search_model_versions`` leaves ``aliases`` empty; ``get_registered_model(name).aliases`` holds them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+import yaml
+from mlflow import MlflowClient
+from mlflow.entities.model_registry import ModelVersion
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model, infer_signature
+
+from medmlops.config import RegistryConfig
+from medmlops.errors import UserError
+from medmlops.registry.contract import ContractError, ModelContract
+
+CONTRACT_FILE = "contract.json"
+DEFAULT_DB = ".medmlops/mlflow.db"
+# Registered-version tags written at registration (read by `registry list`, serving and monitoring).
+VERSION_TAGS = ("experiment", "data_version", "git_commit")
+# Pinned by the project's constraints; an explicit list skips MLflow's requirement inference, which imports the
+# model in a subprocess and may query PyPI (no network here).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
+_REMOTE_SCHEMES = ("http", "https", "databricks", "databricks-uc")
+
+log = logging.getLogger(__name__)
+
+
+class TrackingConfigError(UserError, ValueError):
+    """The tracking URI cannot be used (e.g. a ``./mlruns`` file store); the message names where it came from."""
+
+
+class ModelNotFoundError(UserError, LookupError):
+    """A registered model, alias, version or its contract is missing, invalid or inconsistent with the model."""
+
+
+class RegistrationError(UserError, ValueError):
+    """The model does not match its contract; nothing was registered."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tracking URI and experiments
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None) -> str:
+    """The tracking URI to use: ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else local SQLite.
+
+    A relative SQLite path is made absolute against ``cwd`` (Kubeflow's subprocess runner and DVC stages change
+    directory) and its folder is created.
+
+    Raises:
+        TrackingConfigError: the URI is a file store (a plain path or ``file:``), which MLflow 3.17 refuses.
+    """
+    cwd = Path(cwd or Path.cwd()).resolve()
+    if cfg.tracking_uri:
+        uri, source = cfg.tracking_uri, "params.yaml registry.tracking_uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, source = os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"
+    else:
+        uri, source = f"sqlite:///{DEFAULT_DB}", "the default"
+    scheme = urlparse(uri).scheme
+    if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter, still a path
+        raise TrackingConfigError(
+            f"{source} '{uri}' is a file store (./mlruns), which MLflow 3.17 refuses; "
+            "use sqlite:///PATH/mlflow.db or an http(s):// tracking server"
+        )
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else ""
+        if path and path != ":memory:":
+            db = Path(path) if Path(path).is_absolute() else cwd / path
+            db.parent.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{db}"
+    return uri
+
+
+def configure(cfg: RegistryConfig, cwd: Path | None = None) -> str:
+    """Point MLflow's tracking and registry at :func:`resolve_tracking_uri` and return the URI.
+
+    Call from ``main()`` or an entry point, never at import. Also switches MLflow's usage telemetry off unless the
+    user set ``MLFLOW_DISABLE_TELEMETRY`` (medical sites run offline; the client would only retry and fail).
+    """
+    uri = resolve_tracking_uri(cfg, cwd)
+    if "MLFLOW_DISABLE_TELEMETRY" not in os.environ:
+        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+        with contextlib.suppress(Exception):  # internal API; losing it only leaves telemetry on
+            from mlflow.telemetry import set_telemetry_client
+
+            set_telemetry_client()  # the client is created at `import mlflow`; re-create it (as None) now
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def get_or_create_experiment(
+    name: str,
+    artifact_location: str | None = None,
+    *,
+    cfg: RegistryConfig | None = None,
+    cwd: Path | None = None,
+) -> str:
+    """The id of experiment ``name``, created if missing (and restored if it was deleted).
+
+    Args:
+        name: experiment name, e.g. ``f"{cfg.experiment_prefix}/ich-mtl"``.
+        artifact_location: explicit artifact root for a new experiment. When omitted and the backend is a local
+            database (SQLite), it is ``<cfg.artifact_dir>/<name>`` as an absolute ``file://`` URI; a tracking
+            server chooses its own (``mlflow-artifacts:/``).
+        cfg: supplies ``artifact_dir`` (defaults to ``RegistryConfig()``'s).
+        cwd: resolves a relative ``artifact_dir``.
+    """
+    client = MlflowClient()
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            client.restore_experiment(existing.experiment_id)
+        return existing.experiment_id
+    if artifact_location is None and urlparse(mlflow.get_tracking_uri()).scheme not in _REMOTE_SCHEMES:
+        root = Path((cfg or RegistryConfig()).artifact_dir)
+        root = root if root.is_absolute() else Path(cwd or Path.cwd()).resolve() / root
+        folder = root / name.replace("/", "__")
+        folder.mkdir(parents=True, exist_ok=True)
+        artifact_location = folder.as_uri()
+    return client.create_experiment(name, artifact_location=artifact_location)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Provenance
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def git_commit(repo: Path | None = None) -> str:
+    """The commit checked out at ``repo`` (or a parent), read from ``.git`` directly; ``"unknown"`` outside git.
+
+    Reads the files instead of running ``git``: training images and Kubeflow pods often lack the binary.
+    """
+    start = Path(repo or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        dotgit = folder / ".git"
+        if dotgit.exists():
+            return _read_head(dotgit) or "unknown"
+    return "unknown"
+
+
+def _read_head(dotgit: Path) -> str | None:
+    try:
+        if dotgit.is_file():  # worktree or submodule: "gitdir: <path>"
+            target = dotgit.read_text().strip().removeprefix("gitdir:").strip()
+            dotgit = (dotgit.parent / target).resolve()
+        common = dotgit
+        if (dotgit / "commondir").is_file():  # worktrees keep refs in the main repository
+            common = (dotgit / (dotgit / "commondir").read_text().strip()).resolve()
+        head = (dotgit / "HEAD").read_text().strip()
+        if not head.startswith("ref:"):
+            return head or None  # detached HEAD holds the sha itself
+        ref = head.removeprefix("ref:").strip()
+        for base in (dotgit, common):
+            if (base / ref).is_file():
+                return (base / ref).read_text().strip() or None
+        packed = common / "packed-refs"
+        if packed.is_file():
+            for line in packed.read_text().splitlines():
+                sha, _, name = line.partition(" ")
+                if name.strip() == ref:
+                    return sha
+    except OSError:
+        return None
+    return None  # a fresh repository without commits
+
+
+def data_version(repo: Path | None = None, dvc_file: str = "data.dvc") -> str:
+    """The md5 DVC records for the first output of ``data.dvc`` (``"<md5>.dir"`` for a folder); else ``"unknown"``."""
+    path = Path(repo or Path.cwd()) / dvc_file
+    try:
+        record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        outs = record.get("outs") or []
+        md5 = outs[0].get("md5") if outs and isinstance(outs[0], dict) else None
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "unknown"
+    return str(md5) if md5 else "unknown"
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Registration
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def register_model(
+    model: torch.nn.Module,
+    contract: ModelContract,
+    *,
+    run_id: str,
+    input_example: np.ndarray,
+    family: str | None = None,
+    alias: str = "candidate",
+    extra_artifacts: dict[str, Path] | None = None,
+) -> ModelVersion:
+    """Log ``model`` with its contract in run ``run_id``, register it as a new version of ``family``, set ``alias``.
+
+    The contract and its consistency with the model are checked before anything is written. The version is
+    registered with tags ``experiment``, ``data_version``, ``git_commit``; the alias is set last, and a failure
+    after the version was created deletes that version, so an alias never points at a half-made version.
+
+    Args:
+        model: the trained module; its forward returns a tensor (one task) or ``dict[str, Tensor]`` by task name.
+        contract: validated here; ``created_at`` is filled in when empty.
+        run_id: the training (or evaluation) run the model is logged in.
+        input_example: one preprocessed batch, shape ``(B, *contract.input.shape)``.
+        family: registered model name; defaults to (and must equal) ``contract.family``.
+        alias: moved to the new version (``candidate``; promotion moves ``champion``).
+        extra_artifacts: artifact folder name → local file or folder, logged next to the model
+            (e.g. ``{"informer": Path("calibration.json")}`` → ``informer/calibration.json``).
+
+    Raises:
+        ContractError: the contract is invalid.
+        RegistrationError: the model's outputs or the input example disagree with the contract.
+    """
+    contract.validate()
+    family = family or contract.family
+    if family != contract.family:
+        raise RegistrationError(f"registered name '{family}' differs from the contract's family '{contract.family}'")
+    if not alias:
+        raise RegistrationError("alias must be a non-empty name")
+    input_example = np.asarray(input_example)
+    outputs = _outputs_as_numpy(model, contract, input_example)
+    for name, path in (extra_artifacts or {}).items():
+        if not Path(path).exists():
+            raise RegistrationError(f"extra artifact '{name}': {path} does not exist")
+
+    client = MlflowClient()
+    run = client.get_run(run_id)
+    experiment = contract.experiment or client.get_experiment(run.info.experiment_id).name
+    contract = dataclasses.replace(
+        contract,
+        experiment=experiment,
+        created_at=contract.created_at or datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    # One output per task, named by task: the pyfunc flavour cannot serve a dict output anyway (serving uses
+    # mlflow.pytorch.load_model), but the signature documents the heads and is checked again at load time.
+    signature = infer_signature(input_example, outputs)
+
+    with _in_run(run_id), _quiet_pytorch_logging():
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=PIP_REQUIREMENTS,
+            serialization_format="pickle",
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / CONTRACT_FILE
+        path.write_text(contract.to_json(), encoding="utf-8")
+        # Next to MLmodel in the logged model's own artifact root, so `models:/NAME@ALIAS` downloads carry it.
+        client.log_model_artifact(info.model_id, str(path))
+    for name, local in (extra_artifacts or {}).items():
+        if Path(local).is_dir():
+            client.log_model_artifacts(info.model_id, str(local), artifact_path=name)
+        else:
+            client.log_model_artifact(info.model_id, str(local), artifact_path=name)
+
+    tags = {"experiment": contract.experiment, "data_version": contract.data_version, "git_commit": contract.git_commit}
+    version: str | None = None
+    try:
+        registered = mlflow.register_model(info.model_uri, family, tags=tags)
+        version = str(registered.version)
+        client.set_registered_model_alias(family, alias, version)
+        return client.get_model_version(family, version)
+    except BaseException:
+        version = version or _find_version(client, family, info.model_uri)
+        if version is not None:
+            with contextlib.suppress(MlflowException):
+                client.delete_model_version(family, version)  # deleting a version also drops its aliases
+        raise
+
+
+def _outputs_as_numpy(model: torch.nn.Module, contract: ModelContract, example: np.ndarray) -> dict[str, np.ndarray]:
+    """Run ``model`` on the example and check shapes against the contract; outputs by task, in contract order."""
+    expected = tuple(contract.input.shape)
+    if example.ndim != len(expected) + 1 or tuple(example.shape[1:]) != expected:
+        raise RegistrationError(
+            f"input_example shape {list(example.shape)} does not match the contract's input.shape "
+            f"{list(expected)} (plus a batch axis)"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        x = torch.as_tensor(example, device=param.device if param is not None else None)
+        with torch.no_grad():
+            raw = model(x)
+    finally:
+        model.train(was_training)
+    names = contract.task_names()
+    if isinstance(raw, torch.Tensor):
+        if len(names) != 1:
+            raise RegistrationError(
+                f"the model returns one tensor but the contract has {len(names)} tasks; return a dict keyed by task"
+            )
+        raw = {names[0]: raw}
+    if not isinstance(raw, dict) or set(raw) != set(names):
+        got = sorted(raw) if isinstance(raw, dict) else type(raw).__name__
+        raise RegistrationError(f"the model's outputs {got} do not match the contract's tasks {names}")
+    out = {}
+    for task in contract.tasks:
+        value = raw[task.name].detach().float().cpu().numpy()
+        if value.ndim != 2 or value.shape[1] != task.n_logits:
+            raise RegistrationError(
+                f"output '{task.name}' has shape {list(value.shape)} but the contract's {task.kind} task has "
+                f"{task.n_logits} logits (expected [batch, {task.n_logits}])"
+            )
+        out[task.name] = value
+    return out
+
+
+@contextlib.contextmanager
+def _in_run(run_id: str) -> Iterator[None]:
+    """Make ``run_id`` the active run: reuse it if it already is, else resume it for the block."""
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        yield
+        return
+    # start_run refuses a second top-level run; a different active run means the caller mixed runs up.
+    with mlflow.start_run(run_id=run_id, nested=active is not None):
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_pytorch_logging() -> Iterator[None]:
+    """Silence two warnings that every registration would print, both expected here.
+
+    ``mlflow.models.model`` warns that the serving input example fails to validate: the pyfunc wrapper expects a
+    single tensor and our multi-task models return a dict (``validate_serving_input=False`` cannot be passed:
+    ``mlflow.pytorch.log_model`` forwards unknown kwargs to ``torch.save``). ``mlflow.pytorch`` warns about pickle,
+    which is the deliberate choice explained in the module docstring.
+    """
+    loggers = [logging.getLogger("mlflow.models.model"), logging.getLogger("mlflow.pytorch")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _find_version(client: MlflowClient, family: str, model_uri: str) -> str | None:
+    with contextlib.suppress(MlflowException):
+        for mv in client.search_model_versions(f"name='{family}'"):
+            if mv.source == model_uri:
+                return str(mv.version)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def resolve_version(family: str, alias: str, client: MlflowClient | None = None) -> ModelVersion:
+    """The model version ``family@alias``; ModelNotFoundError when the model or the alias does not exist."""
+    client = client or MlflowClient()
+    try:
+        client.get_registered_model(family)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"registered model '{family}' not found at {mlflow.get_registry_uri()}") from exc
+    try:
+        return client.get_model_version_by_alias(family, alias)
+    except MlflowException as exc:
+        raise ModelNotFoundError(f"registered model '{family}' has no version with alias '{alias}'") from exc
+
+
+def load_contract(family: str, version: str | int, client: MlflowClient | None = None) -> ModelContract:
+    """The validated contract of ``family`` version ``version``.
+
+    Raises:
+        ModelNotFoundError: the version has no ``contract.json`` or it is invalid.
+    """
+    try:
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{family}/{version}/{CONTRACT_FILE}", dst_path=tempfile.mkdtemp(prefix="contract-")
+        )
+        text = Path(path).read_text(encoding="utf-8")
+    except (MlflowException, OSError) as exc:
+        raise ModelNotFoundError(f"'{family}' version {version} has no {CONTRACT_FILE} artifact") from exc
+    try:
+        return ModelContract.from_json(text)
+    except ContractError as exc:
+        raise ModelNotFoundError(f"'{family}' version {version}: {exc}") from exc
+
+
+def load_model(
+    family: str, alias: str = "champion", *, device: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, ModelContract, str]:
+    """Load ``models:/family@alias`` as a torch module in eval mode, with its contract and version.
+
+    The version is resolved once and everything is read by version number, so an alias moved meanwhile cannot
+    pair one version's weights with another's contract.
+
+    Raises:
+        ModelNotFoundError: model, alias or contract missing; contract invalid; or the logged signature or input
+            example disagrees with the contract.
+    """
+    client = MlflowClient()
+    version = str(resolve_version(family, alias, client).version)
+    where = f"'{family}@{alias}' (version {version})"
+    with tempfile.TemporaryDirectory(prefix="medmlops-model-") as tmp:
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{family}/{version}", dst_path=tmp)
+        except MlflowException as exc:
+            raise ModelNotFoundError(f"{where}: its model artifacts cannot be downloaded ({exc.message})") from exc
+        contract_path = Path(local) / CONTRACT_FILE
+        if not contract_path.is_file():
+            raise ModelNotFoundError(f"{where} has no {CONTRACT_FILE} next to its model")
+        try:
+            contract = ModelContract.from_json(contract_path.read_text(encoding="utf-8"))
+        except ContractError as exc:
+            raise ModelNotFoundError(f"{where}: {exc}") from exc
+        _check_logged_model(Path(local), contract, where)
+        module = mlflow.pytorch.load_model(local, map_location=device)
+    if not isinstance(module, torch.nn.Module):
+        raise ModelNotFoundError(f"{where} did not load as a torch module (got {type(module).__name__})")
+    return module.eval(), contract, version
+
+
+def _check_logged_model(local: Path, contract: ModelContract, where: str) -> None:
+    """Compare the MLmodel signature and input example with the contract's shape and tasks."""
+    expected = list(contract.input.shape)
+    try:
+        logged = Model.load(str(local))
+    except (MlflowException, OSError) as exc:
+        raise ModelNotFoundError(f"{where}: MLmodel file unreadable ({exc})") from exc
+    example = logged.load_input_example(str(local))
+    if example is not None and list(np.asarray(example).shape[1:]) != expected:
+        raise ModelNotFoundError(
+            f"{where}: the logged input example has shape {list(np.asarray(example).shape)} but the contract's "
+            f"input.shape is {expected}"
+        )
+    signature = logged.signature
+    if signature is None:
+        return
+    inputs = signature.inputs.to_dict()
+    shape = inputs[0].get("tensor-spec", {}).get("shape") if len(inputs) == 1 else None
+    if shape is not None and list(shape[1:]) != expected:
+        raise ModelNotFoundError(
+            f"{where}: the model signature's input shape {list(shape)} does not match the contract's "
+            f"input.shape {expected}"
+        )
+    outputs = signature.outputs.to_dict() if signature.outputs is not None else []
+    names = [o.get("name") for o in outputs]
+    if outputs and names != contract.task_names():
+        raise ModelNotFoundError(
+            f"{where}: the model signature's outputs {names} do not match the contract's tasks {contract.task_names()}"
+        )
+
+
+def log_dict_artifact(obj: Any, name: str, run_id: str | None = None) -> None:
+    """Log ``obj`` as JSON artifact ``name`` in ``run_id`` (default: the active run)."""
+    if run_id is None:
+        mlflow.log_dict(obj, name)
+    else:
+        MlflowClient().log_text(run_id, json.dumps(obj, indent=2, default=str), name)

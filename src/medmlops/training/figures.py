@@ -1,0 +1,143 @@
+"""Report figures: the ICH paper's ablation box plots (Fig. 2), importance bars (supp. Fig. 4) and an HTML metric table.
+
+matplotlib is imported and switched to the Agg backend inside each function, never at import time, so importing this
+module neither needs a display nor changes the backend of an interactive session that merely imports it.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["DPI", "ablation_boxplot", "importance_barplot", "metric_table_html"]
+
+DPI = 120
+_GROUP_COLUMNS = ("model", "features", "kind")
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} needs column(s) {missing}; got {list(frame.columns)}")
+
+
+def ablation_boxplot(per_fold: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, seed: int = 0) -> Path:
+    """One panel per metric, one box per model, the per-fold values overlaid as points (ICH paper, Fig. 2).
+
+    Args:
+        per_fold: tidy values with columns ``model, fold, metric, value`` (e.g. ``TabularResult.metrics``, or the
+            image models' per-fold test metrics). Models are drawn in order of first appearance.
+        metrics: the metrics to draw, one panel each.
+        path: PNG file to write (parent folders are created).
+        seed: seed of the horizontal jitter of the points.
+
+    Returns:
+        ``path``.
+    """
+    _require(per_fold, ("model", "fold", "metric", "value"), "ablation_boxplot")
+    if not metrics:
+        raise ValueError("ablation_boxplot needs at least one metric")
+    absent = [m for m in metrics if m not in set(per_fold["metric"])]
+    if absent:
+        raise ValueError(f"metric(s) {absent} not in per_fold (has {sorted(set(per_fold['metric']))})")
+    plt = _pyplot()
+    models = list(dict.fromkeys(per_fold["model"]))
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.0, 1.0 + 0.9 * len(models)) * len(metrics), 4.2))
+    axes = np.atleast_1d(axes)
+    for ax, metric in zip(axes, metrics, strict=True):
+        rows = per_fold[per_fold["metric"] == metric]
+        data = [rows.loc[rows["model"] == m, "value"].dropna().to_numpy(dtype=float) for m in models]
+        positions = np.arange(1, len(models) + 1)
+        ax.boxplot(data, positions=positions, widths=0.6, showfliers=False)
+        for position, values in zip(positions, data, strict=True):
+            ax.scatter(position + rng.uniform(-0.15, 0.15, len(values)), values, s=12, alpha=0.7, zorder=3)
+        ax.set_xticks(positions, [str(m) for m in models], rotation=30, ha="right")
+        ax.set_title(metric)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def importance_barplot(importance: pd.DataFrame, path: str | Path, top: int = 15) -> Path:
+    """Horizontal bars of the ``top`` most important features, one panel per model / feature set / kind.
+
+    Args:
+        importance: columns ``feature, importance`` and optionally ``sd`` (error bars) and any of ``model, features,
+            kind`` (one panel per combination), e.g. ``TabularResult.importance``.
+        path: PNG file to write.
+        top: number of features per panel.
+
+    Returns:
+        ``path``.
+    """
+    _require(importance, ("feature", "importance"), "importance_barplot")
+    if importance.empty:
+        raise ValueError("importance_barplot got an empty table")
+    plt = _pyplot()
+    groups = [c for c in _GROUP_COLUMNS if c in importance.columns]
+    panels = list(importance.groupby(groups, sort=False)) if groups else [((), importance)]
+    height = 0.3 * min(top, max(len(g) for _, g in panels)) + 1.2
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7.0, height * len(panels)), squeeze=False)
+    for ax, (key, group) in zip(axes[:, 0], panels, strict=True):
+        best = group.sort_values("importance", ascending=False).head(top).iloc[::-1]
+        error = best["sd"].fillna(0.0).to_numpy() if "sd" in best.columns else None
+        ax.barh(best["feature"].astype(str), best["importance"], xerr=error, color="#4c72b0", alpha=0.85)
+        key = key if isinstance(key, tuple) else (key,)
+        ax.set_title(" / ".join(str(k) for k in key) or "importance", fontsize=10)
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def metric_table_html(summary: pd.DataFrame, path: str | Path, title: str, *, decimals: int = 2) -> Path:
+    """A small standalone HTML page holding a metric table, e.g. ``TabularResult.summary`` (cells ``"mean ± sd"``).
+
+    Numeric cells are printed with ``decimals`` decimals; text cells as they are. Everything is HTML-escaped.
+
+    Args:
+        summary: rows = metrics, columns = models (or model / feature set).
+        path: HTML file to write.
+        title: page title and heading.
+        decimals: decimals of numeric cells.
+
+    Returns:
+        ``path``.
+    """
+    body = summary.to_html(
+        escape=True, border=0, na_rep="–", float_format=lambda v: f"{v:.{decimals}f}", classes="metrics"
+    )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}"
+        "th{background:#eee}</style></head><body>"
+        f"<h1>{html.escape(title)}</h1>{body}</body></html>"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+def _save(fig, plt, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fig.savefig(path, dpi=DPI, format="png")
+    finally:
+        plt.close(fig)
+    return path

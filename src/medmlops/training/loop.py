@@ -1,0 +1,238 @@
+"""One training loop for every experiment: multi-task losses, oversampling, gradient accumulation, early stopping,
+checkpoints, resume, CUDA + AMP when present.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from medmlops.config import TrainConfig
+from medmlops.training.tasks import TaskDef
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    from monai.utils import set_determinism
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    set_determinism(seed=seed)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def oversample_indices(labels: Sequence[int], seed: int) -> np.ndarray:
+    """Indices with the minority class(es) resampled up to the majority (imblearn's RandomOverSampler on indices,
+    so images are never copied). Training split only: validation and test keep their true prevalence."""
+    from imblearn.over_sampling import RandomOverSampler
+
+    labels = np.asarray(labels)
+    if len(np.unique(labels)) < 2:
+        return np.arange(len(labels))
+    idx, _ = RandomOverSampler(random_state=seed).fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
+    return idx[:, 0]
+
+
+def multitask_loss(
+    outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], tasks: Mapping[str, TaskDef], weights: Mapping[str, float]
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """L = Σ λ_t · L_t (Cobo et al., Eq. 1), each L_t a BCE over the rows labelled for task t."""
+    total = None
+    parts = {}
+    for name, task in tasks.items():
+        loss = task.loss(outputs[name], batch[task.column].to(outputs[name].device))
+        parts[name] = float(loss.detach())
+        total = weights[name] * loss if total is None else total + weights[name] * loss
+    return total, parts
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, loader: DataLoader, tasks: Mapping[str, TaskDef], device: torch.device, amp: bool = False) -> pd.DataFrame:
+    """Probabilities of every task for every sample: columns ``sample_id``, ``<task>_p<k>`` and the labels."""
+    model.eval()
+    rows: dict[str, list] = {"sample_id": []}
+    for batch in loader:
+        with torch.autocast(device_type=device.type, enabled=amp and device.type == "cuda"):
+            outputs = model(batch["image"].to(device))
+        rows["sample_id"].extend(batch["sample_id"])
+        for name, task in tasks.items():
+            probs = task.probabilities(outputs[name])
+            for k in range(probs.shape[1]):
+                rows.setdefault(f"{name}_p{k}", []).extend(probs[:, k].tolist())
+            if task.column in batch:
+                rows.setdefault(task.column, []).extend(batch[task.column].tolist())
+    return pd.DataFrame(rows)
+
+
+def task_probs(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
+    return frame[[f"{task.name}_p{k}" for k in range(task.out_features)]].to_numpy()
+
+
+def primary_score(frame: pd.DataFrame, task: TaskDef) -> float:
+    """Validation balanced accuracy of the primary task at 0.5 — the paper's early-stopping criterion."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    labels = frame[task.column].to_numpy()
+    keep = labels >= 0
+    if keep.sum() == 0:
+        return float("nan")
+    pred = task.predict(task_probs(frame, task))
+    return float(balanced_accuracy_score(labels[keep], pred[keep]))
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_score: float
+    checkpoint: Path
+    history: list[dict] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+def _accumulation_groups(n_batches: int, steps: int) -> list[int]:
+    """Size of the accumulation group each batch belongs to: the last group may be short and its loss is
+    divided by its own size, so every optimizer step sees the mean gradient of the batches it used."""
+    sizes = []
+    for start in range(0, n_batches, steps):
+        size = min(steps, n_batches - start)
+        sizes += [size] * size
+    return sizes
+
+
+def train_fold(
+    model: torch.nn.Module,
+    train_ds,
+    val_ds,
+    *,
+    tasks: Mapping[str, TaskDef],
+    weights: Mapping[str, float],
+    primary_task: str,
+    cfg: TrainConfig,
+    out_dir: Path,
+    seed: int,
+    train_labels: Sequence[int] | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    resume: bool = True,
+) -> FoldResult:
+    """Train one fold; keeps ``best.pt`` (best validation balanced accuracy) and ``last.pt`` (for resume).
+
+    A fold whose ``done.json`` exists is not trained again; a fold with ``last.pt`` continues from it (model,
+    optimizer, scaler, epoch, best score, patience and RNG states), so an interrupted run picks up where it stopped.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done, last, best = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
+    device = resolve_device(cfg.device)
+    use_amp = cfg.amp and device.type == "cuda"
+    if resume and done.is_file():
+        info = json.loads(done.read_text())
+        return FoldResult(info["fold"], info["best_epoch"], info["best_score"], best, info["history"], resumed_from=info["best_epoch"])
+
+    seed_everything(seed)
+    model.to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    start_epoch, best_score, best_epoch, stale, history, resumed_from = 0, -math.inf, -1, 0, [], None
+    if resume and last.is_file():
+        state = torch.load(last, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, best_score, best_epoch, stale, history = (
+            state["epoch"] + 1, state["best_score"], state["best_epoch"], state["stale"], state["history"],
+        )  # fmt: skip
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        resumed_from = state["epoch"]
+        log.info("fold %s: resuming after epoch %d", out_dir.name, state["epoch"])
+
+    val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
+    primary = tasks[primary_task]
+    fold_index = int(out_dir.name.split("-")[-1]) if "-" in out_dir.name else 0
+    for epoch in range(start_epoch, cfg.epochs):
+        if stale >= cfg.patience:
+            break
+        model.train()
+        if cfg.oversample and train_labels is not None:
+            indices = oversample_indices(train_labels, seed + epoch)
+        else:
+            indices = np.arange(len(train_ds))
+        generator = torch.Generator().manual_seed(seed + epoch)
+        loader = DataLoader(
+            Subset(train_ds, indices.tolist()), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+            num_workers=cfg.num_workers, drop_last=False,
+        )  # fmt: skip
+        groups = _accumulation_groups(len(loader), max(1, cfg.accumulation_steps))
+        optimizer.zero_grad(set_to_none=True)
+        running, seen, steps = 0.0, 0, 0
+        bar = tqdm(loader, desc=f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        for i, batch in enumerate(bar):
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                outputs = model(batch["image"].to(device))
+                loss, _ = multitask_loss(outputs, batch, tasks, weights)
+            scaler.scale(loss / groups[i]).backward()
+            if (i + 1) % max(1, cfg.accumulation_steps) == 0 or (i + 1) == len(loader):
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                steps += 1
+            running += float(loss.detach()) * len(batch["sample_id"])
+            seen += len(batch["sample_id"])
+            bar.set_postfix(loss=f"{running / max(1, seen):.4f}")
+        val_frame = predict(model, val_loader, tasks, device, amp=use_amp)
+        score = primary_score(val_frame, primary)
+        val_loss = _frame_loss(val_frame, tasks, weights)
+        improved = score > best_score or best_epoch < 0
+        if improved:
+            best_score, best_epoch, stale = score, epoch, 0
+            torch.save(model.state_dict(), best)
+        else:
+            stale += 1
+        record = {
+            "epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
+            f"val_{primary_task}_balanced_accuracy": score, "optimizer_steps": steps, "best": improved,
+        }  # fmt: skip
+        history.append(record)
+        if on_epoch is not None:
+            on_epoch(record)
+        torch.save(
+            {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
+                "history": history, "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
+            },
+            last,
+        )  # fmt: skip
+        log.info("%s epoch %d: train_loss %.4f val_bacc %.3f%s", out_dir.name, epoch + 1, record["train_loss"], score, " *" if improved else "")
+    done.write_text(json.dumps({"fold": fold_index, "best_epoch": best_epoch, "best_score": best_score, "history": history}))
+    return FoldResult(fold_index, best_epoch, best_score, best, history, resumed_from)
+
+
+def _frame_loss(frame: pd.DataFrame, tasks: Mapping[str, TaskDef], weights: Mapping[str, float]) -> float:
+    total = 0.0
+    for name, task in tasks.items():
+        probs = torch.as_tensor(task_probs(frame, task)).clamp(1e-6, 1 - 1e-6)
+        labels = torch.as_tensor(frame[task.column].to_numpy())
+        keep = labels >= 0
+        if keep.any():
+            total += weights[name] * float(torch.nn.functional.binary_cross_entropy(probs[keep].float(), task.encode(labels[keep])))
+    return total

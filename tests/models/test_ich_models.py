@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from medmlops.models import build_model, list_models
+
+TASKS = {"prognosis": 1, "gcs_ordinal": 2, "age_binary": 1}
+
+
+@pytest.mark.parametrize("name", ["densenet121_3d", "perez_cnn3d"])
+def test_uniform_surface_and_task_outputs(name):
+    model = build_model(name, tasks=TASKS).eval()
+    x = torch.rand(2, 1, 40, 40, 40)
+    out = model(x)
+    assert list(out) == list(TASKS) and {k: tuple(v.shape) for k, v in out.items()} == {k: (2, n) for k, n in TASKS.items()}
+    features = model.forward_features(x)
+    pooled = model.forward_head(features, pre_logits=True)
+    assert pooled.shape == (2, model.num_features)
+    heads = model.forward_head(features)
+    assert torch.allclose(heads["prognosis"], out["prognosis"])
+    assert isinstance(model.saliency_layer, torch.nn.Conv3d)
+
+
+def test_densenet_follows_the_paper_trunk():
+    model = build_model("densenet121_3d", tasks={"prognosis": 1})
+    assert model.num_features == 1024
+    # No in-place ReLU anywhere: Captum's hooks need it (LIBRARY-NOTES).
+    assert not any(getattr(m, "inplace", False) for m in model.modules())
+    assert model.saliency_layer.in_channels == 1024  # the last transition's convolution
+
+
+def test_registry_lists_and_rejects():
+    assert {"densenet121_3d", "perez_cnn3d"} <= set(list_models())
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet", tasks={"prognosis": 1})
