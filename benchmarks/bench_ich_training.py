@@ -1,0 +1,93 @@
+"""Training throughput (volumes/s) and peak memory of the ICH models at the demo and paper input shapes.
+
+Each configuration runs in a fresh subprocess so its peak RSS (or CUDA peak allocation) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+SHAPES = {"smoke": (40, 40, 40), "demo": (96, 96, 32), "paper": (301, 301, 40)}
+
+
+def run_one(model_name: str, shape: tuple[int, int, int], batch: int, steps: int) -> dict:
+    import torch
+
+    from medmlops.models import build_model
+    from medmlops.training.loop import resolve_device
+
+    device = resolve_device("auto")
+    model = build_model(model_name, tasks={"prognosis": 1, "gcs_ordinal": 2, "age_binary": 1}).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
+    x = torch.rand(batch, 1, *shape, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
+            loss = sum(v.float().mean() for v in model(x).values())
+        optimizer.zero_grad()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+    step()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**30
+        if device.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    )
+    return {"device": str(device), "volumes_per_s": batch * steps / elapsed, "peak_gib": peak}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--profiles", default="demo,paper")
+    parser.add_argument("--models", default="densenet121_3d,perez_cnn3d")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(run_one(spec["model"], tuple(spec["shape"]), spec["batch"], spec["steps"])))
+        return
+    rows = []
+    for profile in args.profiles.split(","):
+        shape = SHAPES[profile]
+        batch, steps = (1, 2) if profile == "paper" else (4, 4)
+        for model in args.models.split(","):
+            spec = json.dumps({"model": model, "shape": shape, "batch": batch, "steps": steps})
+            out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
+            if out.returncode != 0:
+                rows.append((profile, model, shape, batch, None, f"failed: {out.stderr.strip().splitlines()[-1][:60]}"))
+                continue
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append((profile, model, shape, batch, result, ""))
+    print(f"{'profile':<8}{'model':<16}{'input (x,y,z)':<18}{'batch':>6}{'device':>8}{'vol/s':>9}{'peak GiB':>10}")
+    for profile, model, shape, batch, result, note in rows:
+        if result is None:
+            print(f"{profile:<8}{model:<16}{str(shape):<18}{batch:>6}  {note}")
+        else:
+            print(f"{profile:<8}{model:<16}{str(shape):<18}{batch:>6}{result['device']:>8}{result['volumes_per_s']:>9.2f}{result['peak_gib']:>10.2f}")
+    base = {(p, m): r for p, m, _, _, r, _ in rows if r}
+    for model in args.models.split(","):
+        if ("demo", model) in base and ("paper", model) in base:
+            ratio = base[("demo", model)]["volumes_per_s"] / base[("paper", model)]["volumes_per_s"]
+            print(f"{model}: demo shape trains {ratio:.1f}× faster than the paper shape")
+
+
+if __name__ == "__main__":
+    main()
