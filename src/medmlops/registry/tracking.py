@@ -399,17 +399,18 @@ def resolve_version(family: str, alias: str, client: MlflowClient | None = None)
         raise ModelNotFoundError(f"registered model '{family}' has no version with alias '{alias}'") from exc
 
 
-def load_contract(family: str, version: str | int, client: MlflowClient | None = None) -> ModelContract:
+def load_contract(family: str, version: str | int) -> ModelContract:
     """The validated contract of ``family`` version ``version``.
 
     Raises:
         ModelNotFoundError: the version has no ``contract.json`` or it is invalid.
     """
     try:
-        path = mlflow.artifacts.download_artifacts(
-            artifact_uri=f"models:/{family}/{version}/{CONTRACT_FILE}", dst_path=tempfile.mkdtemp(prefix="contract-")
-        )
-        text = Path(path).read_text(encoding="utf-8")
+        with tempfile.TemporaryDirectory(prefix="medmlops-contract-") as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{family}/{version}/{CONTRACT_FILE}", dst_path=tmp
+            )
+            text = Path(path).read_text(encoding="utf-8")
     except (MlflowException, OSError) as exc:
         raise ModelNotFoundError(f"'{family}' version {version} has no {CONTRACT_FILE} artifact") from exc
     try:
