@@ -38,7 +38,11 @@ def test_round_trip_preserves_every_field():
 
 def test_ct_contract_round_trips_with_spacing_and_window():
     ct = _with_input(
-        make_contract(), modality="ct", formats=("nii", "nii.gz"), shape=(1, 16, 32, 32), spacing_mm=(5.0, 1.0, 1.0),
+        make_contract(),
+        modality="ct",
+        formats=("nii", "nii.gz"),
+        shape=(1, 16, 32, 32),
+        spacing_mm=(5.0, 1.0, 1.0),
         intensity_window=(15.0, 100.0),
     )
     assert ModelContract.from_json(ct.to_json()) == ct.validate()

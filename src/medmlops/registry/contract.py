@@ -224,7 +224,9 @@ class ModelContract:
         try:
             self.to_json()
         except (TypeError, ValueError) as exc:
-            raise ContractError(f"model contract: preprocessing or informer holds a value JSON cannot store ({exc})")
+            raise ContractError(
+                f"model contract: preprocessing or informer holds a value JSON cannot store ({exc})"
+            ) from exc
         return self
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -301,11 +303,7 @@ def _tuple(value: Any, where: str) -> tuple[Any, ...]:
 
 def _check_keys(data: dict[str, Any], cls: type, prefix: str) -> None:
     known = [f.name for f in fields(cls)]
-    required = [
-        f.name
-        for f in fields(cls)
-        if f.init and f.default is MISSING and f.default_factory is MISSING
-    ]
+    required = [f.name for f in fields(cls) if f.init and f.default is MISSING and f.default_factory is MISSING]
     for key in data:
         if key not in known:
             raise ContractError(f"model contract: unknown key '{prefix}{key}' (expected one of: {', '.join(known)})")
@@ -320,4 +318,3 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
-

@@ -119,7 +119,9 @@ def _check_inputs(table: pd.DataFrame, target: str, feature_sets: Mapping[str, S
             raise DataError(f"feature set '{name}': column(s) {text} are not numeric")
 
 
-def _fold_importance(model: str, pipeline: Pipeline, x_test, y_test, seed: int, n_repeats: int) -> dict[str, np.ndarray]:
+def _fold_importance(
+    model: str, pipeline: Pipeline, x_test, y_test, seed: int, n_repeats: int
+) -> dict[str, np.ndarray]:
     estimator = pipeline[-1]
     if model == "lr":
         # Coefficients are comparable across features only because every input was min-max scaled to [0, 1].
@@ -235,7 +237,8 @@ def _summary_table(metrics: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     for (model, features), group in metrics.groupby(["model", "features"], sort=False):
         stats_by_metric = group.groupby("metric", sort=False)["value"].agg(["mean", "std"])
         cells = {
-            metric: f"{row['mean']:.{decimals}f} ± {row['std']:.{decimals}f}" for metric, row in stats_by_metric.iterrows()
+            metric: f"{row['mean']:.{decimals}f} ± {row['std']:.{decimals}f}"
+            for metric, row in stats_by_metric.iterrows()
         }
         columns[f"{MODEL_NAMES.get(model, model)} ({features})"] = pd.Series(cells)
     summary = pd.DataFrame(columns)
