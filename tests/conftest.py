@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Before mlflow is imported anywhere: its telemetry client starts at import time.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+SERVER_START_TIMEOUT_S = 120.0
 
 SMOKE = {
     "ich": {"n": 12, "shape": (16, 64, 64)},
@@ -56,3 +66,69 @@ def smoke_copy(smoke_data, tmp_path):
 @pytest.fixture(scope="session")
 def params_file() -> Path:
     return REPO / "params.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its http:// URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = _free_port()
+    exe = Path(sys.executable).with_name("mlflow")
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
+    log_path = root / "server.log"
+    # MLflow 3.17's security middleware answers 403 "Invalid Host header" to hosts outside --allowed-hosts. The
+    # default (localhost and private IPs) covers 127.0.0.1, but passing the list replaces it, so name both forms.
+    args = [
+        *command,
+        "server",
+        "--backend-store-uri", f"sqlite:///{root}/db.sqlite",
+        "--artifacts-destination", str(root / "artifacts"),
+        "--serve-artifacts",
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--workers", "1",
+        "--allowed-hosts", f"127.0.0.1:{port},localhost:{port}",
+    ]  # fmt: skip
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    started = time.monotonic()
+    with log_path.open("w") as log_file:
+        process = subprocess.Popen(args, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        while _get(f"{uri}/health") != 200:
+            if process.poll() is not None or time.monotonic() - started > SERVER_START_TIMEOUT_S:
+                raise RuntimeError(f"mlflow server did not start; its log:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.5)
+        # /health skips the Host check; an API call proves the allowed-hosts setting too.
+        status = _get(f"{uri}/api/2.0/mlflow/experiments/search?max_results=1")
+        if status != 200:
+            raise RuntimeError(
+                f"mlflow server answers {status} to the REST API; its log:\n{log_path.read_text()[-3000:]}"
+            )
+        print(f"\nmlflow server ready in {time.monotonic() - started:.1f} s at {uri}")
+        yield uri
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=15)
+        shutil.rmtree(root / "artifacts", ignore_errors=True)

@@ -134,6 +134,15 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """``medmlops evaluate``: what the cross-experiment report computes."""
+
+    saliency_cases: int = 2  # test cases per model with Guided Backprop / Guided Grad-CAM maps
+    permutation_repeats: int = 5  # RF permutation importance repeats (tabular models)
+    rf_trees: int = 200
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """One experiment = a model, its tasks with loss weights (λ), and what to register. Experiments differ only here."""
 
@@ -175,6 +184,7 @@ class Params:
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def experiment(self, name: str) -> ExperimentConfig:

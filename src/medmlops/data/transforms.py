@@ -99,6 +99,32 @@ class SkullStripd(MapTransform):
         return d
 
 
+class LoadCtd(MapTransform):
+    """Load a NIfTI CT with :func:`medmlops.data.io.load_ct` into a channel-first MetaTensor carrying its affine.
+
+    The value may be a path or an already-read :class:`~medmlops.data.io.CtVolume` (serving reads uploads from
+    bytes), so training and serving run the same chain. Unreadable files raise DataError naming the file, in one
+    sentence (MONAI's LoadImage folds every reader's traceback into its message).
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        from medmlops.data.io import CtVolume, load_ct
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            volume = value if isinstance(value, CtVolume) else load_ct(value)
+            source = str(value) if not isinstance(value, CtVolume) else d.get("image_path", "upload")
+            d[key] = MetaTensor(
+                torch.from_numpy(np.ascontiguousarray(volume.array))[None],
+                affine=torch.as_tensor(volume.affine, dtype=torch.float64),
+                meta={"filename_or_obj": source, "space": "RAS"},
+            )
+        return d
+
+
 class RejectNonFinited(MapTransform):
     """Fail with the file's name instead of training on NaN/Inf voxels (the loaders check files; this checks
     anything that reaches the chain another way, e.g. serving uploads)."""
@@ -136,11 +162,11 @@ def ct_transforms(
     The window follows Cobo et al. (Perez et al.'s best windowing). The authors' public code zeroes values
     above 100 HU instead of clipping them to 1; we clip, as the paper describes (DESIGN.md, Method decisions).
     """
-    from monai.transforms import EnsureChannelFirstd, EnsureTyped, LoadImaged, Orientationd, Resized, ScaleIntensityRanged
+    from monai.transforms import EnsureTyped, Orientationd, Resized, ScaleIntensityRanged
 
     chain: list = []
     if load:
-        chain += [LoadImaged(keys="image", image_only=True, reader="NibabelReader"), EnsureChannelFirstd(keys="image")]
+        chain.append(LoadCtd(keys="image"))
     chain += [
         RejectNonFinited(keys="image"),
         Orientationd(keys="image", axcodes=orientation),

@@ -62,7 +62,6 @@ def evaluate_experiments(
     *,
     repo: Path = Path("."),
     out_dir: Path | None = None,
-    saliency_cases: int = 2,
     progress: bool = True,
 ) -> Path:
     from medmlops.data.readers import read_ich_table
@@ -119,7 +118,11 @@ def evaluate_experiments(
     if family == "ich-prognosis" and table_path.is_file():
         table = read_ich_table(table_path)
         n_splits = min(params.train.n_folds, int(table["Label (poor_prognosis)"].value_counts().min()))
-        tab = fit_tabular_models(table, "Label (poor_prognosis)", n_splits=max(2, n_splits), seed=params.seed)
+        tab = fit_tabular_models(
+            table, "Label (poor_prognosis)", n_splits=max(2, n_splits), seed=params.seed,
+            estimator_params={"rf": {"n_estimators": params.evaluate.rf_trees}},
+            permutation_repeats=params.evaluate.permutation_repeats,
+        )  # fmt: skip
         tab.summary.to_csv(out / "tabular_table1.csv")
         tab.importance.to_csv(out / "tabular_importance.csv", index=False)
         importance_barplot(tab.importance, out / "tabular_importance.png")
@@ -127,7 +130,7 @@ def evaluate_experiments(
                         + "<img src='tabular_importance.png' style='max-width:100%'>")  # fmt: skip
 
     # Saliency of each model's prognosis head.
-    saliency_html = _saliency_figures(results, params, repo, out, saliency_cases)
+    saliency_html = _saliency_figures(results, params, repo, out, params.evaluate.saliency_cases)
     if saliency_html:
         sections.append("<h2>Saliency (Guided Backprop, Guided Grad-CAM)</h2>" + saliency_html)
 
