@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=24)
     parser.add_argument("--shape", default="32,128,128", help="simulated CT: slices,rows,cols")
-    parser.add_argument("--spatial", default="96,96,32", help="preprocessed x,y,z")
+    parser.add_argument("--spatial", default="64,64,40", help="preprocessed x,y,z")
     args = parser.parse_args()
     shape = tuple(int(v) for v in args.shape.split(","))
     spatial = [int(v) for v in args.spatial.split(",")]

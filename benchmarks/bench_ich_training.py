@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-SHAPES = {"smoke": (40, 40, 40), "demo": (96, 96, 32), "paper": (301, 301, 40)}
+SHAPES = {"smoke": (40, 40, 40), "demo": (64, 64, 40), "paper": (301, 301, 40)}
 
 
 def run_one(model_name: str, shape: tuple[int, int, int], batch: int, steps: int) -> dict:

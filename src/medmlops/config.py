@@ -96,7 +96,7 @@ class CtPreprocessConfig:
     """ICH CT preprocessing (MONAI). ``spatial_size`` is (x, y, z) as MONAI's Resize takes it on NIfTI arrays:
     in-plane, in-plane, slices; the paper's 301 × 301 × 40."""
 
-    spatial_size: tuple[int, int, int] = (96, 96, 32)
+    spatial_size: tuple[int, int, int] = (64, 64, 40)
     window: tuple[float, float] = (15.0, 100.0)
     skull_strip: bool = True
     orientation: str = "RAS"
