@@ -34,3 +34,21 @@ def test_registry_lists_and_rejects():
     assert {"densenet121_3d", "perez_cnn3d"} <= set(list_models())
     with pytest.raises(ValueError, match="unknown model 'resnet'"):
         build_model("resnet", tasks={"prognosis": 1})
+
+
+@pytest.mark.parametrize("profile", ["smoke", "demo", "paper"])
+def test_every_experiment_accepts_its_profile_shape(params_file, profile):
+    """Each experiment's model must take the profile's preprocessed shape (the Perez CNN needs ≥ 38 per axis)."""
+    from medmlops.config import load_params
+    from medmlops.training.tasks import resolve_tasks
+
+    params = load_params(params_file, profile=profile)
+    shape = params.preprocess.ich.spatial_size
+    for name, exp in params.experiments.items():
+        tasks = resolve_tasks(exp.dataset, list(exp.tasks))
+        assert exp.primary_task in tasks, name
+        model = build_model(exp.model, tasks={t: d.out_features for t, d in tasks.items()})
+        assert min(shape) >= model.min_input_size, f"{name} ({exp.model}) cannot take {shape} in profile {profile}"
+    if profile == "smoke":  # cheap enough to run the real forward pass for the smallest model
+        model = build_model("perez_cnn3d", tasks={"prognosis": 1}).eval()
+        assert model(torch.zeros(1, 1, *shape))["prognosis"].shape == (1, 1)
