@@ -27,8 +27,8 @@ def dvc(repo: Path, *args: str, check: bool = False) -> subprocess.CompletedProc
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     result = subprocess.run([*cmd, *args], cwd=repo, capture_output=True, text=True, env=env)
     if check and result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        raise DataError(f"dvc {' '.join(args)} failed in {repo}: {lines[-1] if lines else 'no output'}")
+        text = " ".join((result.stderr + result.stdout).split())
+        raise DataError(f"dvc {' '.join(args)} failed in {repo}: {text[:400] or 'no output'}")
     return result
 
 
@@ -53,7 +53,7 @@ def track(repo: Path, data_dir: str = "data/raw") -> Path:
     DVC 3 writes ``<dir>.dvc`` next to the folder; the project keeps one ``data.dvc`` at the root (the layout
     the README documents), so the record is moved and its path rewritten relative to the root.
     """
-    dvc(repo, "add", "--quiet", data_dir, check=True)
+    dvc(repo, "add", data_dir, check=True)  # not --quiet: it would also silence the error we report
     written = repo / f"{data_dir}.dvc"
     record = yaml.safe_load(written.read_text())
     for out in record.get("outs", []):
