@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from medmlops.config import PROFILES, load_params, save_resolved
@@ -270,8 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     _quiet_third_parties()
-    for noisy in ("great_expectations", "dvc", "urllib3", "matplotlib", "PIL"):
+    for noisy in ("great_expectations", "dvc", "urllib3", "matplotlib", "PIL", "monai"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Library deprecation chatter is for us, not for users of the command line.
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
     try:
         return int(args.func(args) or 0)
     except UserError as exc:

@@ -6,7 +6,6 @@ tests do is what the README says.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -32,19 +31,41 @@ def dvc(repo: Path, *args: str, check: bool = False) -> subprocess.CompletedProc
     return result
 
 
+def workspace_hash(repo: Path, data_dir: str = "data/raw") -> str:
+    """DVC's md5 of a folder in the workspace (``<md5>.dir``), computed the way ``dvc add`` does.
+
+    ``dvc status`` cannot answer "does the workspace equal the record?" on a fresh clone: it reports
+    "not in cache" whenever the cache lacks the object, even when the files are identical. Hashing the
+    workspace with dvc-data (as ``dvc add`` does, honouring .dvcignore) needs no cache.
+    """
+    from dvc.repo import Repo
+    from dvc_data.hashfile.build import build
+
+    path = (repo / data_dir).resolve()
+    if not path.is_dir():
+        raise DataError(f"{path}: not found")
+    with Repo(str(repo)) as dvc_repo:
+        _, _, obj = build(dvc_repo.cache.local, str(path), dvc_repo.fs, "md5", ignore=dvc_repo.dvcignore, dry_run=True)
+    return str(obj.hash_info.value)
+
+
 def workspace_matches(repo: Path, target: str = DATA_DVC) -> tuple[bool, str]:
-    """Whether the workspace data equals what ``target`` records (``dvc status`` reports nothing)."""
+    """Whether the workspace data equals what ``target`` records; the detail says how they differ."""
     if not (repo / target).is_file():
         return False, f"{target} not found"
-    result = dvc(repo, "status", "--json", target)
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        return False, lines[-1] if lines else "dvc status failed"
-    try:
-        status = json.loads(result.stdout or "{}")
-    except json.JSONDecodeError:
-        return False, result.stdout.strip()
-    return (not status), ("up to date" if not status else json.dumps(status))
+    record = yaml.safe_load((repo / target).read_text())["outs"][0]
+    data_dir = record["path"]
+    if not (repo / data_dir).is_dir():
+        return False, f"{data_dir} not found"
+    actual = workspace_hash(repo, data_dir)
+    if actual == record["md5"]:
+        return True, "up to date"
+    return False, f"modified: {data_dir} hashes to {actual}, {target} records {record['md5']}"
+
+
+def commit(repo: Path, target: str = DATA_DVC) -> None:
+    """Store the workspace data in the DVC cache under the recorded hash (only call after workspace_matches)."""
+    dvc(repo, "commit", "--force", target, check=True)
 
 
 def track(repo: Path, data_dir: str = "data/raw") -> Path:
@@ -80,7 +101,10 @@ def ensure_remote(repo: Path, url: Path | str = DEFAULT_REMOTE, name: str = "loc
 
 
 def push(repo: Path, target: str = DATA_DVC) -> None:
-    dvc(repo, "push", "--quiet", target, check=True)
+    """Push ``target``'s data to the default remote (from the cache; the workspace is committed first if needed)."""
+    if dvc(repo, "push", target).returncode != 0:
+        commit(repo, target)
+        dvc(repo, "push", target, check=True)
 
 
 def pull(repo: Path, target: str = DATA_DVC) -> bool:
