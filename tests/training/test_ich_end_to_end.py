@@ -64,6 +64,7 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     history = client.get_metric_history(folds[0].info.run_id, "val_prognosis_balanced_accuracy")
     assert [m.step for m in history] == [0, 1]  # per-epoch metrics
     assert parent.data.metrics["prognosis_auc_mean"] == pytest.approx(summary["prognosis_auc_mean"])
+    assert {a.path for a in client.list_artifacts(folds[0].info.run_id, "checkpoint")} == {"checkpoint/best.pt"}
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"splits.csv", "summary.json", "params.yaml", "bootstrap_ci.csv", "training_curves.png"} <= artifacts
 
@@ -112,18 +113,37 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     assert np.abs(np.asarray(nib.load(str(saliency[0])).dataobj)).sum() > 0
 
 
-def test_bad_volume_stops_training_and_registers_nothing(ich_project, tmp_path, monkeypatch, capsys):
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:300])
+    return "cannot be read as NIfTI"
+
+
+def _flatten(path):
+    arr = np.asarray(nib.load(str(path)).dataobj)[..., 0]
+    nib.save(nib.Nifti1Image(arr, np.eye(4)), str(path))
+    return "expected a 3D volume, got 2D"
+
+
+def _nan(path):
+    arr = np.asarray(nib.load(str(path)).dataobj, dtype=np.float32)
+    arr[5, 5, 5] = np.nan
+    nib.save(nib.Nifti1Image(arr, nib.load(str(path)).affine), str(path))
+    return "NaN/Inf"
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flatten, _nan], ids=["truncated", "2d", "nan"])
+def test_bad_volume_stops_training_and_registers_nothing(ich_project, tmp_path, monkeypatch, capsys, damage):
     project = tmp_path / "bad"
     shutil.copytree(ich_project / "data", project / "data")
     shutil.copy2(ich_project / "params.yaml", project / "params.yaml")
     victim = sorted((project / "data" / "raw" / "ich" / "POOR_PROGNOSIS").glob("*.nii.gz"))[0]
-    victim.write_bytes(victim.read_bytes()[:300])
+    expected = damage(victim)
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert main(["train", "ich-mt-ord", "--profile", "smoke", "--quiet"]) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("medmlops: error:")]
-    assert len(errors) == 1 and victim.name in errors[0] and "Traceback" not in err
+    assert len(errors) == 1 and victim.name in errors[0] and expected in errors[0] and "Traceback" not in err
     assert not (project / ".medmlops" / "mlflow.db").exists() or "ich-prognosis" not in [
         m.name for m in _client(f"sqlite:///{project / '.medmlops' / 'mlflow.db'}").search_registered_models()
     ]

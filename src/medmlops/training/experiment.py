@@ -173,6 +173,7 @@ def run_experiment(
                 mlflow.log_metrics({f"test_{k}": v for k, v in values.items() if np.isfinite(v)})
                 mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_score": result.best_score})
                 mlflow.log_artifact(str(fold_dir / "predictions_test.csv"))
+                mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
                 pd.DataFrame(result.history).to_csv(fold_dir / "history.csv", index=False)
                 mlflow.log_artifact(str(fold_dir / "history.csv"))
                 fold_scores[fold] = result.best_score

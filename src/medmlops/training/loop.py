@@ -78,7 +78,12 @@ def predict(model: torch.nn.Module, loader: DataLoader, tasks: Mapping[str, Task
             for k in range(probs.shape[1]):
                 rows.setdefault(f"{name}_p{k}", []).extend(probs[:, k].tolist())
             if task.column in batch:
-                rows.setdefault(task.column, []).extend(batch[task.column].tolist())
+                values = batch[task.column]
+                if task.kind == "multilabel":
+                    for k in range(task.out_features):
+                        rows.setdefault(f"{task.column}_y{k}", []).extend(values[:, k].tolist())
+                else:
+                    rows.setdefault(task.column, []).extend(values.tolist())
     return pd.DataFrame(rows)
 
 
@@ -86,16 +91,31 @@ def task_probs(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
     return frame[[f"{task.name}_p{k}" for k in range(task.out_features)]].to_numpy()
 
 
-def primary_score(frame: pd.DataFrame, task: TaskDef) -> float:
-    """Validation balanced accuracy of the primary task at 0.5 — the paper's early-stopping criterion."""
-    from sklearn.metrics import balanced_accuracy_score
+def task_labels(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
+    """Labels of ``task`` from a prediction frame: (N,) integers, or (N, K) floats with NaN for multilabel."""
+    if task.kind == "multilabel":
+        return frame[[f"{task.column}_y{k}" for k in range(task.out_features)]].to_numpy(dtype=np.float64)
+    return frame[task.column].to_numpy()
 
-    labels = frame[task.column].to_numpy()
+
+def primary_score(frame: pd.DataFrame, task: TaskDef) -> float:
+    """The early-stopping criterion: validation balanced accuracy at 0.5 / argmax (Cobo et al.), or the mean
+    validation AUROC over labels for multilabel tasks (the CheXpert classifier)."""
+    from sklearn.metrics import balanced_accuracy_score, roc_auc_score
+
+    labels = task_labels(frame, task)
+    probs = task_probs(frame, task)
+    if task.kind == "multilabel":
+        aucs = []
+        for k in range(labels.shape[1]):
+            keep = ~np.isnan(labels[:, k])
+            if keep.sum() and len(np.unique(labels[keep, k])) == 2:
+                aucs.append(roc_auc_score(labels[keep, k], probs[keep, k]))
+        return float(np.mean(aucs)) if aucs else float("nan")
     keep = labels >= 0
     if keep.sum() == 0:
         return float("nan")
-    pred = task.predict(task_probs(frame, task))
-    return float(balanced_accuracy_score(labels[keep], pred[keep]))
+    return float(balanced_accuracy_score(labels[keep], task.predict(probs)[keep]))
 
 
 @dataclass
@@ -228,11 +248,12 @@ def train_fold(
 
 
 def _frame_loss(frame: pd.DataFrame, tasks: Mapping[str, TaskDef], weights: Mapping[str, float]) -> float:
+    """The weighted validation loss recomputed from stored probabilities (logits = log-odds / log-probabilities)."""
     total = 0.0
     for name, task in tasks.items():
-        probs = torch.as_tensor(task_probs(frame, task)).clamp(1e-6, 1 - 1e-6)
-        labels = torch.as_tensor(frame[task.column].to_numpy())
-        keep = labels >= 0
-        if keep.any():
-            total += weights[name] * float(torch.nn.functional.binary_cross_entropy(probs[keep].float(), task.encode(labels[keep])))
+        probs = torch.as_tensor(task_probs(frame, task), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
+        labels = torch.as_tensor(task_labels(frame, task))
+        logits = torch.log(probs) if task.kind == "multiclass" else torch.log(probs / (1 - probs))
+        if bool(task.labelled(labels).any()):
+            total += weights[name] * float(task.loss(logits, labels))
     return total

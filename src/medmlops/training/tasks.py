@@ -1,7 +1,13 @@
 """Task definitions: how a manifest column becomes a target, a loss and a prediction.
 
-Binary tasks have one logit; ordinal tasks with K classes have K-1 logits trained with BCE on the cumulative
-encoding (ICH GCS: 0→[0,0], 1→[1,0], 2→[1,1], Cobo et al.) and are decoded monotonically.
+- binary: one logit, BCE (ICH tasks).
+- ordinal: K classes, K-1 logits trained with BCE on the cumulative encoding (ICH GCS: 0→[0,0], 1→[1,0],
+  2→[1,1], Cobo et al.), decoded monotonically.
+- multiclass: K logits, cross-entropy (MDMT: AIforCOVID prognosis and BRIXIA severity, Ruffini et al. Eq. 3).
+- multilabel: K logits, BCE per label with NaN targets masked out (CheXpert U-Ignore).
+
+Rows whose label is -1 (or NaN for multilabel) do not belong to the task: for MDMT this is the paper's
+indicator function I(X_i, τ_j), so each task's loss is the mean over its own dataset's rows in the batch.
 """
 
 from __future__ import annotations
@@ -22,7 +28,17 @@ class TaskDef:
 
     @property
     def out_features(self) -> int:
-        return 1 if self.kind == "binary" else len(self.classes) - 1
+        if self.kind == "binary":
+            return 1
+        if self.kind == "ordinal":
+            return len(self.classes) - 1
+        return len(self.classes)
+
+    def labelled(self, labels: torch.Tensor) -> torch.Tensor:
+        """Mask of rows that belong to this task (the indicator function)."""
+        if self.kind == "multilabel":
+            return ~torch.isnan(labels.float()).all(dim=1)
+        return labels >= 0
 
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         """Integer labels (B,) → BCE targets (B, out_features); rows with label -1 are masked by the loss."""
@@ -33,28 +49,37 @@ class TaskDef:
         return (labels.unsqueeze(1) >= thresholds).float()
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """BCE-with-logits over the rows that have a label (all tasks of the paper are BCE)."""
-        keep = labels >= 0
+        """The task's loss over the rows that have a label (mean over those rows)."""
+        keep = self.labelled(labels)
         if not bool(keep.any()):
             return logits.sum() * 0.0
-        return F.binary_cross_entropy_with_logits(logits[keep].float(), self.encode(labels[keep]))
+        logits, labels = logits[keep].float(), labels[keep]
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, labels.long())
+        if self.kind == "multilabel":
+            targets = labels.float()
+            mask = ~torch.isnan(targets)
+            per_element = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none")
+            return (per_element * mask).sum() / mask.sum().clamp(min=1)
+        return F.binary_cross_entropy_with_logits(logits, self.encode(labels))
 
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        if self.kind == "multiclass":
+            return torch.softmax(logits.float(), dim=1).detach().cpu().numpy()
         return torch.sigmoid(logits.float()).detach().cpu().numpy()
 
     def predict(self, probs: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
         """Labels from probabilities: binary at the threshold; ordinal = number of LEADING bits above threshold,
         so the decoded class is monotone even when a later bit fires without an earlier one."""
         probs = np.asarray(probs)
+        if self.kind == "multiclass":
+            return probs.argmax(axis=1).astype(np.int64)
         above = probs >= np.asarray(thresholds)
         if self.kind == "binary":
             return above[:, 0].astype(np.int64)
+        if self.kind == "multilabel":
+            return above.astype(np.int64)
         return np.cumprod(above, axis=1).sum(axis=1).astype(np.int64)
-
-    def score(self, probs: np.ndarray) -> np.ndarray:
-        """A scalar score per row for AUC-type metrics (binary: p; ordinal: expected class / (K-1))."""
-        probs = np.asarray(probs)
-        return probs[:, 0] if self.kind == "binary" else probs.mean(axis=1)
 
 
 ICH_TASKS = {
@@ -64,7 +89,19 @@ ICH_TASKS = {
     "age_binary": TaskDef("age_binary", "age_binary", "binary", ("age < 80", "age >= 80")),
 }
 
-TASKS_BY_DATASET = {"ich": ICH_TASKS}
+COVID_TASKS = {
+    # Ruffini et al.: τ1 AIforCOVID prognosis (MILD / SEVERE), τ2 BRIXIA global severity (4 classes), both CE.
+    "prognosis": TaskDef("prognosis", "prognosis", "multiclass", ("MILD", "SEVERE")),
+    "severity": TaskDef("severity", "severity", "multiclass", ("BS 0-4", "BS 5-8", "BS 9-13", "BS 14-18")),
+}
+
+CHEXPERT_TASKS = {
+    "findings": TaskDef(
+        "findings", "findings", "multilabel", ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+    ),
+}
+
+TASKS_BY_DATASET = {"ich": ICH_TASKS, "covid": COVID_TASKS, "chexpert": CHEXPERT_TASKS}
 
 
 def resolve_tasks(dataset: str, names) -> dict[str, TaskDef]:
