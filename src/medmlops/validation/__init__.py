@@ -114,6 +114,11 @@ def _context():
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    # GX sets levels on its own loggers (so the parent's level is not enough): quiet them before the context
+    # announces its temporary docs folder.
+    for name in [*logging.root.manager.loggerDict, "great_expectations.data_context.types.base"]:
+        if name.startswith("great_expectations"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
     return context
