@@ -82,3 +82,22 @@ def test_an_empty_mapping_in_a_profile_clears_the_base_mapping(params_file):
     assert demo.registry.gates["ich-prognosis"].min_metrics  # real floors by default
     assert smoke.registry.gates["ich-prognosis"].min_metrics == {}
     assert smoke.registry.gates["ich-prognosis"].max_regression == demo.registry.gates["ich-prognosis"].max_regression
+
+
+def test_every_backbone_named_in_params_exists(params_file):
+    from medmlops.models.backbones import BACKBONES
+
+    for profile in PROFILES:
+        params = load_params(params_file, profile=profile)
+        named = set(params.covid_protocol.backbones) | {e.backbone for e in params.experiments.values() if e.backbone}
+        assert named <= set(BACKBONES), f"{profile}: unknown backbones {named - set(BACKBONES)}"
+        assert set(params.covid_protocol.validations) <= {"cv", "loco"}
+    assert len(load_params(params_file, profile="paper").covid_protocol.backbones) == 18  # the paper's list
+
+
+def test_experiment_init_sources_exist(params_file):
+    params = load_params(params_file)
+    for name, exp in params.experiments.items():
+        for source in exp.init_from:
+            assert source in params.experiments, f"{name}: init_from {source} is not an experiment"
+            assert params.experiments[source].family == exp.family

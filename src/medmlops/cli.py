@@ -219,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     trk.set_defaults(func=cmd_data_track)
 
     pre = sub.add_parser("preprocess", help="MONAI preprocessing into the on-disk cache (+ manifest)")
-    pre.add_argument("dataset", choices=("ich",))
+    pre.add_argument("dataset", choices=("ich", "aiforcovid", "brixia", "chexpert"))
     pre.add_argument("--raw", default=None, help="dataset folder (default: data.raw_dir/DATASET)")
     pre.add_argument("--quiet", action="store_true")
     _add_params_args(pre)

@@ -103,9 +103,22 @@ class CtPreprocessConfig:
 
 
 @dataclass(frozen=True)
+class CxrPreprocessConfig:
+    """Chest X-ray preprocessing (both 2D families): percentile clip, min-max, lung box crop, resize, 3 channels,
+    ImageNet normalisation. The papers: 256 px for MDMT, 320 px for the findings classifier."""
+
+    size: int = 128
+    lung_crop: bool = True
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+
+@dataclass(frozen=True)
 class PreprocessConfig:
     out_dir: str = "data/preprocessed"  # cached tensors + manifest per dataset (a dvc.yaml stage output)
     ich: CtPreprocessConfig = field(default_factory=CtPreprocessConfig)
+    # AIforCOVID and BRIXIA share one chain: MDMT mixes them in every batch.
+    covid: CxrPreprocessConfig = field(default_factory=CxrPreprocessConfig)
+    chexpert: CxrPreprocessConfig = field(default_factory=CxrPreprocessConfig)
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,7 @@ class TrainConfig:
     n_folds: int = 10
     val_fraction: float = 0.1
     folds: tuple[int, ...] = ()  # run only these folds (empty: all); the pipelines fan out one fold per task
+    validation: str = "cv"  # cv: stratified K-fold; loco: leave-one-center-out (AIforCOVID hospitals)
     device: str = "auto"  # auto: CUDA when present, else CPU
     amp: bool = True  # automatic mixed precision, CUDA only
     num_workers: int = 0
@@ -153,6 +167,22 @@ class ExperimentConfig:
     primary_task: str = "prognosis"  # early stopping and promotion gates read this task's metrics
     register: bool = False  # register the result as FAMILY@candidate after training
     description: str = ""
+    backbone: str = ""  # 2D models: a key of medmlops.models.backbones.BACKBONES
+    weights_path: str = ""  # local pretrained weights for the backbone (nothing is downloaded)
+    oversample: bool = True  # RandomOverSampler on the primary task (training split only)
+    # MDMT: fraction of each batch drawn from AIforCOVID (the rest BRIXIA); empty = natural proportions.
+    mix_ratio: float | None = None
+    # Initialise the backbone from these experiments' same-fold best checkpoints (averaged when several):
+    # FT starts from STL τ2; MDMT from the average of STL τ1 and STL τ2 (Ruffini et al.).
+    init_from: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class CovidProtocolConfig:
+    """The MDMT paper's protocol: every backbone × {STL τ1, STL τ2, FT, MDMT} × validation strategy."""
+
+    backbones: tuple[str, ...] = ("resnet18",)
+    validations: tuple[str, ...] = ("cv", "loco")
 
 
 @dataclass(frozen=True)
@@ -185,6 +215,7 @@ class Params:
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    covid_protocol: CovidProtocolConfig = field(default_factory=CovidProtocolConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def experiment(self, name: str) -> ExperimentConfig:

@@ -12,6 +12,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
@@ -19,11 +20,23 @@ from medmlops.config import Params
 from medmlops.data.readers import read_manifest
 from medmlops.errors import DataError
 
-LABEL_COLUMNS = {"ich": ("prognosis", "gcs_binary", "gcs_ordinal", "age_binary")}
+LABEL_COLUMNS = {
+    "ich": ("prognosis", "gcs_binary", "gcs_ordinal", "age_binary"),
+    # AIforCOVID carries τ1 (prognosis), BRIXIA τ2 (severity); the other task is -1 (the indicator function).
+    "aiforcovid": ("prognosis", "severity"),
+    "brixia": ("prognosis", "severity"),
+    "chexpert": (),  # the five findings travel as one vector, see items_from_manifest
+}
+GROUP_COLUMNS = {"ich": (), "aiforcovid": ("hospital",), "brixia": ("hospital",), "chexpert": ("patient_id", "split")}
+PREPROCESS_KEY = {"ich": "ich", "aiforcovid": "covid", "brixia": "covid", "chexpert": "chexpert"}
+
+
+def preprocess_config(params: Params, dataset: str):
+    return getattr(params.preprocess, PREPROCESS_KEY[dataset])
 
 
 def config_hash(params: Params, dataset: str) -> str:
-    cfg = asdict(getattr(params.preprocess, dataset))
+    cfg = asdict(preprocess_config(params, dataset))
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -32,29 +45,56 @@ def cache_root(params: Params, dataset: str, repo: Path = Path(".")) -> Path:
 
 
 def deterministic_transforms(params: Params, dataset: str) -> list:
-    from medmlops.data.transforms import ct_transforms
-
+    cfg = preprocess_config(params, dataset)
     if dataset == "ich":
-        cfg = params.preprocess.ich
+        from medmlops.data.transforms import ct_transforms
+
         return ct_transforms(cfg.spatial_size, cfg.window, cfg.skull_strip, cfg.orientation)
-    raise DataError(f"no preprocessing defined for dataset '{dataset}' yet")
+    from medmlops.data.cxr import cxr_transforms
+
+    return cxr_transforms(cfg.size, lung_crop=cfg.lung_crop, percentiles=tuple(cfg.percentiles))
 
 
 def augmentations(params: Params, dataset: str) -> list:
-    from medmlops.data.transforms import ct_augmentations
-
     if dataset == "ich":
+        from medmlops.data.transforms import ct_augmentations
+
         return ct_augmentations(prob=params.train.aug_prob)
-    return []
+    from medmlops.data.cxr import cxr_augmentations
+
+    return cxr_augmentations(prob=params.train.aug_prob)
 
 
 def items_from_manifest(manifest: pd.DataFrame, dataset: str) -> list[dict]:
-    """Dataset items: the image path plus the integer labels (identical dicts ↔ identical cache keys)."""
+    """Dataset items: the image path plus the labels (identical dicts ↔ identical cache keys).
+
+    Sample ids are prefixed with the dataset for the CXR sets, so AIforCOVID and BRIXIA can share a batch.
+    """
+    from medmlops.data.readers import CHEXPERT_FINDINGS
+
     columns = LABEL_COLUMNS[dataset]
-    return [
-        {"image": row["image_path"], "sample_id": str(row["sample_id"]), **{c: int(row[c]) for c in columns}}
-        for _, row in manifest.iterrows()
-    ]
+    items = []
+    for _, row in manifest.iterrows():
+        item = {"image": row["image_path"], "sample_id": str(row["sample_id"]), **{c: int(row[c]) for c in columns}}
+        if dataset == "chexpert":
+            item["findings"] = np.array([row[f] for f in CHEXPERT_FINDINGS], dtype=np.float32)  # NaN = masked
+        items.append(item)
+    return items
+
+
+def _standardise(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Reader manifest → the columns the experiment needs, with both COVID tasks present (-1 where absent)."""
+    frame = manifest.copy()
+    if dataset in ("aiforcovid", "brixia"):
+        frame["sample_id"] = f"{dataset}:" + frame["sample_id"].astype(str)
+        if dataset == "aiforcovid":
+            frame["severity"] = -1
+        else:
+            frame["prognosis"] = -1
+            frame["hospital"] = frame["manufacturer"].astype(str)
+        frame["prognosis"] = frame["prognosis"].fillna(-1)
+    frame["dataset"] = dataset
+    return frame
 
 
 def make_dataset(params: Params, dataset: str, items: list[dict], *, augment: bool, repo: Path = Path(".")):
@@ -63,7 +103,8 @@ def make_dataset(params: Params, dataset: str, items: list[dict], *, augment: bo
     from monai.transforms import Compose
 
     chain = deterministic_transforms(params, dataset) + (augmentations(params, dataset) if augment else [])
-    cache = cache_root(params, dataset, repo) / "cache"
+    # One tensor cache per preprocessing chain: AIforCOVID and BRIXIA items share it (MDMT mixes them).
+    cache = repo / params.preprocess.out_dir / "cache" / f"{PREPROCESS_KEY[dataset]}-{config_hash(params, dataset)}"
     cache.mkdir(parents=True, exist_ok=True)
     return PersistentDataset(items, transform=Compose(chain), cache_dir=cache)
 
@@ -73,7 +114,8 @@ def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
     missing = manifest[~manifest["image_exists"]]
     if len(missing):
         raise DataError(f"{missing['image_path'].iloc[0]}: image file not found ({len(missing)} missing in {root})")
-    for column in LABEL_COLUMNS[dataset]:
+    required = {"ich": LABEL_COLUMNS["ich"], "aiforcovid": ("prognosis",), "brixia": ("severity",), "chexpert": ()}[dataset]
+    for column in required:
         bad = manifest[manifest[column].isna() | (manifest[column] < 0)]
         if len(bad):
             raise DataError(
@@ -84,7 +126,7 @@ def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
 def preprocess(params: Params, dataset: str, raw_root: Path | None = None, repo: Path = Path("."), progress: bool = True) -> Path:
     """Read, check and preprocess every sample into the cache; write ``manifest.csv`` beside it and return it."""
     raw_root = Path(raw_root) if raw_root is not None else repo / params.data.raw_dir / dataset
-    manifest = read_manifest(dataset, raw_root, params)
+    manifest = _standardise(read_manifest(dataset, raw_root, params), dataset)
     check_manifest(manifest, dataset, raw_root)
     out = cache_root(params, dataset, repo)
     out.mkdir(parents=True, exist_ok=True)
@@ -97,15 +139,18 @@ def preprocess(params: Params, dataset: str, raw_root: Path | None = None, repo:
             raise
         except Exception as exc:  # MONAI wraps loader errors in RuntimeError("applying transform ...")
             cause = exc
-            while cause.__cause__ is not None:
+            while cause.__cause__ is not None and not isinstance(cause, DataError):
                 cause = cause.__cause__
-            if isinstance(cause, DataError):
+            if isinstance(cause, DataError):  # the first user-facing error in MONAI's chain of wrappers
                 raise cause from exc
             raise DataError(f"{items[i]['image']}: cannot be preprocessed ({type(cause).__name__}: {cause})") from exc
+    from medmlops.data.readers import CHEXPERT_FINDINGS
+
     manifest_path = out / "manifest.csv"
-    keep = ["sample_id", "image_path", *LABEL_COLUMNS[dataset], *[c for c in ("gcs", "age") if c in manifest]]
-    manifest[keep].to_csv(manifest_path, index=False)
-    (out / "config.json").write_text(json.dumps(asdict(getattr(params.preprocess, dataset)), indent=2))
+    extra = [c for c in ("gcs", "age", *GROUP_COLUMNS[dataset], "dataset") if c in manifest]
+    findings = list(CHEXPERT_FINDINGS) if dataset == "chexpert" else []
+    manifest[["sample_id", "image_path", *LABEL_COLUMNS[dataset], *findings, *extra]].to_csv(manifest_path, index=False)
+    (out / "config.json").write_text(json.dumps(asdict(preprocess_config(params, dataset)), indent=2))
     return manifest_path
 
 

@@ -36,4 +36,4 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _import_all() -> None:
-    from medmlops.models import ich  # noqa: F401  (registers its factories)
+    from medmlops.models import cxr, ich  # noqa: F401  (registers their factories)

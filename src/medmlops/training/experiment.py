@@ -19,8 +19,8 @@ from medmlops.errors import UserError
 from medmlops.models import build_model
 from medmlops.training import metrics as M
 from medmlops.training import stats as S
-from medmlops.training.loop import predict, resolve_device, seed_everything, task_probs, train_fold
-from medmlops.training.splits import load_splits, save_splits, stratified_kfold_splits
+from medmlops.training.loop import predict, resolve_device, seed_everything, task_labels, task_probs, train_fold
+from medmlops.training.splits import experiment_splits, load_splits, save_splits
 from medmlops.training.tasks import TaskDef, resolve_tasks
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 # Splits are stratified on this label for every experiment of a dataset, so all experiments share folds and the
 # ablation compares models on identical test sets (the paper's Fig. 2).
 SPLIT_LABEL = {"ich": "prognosis"}
+# Which dataset carries which task (Ruffini et al.: τ1 AIforCOVID prognosis, τ2 BRIXIA severity).
+TASK_SOURCE = {"covid": {"prognosis": "aiforcovid", "severity": "brixia"}}
+SOURCES = {"ich": ("ich",), "chexpert": ("chexpert",)}
+
+
+def experiment_sources(exp: ExperimentConfig) -> tuple[str, ...]:
+    if exp.dataset in TASK_SOURCE:
+        return tuple(sorted({TASK_SOURCE[exp.dataset][t] for t in exp.tasks}))
+    return SOURCES[exp.dataset]
+
+
+def variant_name(params: Params, name: str) -> str:
+    """Run folder name: the experiment, its backbone when it has one, and ``-loco`` for leave-one-center-out."""
+    exp = params.experiment(name)
+    out = f"{name}@{exp.backbone}" if exp.backbone else name
+    return f"{out}-loco" if params.train.validation == "loco" else out
 
 
 @dataclass
@@ -43,34 +59,67 @@ class ExperimentResult:
 
 
 def run_dir_for(params: Params, name: str, repo: Path = Path(".")) -> Path:
-    return repo / params.train.runs_dir / params.profile / name
+    return repo / params.train.runs_dir / params.profile / variant_name(params, name)
 
 
-def task_metrics(frame: pd.DataFrame, task: TaskDef) -> dict[str, float]:
-    """Test metrics of one task at the 0.5 threshold (the paper's conservative threshold)."""
-    labels = frame[task.column].to_numpy()
+def task_metrics(frame: pd.DataFrame, task: TaskDef, thresholds: np.ndarray | None = None) -> dict[str, float]:
+    """Test metrics of one task: binary at 0.5 (the ICH paper's conservative threshold), ordinal decoded
+    monotonically, multiclass by argmax (ACC, F1, G-mean: the MDMT paper), multilabel at per-class thresholds
+    (Youden on validation for the findings classifier)."""
+    labels = task_labels(frame, task)
+    probs = task_probs(frame, task)
+    if task.kind == "multilabel":
+        cut = np.full(task.out_features, 0.5) if thresholds is None else thresholds
+        values = M.multilabel_metrics(labels, probs, cut, [c.lower().replace(" ", "_") for c in task.classes])
+        return {f"{task.name}_{k}": float(v) for k, v in values.items()}
     keep = labels >= 0
-    probs = task_probs(frame, task)[keep]
-    labels = labels[keep]
+    probs, labels = probs[keep], labels[keep]
+    if len(labels) == 0:
+        return {}
     if task.kind == "binary":
         values = M.binary_metrics(labels, probs[:, 0], threshold=0.5)
-    else:
+    elif task.kind == "ordinal":
         values = M.ordinal_metrics(labels, task.predict(probs), n_classes=len(task.classes))
+    else:
+        values = M.multiclass_metrics(labels, task.predict(probs))
+        if probs.shape[1] == 2:
+            values["auc"] = M.binary_metrics(labels, probs[:, 1])["auc"]
     return {f"{task.name}_{k}": float(v) for k, v in values.items()}
 
 
-def _bootstrap(frame: pd.DataFrame, tasks: dict[str, TaskDef], n_boot: int, seed: int) -> pd.DataFrame:
+def youden_thresholds(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
+    """Per-class Youden-index thresholds of a multilabel task on a (validation) prediction frame."""
+    labels, probs = task_labels(frame, task), task_probs(frame, task)
+    out = []
+    for k in range(task.out_features):
+        keep = ~np.isnan(labels[:, k])
+        out.append(M.youden_threshold(labels[keep, k], probs[keep, k]) if keep.sum() else 0.5)
+    return np.asarray(out, dtype=np.float64)
+
+
+def _bootstrap(frame: pd.DataFrame, tasks: dict[str, TaskDef], n_boot: int, seed: int, thresholds: dict) -> pd.DataFrame:
     rows = []
     for task in tasks.values():
-        labels = frame[task.column].to_numpy()
-        keep = labels >= 0
-        probs = task_probs(frame, task)[keep]
-        if task.kind == "binary":
-            fn = lambda y, p: M.binary_metrics(y, p, 0.5)  # noqa: E731
-            values = S.bootstrap_ci(labels[keep], probs[:, 0], fn, n_boot=n_boot, seed=seed)
+        labels = task_labels(frame, task)
+        probs = task_probs(frame, task)
+        if task.kind == "multilabel":
+            cut = thresholds.get(task.name, np.full(task.out_features, 0.5))
+            names = [c.lower().replace(" ", "_") for c in task.classes]
+            fn = lambda y, p, c=cut, n=names: M.multilabel_metrics(y, p, c, n)  # noqa: E731
+            values = S.bootstrap_ci(labels, probs, fn, n_boot=n_boot, seed=seed)
         else:
-            fn = lambda y, p, t=task: M.ordinal_metrics(y, t.predict(p), n_classes=len(t.classes))  # noqa: E731
-            values = S.bootstrap_ci(labels[keep], probs, fn, n_boot=n_boot, seed=seed)
+            keep = labels >= 0
+            if keep.sum() == 0:
+                continue
+            if task.kind == "binary":
+                fn = lambda y, p: M.binary_metrics(y, p, 0.5)  # noqa: E731
+                values = S.bootstrap_ci(labels[keep], probs[keep][:, 0], fn, n_boot=n_boot, seed=seed)
+            elif task.kind == "ordinal":
+                fn = lambda y, p, t=task: M.ordinal_metrics(y, t.predict(p), n_classes=len(t.classes))  # noqa: E731
+                values = S.bootstrap_ci(labels[keep], probs[keep], fn, n_boot=n_boot, seed=seed)
+            else:
+                fn = lambda y, p, t=task: M.multiclass_metrics(y, t.predict(p))  # noqa: E731
+                values = S.bootstrap_ci(labels[keep], probs[keep], fn, n_boot=n_boot, seed=seed)
         for metric, (point, lo, hi) in values.items():
             rows.append({"task": task.name, "metric": metric, "value": point, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
@@ -80,6 +129,61 @@ def _mlflow():
     import mlflow
 
     return mlflow
+
+
+def build_experiment_model(exp: ExperimentConfig, tasks: dict[str, TaskDef]) -> torch.nn.Module:
+    kwargs: dict = {"tasks": {t: d.out_features for t, d in tasks.items()}}
+    if exp.backbone:
+        kwargs["backbone"] = exp.backbone
+    if exp.weights_path:
+        kwargs.update(pretrained=True, weights_path=exp.weights_path)
+    return build_model(exp.model, **kwargs)
+
+
+def load_experiment_data(params: Params, exp: ExperimentConfig, repo: Path, progress: bool) -> tuple[pd.DataFrame, dict]:
+    """Preprocess every source dataset of ``exp``; return the joint manifest and the dataset items by sample id."""
+    frames, items = [], {}
+    for source in experiment_sources(exp):
+        prep.preprocess(params, source, repo=repo, progress=progress)
+        manifest = prep.load_manifest(params, source, repo)
+        manifest["dataset"] = source
+        frames.append(manifest)
+        items.update({item["sample_id"]: item for item in prep.items_from_manifest(manifest, source)})
+    return pd.concat(frames, ignore_index=True), items
+
+
+def _init_backbone(model: torch.nn.Module, params: Params, exp: ExperimentConfig, fold: int, repo: Path) -> list[str]:
+    """Load the backbone of ``exp.init_from`` experiments' fold checkpoints (their average when several)."""
+    from medmlops.models.backbones import average_state_dicts
+
+    states, used = [], []
+    for source in exp.init_from:
+        checkpoint = run_dir_for(params, source, repo) / f"fold-{fold}" / "best.pt"
+        if not checkpoint.is_file():
+            raise UserError(f"{checkpoint}: not found; train {source} first (same profile, backbone and validation)")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        states.append({k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")})
+        used.append(str(checkpoint))
+    if not states:
+        return []
+    merged = states[0]
+    for other in states[1:]:
+        merged = average_state_dicts(merged, other)
+    if len(states) > 2:  # pairwise averaging would weight the later ones more
+        raise UserError("init_from supports at most two experiments (the paper averages the two STL backbones)")
+    model.backbone.load_state_dict(merged)
+    return used
+
+
+def _sampler_weights(items: list[dict], exp: ExperimentConfig) -> list[float] | None:
+    """Weights for a fixed-ratio sampler: ``mix_ratio`` of AIforCOVID per batch on average, the rest BRIXIA."""
+    if exp.mix_ratio is None:
+        return None
+    is_prog = np.array([item.get("prognosis", -1) >= 0 for item in items])
+    n_prog, n_other = int(is_prog.sum()), int((~is_prog).sum())
+    if n_prog == 0 or n_other == 0:
+        return None
+    return np.where(is_prog, exp.mix_ratio / n_prog, (1 - exp.mix_ratio) / n_other).tolist()
 
 
 def run_experiment(
@@ -97,45 +201,44 @@ def run_experiment(
     tasks = resolve_tasks(exp.dataset, list(exp.tasks))
     if exp.primary_task not in tasks:
         raise UserError(f"experiment {name}: primary_task '{exp.primary_task}' is not one of its tasks ({', '.join(tasks)})")
-    model_probe = build_model(exp.model, tasks={t: d.out_features for t, d in tasks.items()})
-    spatial = getattr(params.preprocess, exp.dataset).spatial_size
-    if min(spatial) < getattr(model_probe, "min_input_size", 1):
+    probe = build_experiment_model(exp, tasks)
+    cfg = prep.preprocess_config(params, experiment_sources(exp)[0])
+    spatial = cfg.spatial_size if hasattr(cfg, "spatial_size") else (cfg.size, cfg.size)
+    if min(spatial) < getattr(probe, "min_input_size", 1):
         raise UserError(
-            f"experiment {name}: model {exp.model} needs every spatial size ≥ {model_probe.min_input_size}, "
-            f"but preprocess.{exp.dataset}.spatial_size is {list(spatial)}"
+            f"experiment {name}: model {exp.model} needs every spatial size ≥ {probe.min_input_size}, "
+            f"but the preprocessing gives {list(spatial)}"
         )
-    del model_probe
+    del probe
 
     run_dir = run_dir_for(params, name, repo)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_resolved(params, run_dir / "params.yaml")
-    prep.preprocess(params, exp.dataset, repo=repo, progress=progress)
-    manifest = prep.load_manifest(params, exp.dataset, repo)
-    items = {item["sample_id"]: item for item in prep.items_from_manifest(manifest, exp.dataset)}
+    frame, items = load_experiment_data(params, exp, repo, progress)
 
     splits_path = run_dir / "splits.csv"
-    split_label = SPLIT_LABEL[exp.dataset]
-    splits = stratified_kfold_splits(
-        manifest["sample_id"], manifest[split_label].to_numpy(), params.train.n_folds, params.train.val_fraction, params.seed
-    )
+    splits = experiment_splits(frame, exp.dataset, params.train, params.seed)
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)
     ):
         raise UserError(f"{splits_path}: existing splits differ from the data/params now; remove {run_dir} to start over")
     save_splits(splits, splits_path)
-    folds = list(params.train.folds) or list(range(params.train.n_folds))
-    bad = [f for f in folds if f >= params.train.n_folds]
+    n_folds = int(splits["fold"].max()) + 1
+    folds = list(params.train.folds) or list(range(n_folds))
+    bad = [f for f in folds if f >= n_folds]
     if bad:
-        raise UserError(f"train.folds has fold {bad[0]} but train.n_folds is {params.train.n_folds}")
+        raise UserError(f"train.folds has fold {bad[0]} but this validation has {n_folds} folds")
 
     mlflow = _mlflow()
     tracking.configure(params.registry, cwd=repo)
     experiment_id = tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{exp.family}")
     device = resolve_device(params.train.device)
-    per_fold_rows, fold_scores = [], {}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as parent:
+    per_fold_rows, fold_scores, fold_thresholds = [], {}, {}
+    variant = variant_name(params, name)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=variant) as parent:
         mlflow.set_tags({
             "experiment": name, "family": exp.family, "profile": params.profile, "model": exp.model,
+            "backbone": exp.backbone or exp.model, "validation": params.train.validation,
             "data_version": tracking.data_version(repo), "git_commit": tracking.git_commit(repo),
         })  # fmt: skip
         mlflow.log_params(_flat_params(params, exp))
@@ -145,41 +248,61 @@ def run_experiment(
             fold_dir = run_dir / f"fold-{fold}"
             part = splits[splits["fold"] == fold]
             ids = {s: part.loc[part["split"] == s, "sample_id"].tolist() for s in ("train", "val", "test")}
-            with mlflow.start_run(run_name=f"{name}/fold-{fold}", nested=True, experiment_id=experiment_id):
+            with mlflow.start_run(run_name=f"{variant}/fold-{fold}", nested=True, experiment_id=experiment_id):
                 mlflow.set_tags({"fold": fold, "experiment": name})
                 seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
-                model = build_model(exp.model, tasks={t: d.out_features for t, d in tasks.items()})
-                train_ds = prep.make_dataset(params, exp.dataset, [items[i] for i in ids["train"]], augment=params.train.augment, repo=repo)
-                val_ds = prep.make_dataset(params, exp.dataset, [items[i] for i in ids["val"]], augment=False, repo=repo)
-                test_ds = prep.make_dataset(params, exp.dataset, [items[i] for i in ids["test"]], augment=False, repo=repo)
+                model = build_experiment_model(exp, tasks)
+                initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
+                if initialised:
+                    mlflow.set_tag("init_from", ",".join(initialised))
+                datasets = {
+                    split: prep.make_dataset(
+                        params, experiment_sources(exp)[0], [items[i] for i in ids[split]],
+                        augment=params.train.augment and split == "train", repo=repo,
+                    )  # fmt: skip
+                    for split in ("train", "val", "test")
+                }
                 primary_column = tasks[exp.primary_task].column
+                train_items = [items[i] for i in ids["train"]]
+                oversample_labels = (
+                    [item[primary_column] for item in train_items]
+                    if exp.oversample and tasks[exp.primary_task].kind != "multilabel"
+                    else None
+                )
                 result = train_fold(
-                    model, train_ds, val_ds, tasks=tasks, weights=exp.tasks, primary_task=exp.primary_task,
-                    cfg=params.train, out_dir=fold_dir, seed=params.seed + fold,
-                    train_labels=[items[i][primary_column] for i in ids["train"]],
+                    model, datasets["train"], datasets["val"], tasks=tasks, weights=exp.tasks, primary_task=exp.primary_task,
+                    cfg=params.train, out_dir=fold_dir, seed=params.seed + fold, train_labels=oversample_labels,
+                    sample_weights=_sampler_weights(train_items, exp),
                     on_epoch=lambda rec: mlflow.log_metrics(
-                        {k: float(v) for k, v in rec.items() if k not in ("epoch", "best")}, step=int(rec["epoch"])
+                        {k: float(v) for k, v in rec.items() if k not in ("epoch", "best") and np.isfinite(v)}, step=int(rec["epoch"])
                     ),
                     progress=progress, resume=resume,
                 )  # fmt: skip
                 model.load_state_dict(torch.load(result.checkpoint, map_location="cpu", weights_only=True))
                 model.to(device)
-                loader = torch.utils.data.DataLoader(test_ds, batch_size=params.train.batch_size, shuffle=False)
-                test_frame = predict(model, loader, tasks, device)
-                test_frame.to_csv(fold_dir / "predictions_test.csv", index=False)
+                frames = {}
+                for split in ("val", "test"):
+                    loader = torch.utils.data.DataLoader(datasets[split], batch_size=params.train.batch_size, shuffle=False)
+                    frames[split] = predict(model, loader, tasks, device)
+                    frames[split].to_csv(fold_dir / f"predictions_{split}.csv", index=False)
+                thresholds = {t.name: youden_thresholds(frames["val"], t) for t in tasks.values() if t.kind == "multilabel"}
+                fold_thresholds[fold] = {k: v.tolist() for k, v in thresholds.items()}
+                (fold_dir / "thresholds.json").write_text(json.dumps(fold_thresholds[fold]))
                 values = {}
                 for task in tasks.values():
-                    values.update(task_metrics(test_frame, task))
+                    values.update(task_metrics(frames["test"], task, thresholds.get(task.name)))
                 mlflow.log_metrics({f"test_{k}": v for k, v in values.items() if np.isfinite(v)})
                 mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_score": result.best_score})
-                mlflow.log_artifact(str(fold_dir / "predictions_test.csv"))
+                for artifact in ("predictions_test.csv", "predictions_val.csv", "thresholds.json"):
+                    mlflow.log_artifact(str(fold_dir / artifact))
                 mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
                 pd.DataFrame(result.history).to_csv(fold_dir / "history.csv", index=False)
                 mlflow.log_artifact(str(fold_dir / "history.csv"))
                 fold_scores[fold] = result.best_score
                 per_fold_rows += [{"fold": fold, "metric": k, "value": v} for k, v in values.items()]
-                print(f"{name} fold {fold}: best epoch {result.best_epoch + 1}, val bAcc {result.best_score:.3f}, "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in values.items() if k.endswith(("_auc", "_balanced_accuracy", "_mae"))))
+                print(f"{variant} fold {fold}: best epoch {result.best_epoch + 1}, val score {result.best_score:.3f}, "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in values.items()
+                                  if k.endswith(("_auc", "_balanced_accuracy", "_mae", "_gmean", "mean_auroc"))))  # fmt: skip
         per_fold = pd.DataFrame(per_fold_rows)
         per_fold.to_csv(run_dir / "metrics_per_fold.csv", index=False)
         wide = per_fold.pivot(index="fold", columns="metric", values="value")
@@ -193,14 +316,15 @@ def run_experiment(
 
         boot_fold = params.train.bootstrap_fold if params.train.bootstrap_fold in folds else folds[0]
         boot_frame = pd.read_csv(run_dir / f"fold-{boot_fold}" / "predictions_test.csv", dtype={"sample_id": str})
-        boot = _bootstrap(boot_frame, tasks, params.train.n_bootstrap, params.seed)
+        boot_thresholds = {k: np.asarray(v) for k, v in fold_thresholds.get(boot_fold, {}).items()}
+        boot = _bootstrap(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
         boot.insert(0, "fold", boot_fold)
         boot.to_csv(run_dir / "bootstrap_ci.csv", index=False)
         mlflow.log_artifact(str(run_dir / "bootstrap_ci.csv"))
         curves = _training_curves(run_dir, folds)
         if curves is not None:
             mlflow.log_artifact(str(curves))
-        best_fold = max(fold_scores, key=lambda f: (fold_scores[f], -f))
+        best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
         mlflow.set_tag("best_fold", best_fold)
         run_id = parent.info.run_id
     return ExperimentResult(name, run_id, run_dir, summary, per_fold, best_fold, run_dir / f"fold-{best_fold}" / "best.pt", folds)
@@ -248,14 +372,14 @@ def _training_curves(run_dir: Path, folds: list[int]) -> Path | None:
             continue
         axes[0].plot(history["epoch"] + 1, history["train_loss"], label=f"fold {fold} train")
         axes[0].plot(history["epoch"] + 1, history["val_loss"], "--", label=f"fold {fold} val")
-        score = [c for c in history.columns if c.startswith("val_") and c.endswith("balanced_accuracy")][0]
+        score = [c for c in history.columns if c.startswith("val_") and c != "val_loss"][0]
         axes[1].plot(history["epoch"] + 1, history[score], label=f"fold {fold}")
         drawn = True
     if not drawn:
         plt.close(fig)
         return None
     axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
-    axes[1].set(xlabel="epoch", ylabel="balanced accuracy", title="validation (primary task)")
+    axes[1].set(xlabel="epoch", ylabel="score", title="validation score (primary task)")
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
     fig.tight_layout()

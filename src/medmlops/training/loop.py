@@ -150,6 +150,7 @@ def train_fold(
     out_dir: Path,
     seed: int,
     train_labels: Sequence[int] | None = None,
+    sample_weights: Sequence[float] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
     resume: bool = True,
@@ -192,15 +193,20 @@ def train_fold(
         if stale >= cfg.patience:
             break
         model.train()
-        if cfg.oversample and train_labels is not None:
-            indices = oversample_indices(train_labels, seed + epoch)
-        else:
-            indices = np.arange(len(train_ds))
         generator = torch.Generator().manual_seed(seed + epoch)
-        loader = DataLoader(
-            Subset(train_ds, indices.tolist()), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-            num_workers=cfg.num_workers, drop_last=False,
-        )  # fmt: skip
+        if sample_weights is not None:
+            # Fixed-ratio mixing of datasets (MDMT): each batch draws the configured share of each dataset.
+            sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(train_ds), replacement=True, generator=generator)
+            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+        else:
+            if cfg.oversample and train_labels is not None:
+                indices = oversample_indices(train_labels, seed + epoch)
+            else:
+                indices = np.arange(len(train_ds))
+            loader = DataLoader(
+                Subset(train_ds, indices.tolist()), batch_size=cfg.batch_size, shuffle=True, generator=generator,
+                num_workers=cfg.num_workers, drop_last=False,
+            )  # fmt: skip
         groups = _accumulation_groups(len(loader), max(1, cfg.accumulation_steps))
         optimizer.zero_grad(set_to_none=True)
         running, seen, steps = 0.0, 0, 0
@@ -221,15 +227,16 @@ def train_fold(
         val_frame = predict(model, val_loader, tasks, device, amp=use_amp)
         score = primary_score(val_frame, primary)
         val_loss = _frame_loss(val_frame, tasks, weights)
-        improved = score > best_score or best_epoch < 0
+        improved = (np.isfinite(score) and score > best_score) or best_epoch < 0
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             torch.save(model.state_dict(), best)
         else:
             stale += 1
+        score_name = "mean_auroc" if primary.kind == "multilabel" else "balanced_accuracy"
         record = {
             "epoch": epoch, "train_loss": running / max(1, seen), "val_loss": val_loss,
-            f"val_{primary_task}_balanced_accuracy": score, "optimizer_steps": steps, "best": improved,
+            f"val_{primary_task}_{score_name}": score, "optimizer_steps": steps, "best": improved,
         }  # fmt: skip
         history.append(record)
         if on_epoch is not None:

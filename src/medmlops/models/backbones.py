@@ -1,0 +1,226 @@
+"""The MDMT paper's 18 CNN backbones (Ruffini et al., Sec. 3) as bare 2D feature extractors.
+
+Every backbone returned by :func:`build_backbone` maps ``(B, C, H, W)`` to pooled features ``(B, num_features)``.
+timm builds every architecture it has (``num_classes=0`` gives timm's bare backbone); torchvision builds the two
+families timm lacks (GoogLeNet, ShuffleNetV2) with the classifier replaced by ``Identity`` so their state-dict keys
+stay torchvision's and a torchvision checkpoint loads as is.
+
+No weights can be downloaded here: ImageNet (or any other) initialisation comes from a local state-dict file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+# Paper-style key → (library, model name). timm wherever it has the architecture (checked with timm.list_models);
+# torchvision for GoogLeNet and ShuffleNetV2, which timm does not provide.
+BACKBONES: dict[str, tuple[str, str]] = {
+    "densenet121": ("timm", "densenet121"),
+    "densenet161": ("timm", "densenet161"),
+    "densenet169": ("timm", "densenet169"),
+    "densenet201": ("timm", "densenet201"),
+    "efficientnet_b0": ("timm", "efficientnet_b0"),
+    "efficientnet_b1_pruned": ("timm", "efficientnet_b1_pruned"),
+    "efficientnet_es": ("timm", "efficientnet_es"),
+    "efficientnet_es_pruned": ("timm", "efficientnet_es_pruned"),
+    "efficientnet_lite0": ("timm", "efficientnet_lite0"),
+    "googlenet": ("torchvision", "googlenet"),
+    "mobilenet_v2": ("timm", "mobilenetv2_100"),
+    "resnet18": ("timm", "resnet18"),
+    "resnet34": ("timm", "resnet34"),
+    "resnet50": ("timm", "resnet50"),
+    "resnet101": ("timm", "resnet101"),
+    "wide_resnet50_2": ("timm", "wide_resnet50_2"),
+    "shufflenet_v2_x0_5": ("torchvision", "shufflenet_v2_x0_5"),
+    "shufflenet_v2_x1_0": ("torchvision", "shufflenet_v2_x1_0"),
+}
+
+# Checkpoint keys that belong to a classifier (ImageNet's 1000-way layer, GoogLeNet's auxiliary classifiers):
+# they have no counterpart in a bare backbone and are ignored when loading a weights file.
+_TORCHVISION_CLASSIFIER_PREFIXES = ("fc.", "aux1.", "aux2.")
+
+
+def build_backbone(
+    name: str, pretrained: bool = False, weights_path: str | Path | None = None, in_chans: int = 3
+) -> nn.Module:
+    """Build one of :data:`BACKBONES` as a pooled-feature extractor.
+
+    Args:
+        name: A key of :data:`BACKBONES` (e.g. ``"densenet121"``, ``"shufflenet_v2_x0_5"``).
+        pretrained: Ask for pretrained weights; they must come from ``weights_path`` since nothing can be
+            downloaded here.
+        weights_path: A local ``torch.save``-d state dict for this architecture (timm's or torchvision's key
+            names); classifier keys in it are ignored, every backbone key must be present. Loaded whenever given.
+        in_chans: Input channels (the first convolution is rebuilt for values other than 3).
+
+    Returns:
+        The backbone; ``forward(x)`` gives ``(B, num_features)`` and ``num_features`` is set.
+
+    Raises:
+        ValueError: Unknown name, ``pretrained=True`` without ``weights_path``, or a weights file that does not
+            match the architecture.
+        FileNotFoundError: ``weights_path`` does not exist.
+    """
+    if name not in BACKBONES:
+        raise ValueError(f"unknown backbone '{name}' (expected one of: {', '.join(BACKBONES)})")
+    if pretrained and weights_path is None:
+        raise ValueError(
+            f"pretrained weights for '{name}' cannot be downloaded here; pass a local state-dict file as weights_path"
+        )
+    library, model_name = BACKBONES[name]
+    backbone = _build_timm(model_name, in_chans) if library == "timm" else _build_torchvision(model_name, in_chans)
+    if weights_path is not None:
+        load_backbone_weights(backbone, weights_path)
+    return backbone
+
+
+def _build_timm(model_name: str, in_chans: int) -> nn.Module:
+    import timm
+
+    return timm.create_model(model_name, pretrained=False, num_classes=0, in_chans=in_chans)
+
+
+def _build_torchvision(model_name: str, in_chans: int) -> nn.Module:
+    import torchvision
+
+    if model_name == "googlenet":
+        # aux_logits=False: the auxiliary classifiers are an ImageNet training aid, not part of the feature path;
+        # init_weights=True silences torchvision's FutureWarning and keeps its truncated-normal initialisation.
+        model = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+        # The dropout before `fc` belongs to the ImageNet classifier; the MDMT heads carry their own dropout.
+        model.dropout = nn.Identity()
+    else:
+        model = getattr(torchvision.models, model_name)(weights=None)
+    model.num_features = model.fc.in_features
+    model.fc = nn.Identity()
+    if in_chans != 3:
+        name, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
+        model.set_submodule(
+            name,
+            nn.Conv2d(
+                in_chans, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, bias=conv.bias is not None
+            ),
+        )
+    return model
+
+
+def _classifier_prefixes(backbone: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(backbone, "pretrained_cfg", None)
+    if cfg:  # timm names its classifier in the model's config ("classifier", "fc", "head.fc", ...)
+        classifier = cfg.get("classifier")
+        names = classifier if isinstance(classifier, (list, tuple)) else [classifier]
+        return tuple(f"{n}." for n in names if n)
+    return _TORCHVISION_CLASSIFIER_PREFIXES
+
+
+def load_backbone_weights(backbone: nn.Module, weights_path: str | Path) -> None:
+    """Load a local state dict into ``backbone``: strict on the backbone's keys, classifier keys ignored.
+
+    Args:
+        backbone: A model from :func:`build_backbone`.
+        weights_path: The ``torch.save``-d state dict.
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: A backbone key is missing, an unknown non-classifier key is present, or a shape differs.
+    """
+    path = Path(weights_path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights_path {path} does not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, Mapping):
+        raise ValueError(f"weights file {path} does not hold a state dict (found {type(state).__name__})")
+    ignored = _classifier_prefixes(backbone)
+    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
+    expected = backbone.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(
+            f"weights file {path} lacks backbone key '{missing[0]}' ({len(missing)} missing in all); "
+            "is it a state dict for this architecture?"
+        )
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise ValueError(f"weights file {path} has key '{unexpected[0]}' that this backbone does not have")
+    mismatched = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
+    if mismatched:
+        k = mismatched[0]
+        raise ValueError(
+            f"weights file {path} has shape {tuple(state[k].shape)} for '{k}' where the backbone has "
+            f"{tuple(expected[k].shape)}"
+        )
+    backbone.load_state_dict(state, strict=True)
+
+
+def feature_layer(backbone: nn.Module) -> nn.Module:
+    """The last convolutional block, whose output map is global-pooled into the features (Grad-CAM's layer).
+
+    Args:
+        backbone: A model from :func:`build_backbone`.
+
+    Returns:
+        DenseNet ``features.norm5``, EfficientNet/MobileNetV2 ``bn2`` (after ``conv_head``), ResNet ``layer4``,
+        GoogLeNet ``inception5b``, ShuffleNetV2 ``conv5``.
+    """
+    import torchvision
+
+    if isinstance(backbone, torchvision.models.GoogLeNet):
+        return backbone.inception5b
+    if isinstance(backbone, torchvision.models.ShuffleNetV2):
+        return backbone.conv5
+    # timm's EfficientNet family reports its last *stage* in feature_info, but a 1x1 conv_head + bn2 follows it;
+    # bn2's (activated) output is the map that is pooled, so Grad-CAM belongs there.
+    if hasattr(backbone, "conv_head") and hasattr(backbone, "bn2"):
+        return backbone.bn2
+    info = getattr(backbone, "feature_info", None)
+    if info:
+        return backbone.get_submodule(info[-1]["module"])
+    raise ValueError(f"no known feature layer for {type(backbone).__name__}")
+
+
+def disable_inplace(module: nn.Module) -> nn.Module:
+    """Switch off in-place activations everywhere in ``module`` and return it.
+
+    Captum's hook-based attributions (Grad-CAM, Guided Backprop, LRP) fail or give wrong gradients when an
+    activation overwrites its input (LIBRARY-NOTES), and timm/torchvision build in-place ReLUs by default.
+    """
+    for m in module.modules():
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    return module
+
+
+def average_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Element-wise mean of two state dicts of the same architecture.
+
+    MDMT is initialised from the average of the two single-task backbones (paper, Sec. 3). Integer tensors
+    (BatchNorm's ``num_batches_tracked``) have no meaningful mean and are copied from ``a``.
+
+    Args:
+        a: The first state dict (its integer buffers are kept).
+        b: The second state dict, with the same keys and shapes.
+
+    Returns:
+        A new state dict (tensors are fresh, not views of ``a`` or ``b``).
+
+    Raises:
+        ValueError: The key sets or a shape differ.
+    """
+    only = sorted(set(a) ^ set(b))
+    if only:
+        side = "first" if only[0] in a else "second"
+        raise ValueError(f"state dicts differ: key '{only[0]}' is only in the {side} one")
+    averaged: dict[str, torch.Tensor] = {}
+    for key, ta in a.items():
+        tb = b[key]
+        if ta.shape != tb.shape:
+            raise ValueError(f"state dicts differ: '{key}' has shape {tuple(ta.shape)} and {tuple(tb.shape)}")
+        if torch.is_floating_point(ta):
+            averaged[key] = (ta + tb.to(ta.dtype)) / 2
+        else:
+            averaged[key] = ta.clone()
+    return averaged
