@@ -135,10 +135,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medmlops.training.report import evaluate_experiments
-
     params = _params(args)
-    out = evaluate_experiments(args.experiments, params, out_dir=Path(args.out) if args.out else None, progress=not args.quiet)
+    out_dir = Path(args.out) if args.out else None
+    if args.protocol == "covid":
+        from medmlops.training.covid_report import covid_protocol_report
+
+        out = covid_protocol_report(params, out_dir=out_dir, progress=not args.quiet)
+    elif args.experiments:
+        from medmlops.training.report import evaluate_experiments
+
+        out = evaluate_experiments(args.experiments, params, out_dir=out_dir, progress=not args.quiet)
+    else:
+        raise UserError("name the experiments to compare, or --protocol covid")
     print(f"report: {out}")
     return 0
 
@@ -236,7 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("evaluate", help="tables and figures across trained experiments (the papers' tables)")
-    ev.add_argument("experiments", nargs="+", help="experiment names (trained with the same profile)")
+    ev.add_argument("experiments", nargs="*", help="experiment names (trained with the same profile)")
+    ev.add_argument("--protocol", choices=("covid",), default=None,
+                    help="covid: the MDMT paper's protocol over covid_protocol.backbones × {cv, loco} (trains what is missing)")
     ev.add_argument("--out", default=None, help="report folder (default: reports/<family>/<profile>)")
     ev.add_argument("--quiet", action="store_true")
     _add_params_args(ev)

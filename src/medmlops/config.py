@@ -110,6 +110,8 @@ class CxrPreprocessConfig:
     size: int = 128
     lung_crop: bool = True
     percentiles: tuple[float, float] = (0.5, 99.5)
+    # The MDMT public code applies each augmentation with p = 30/101 ≈ 0.3 (ICH uses train.aug_prob = 0.5).
+    aug_prob: float = 0.3
 
 
 @dataclass(frozen=True)

@@ -88,13 +88,23 @@ def lung_bbox(image: np.ndarray, margin: float = 0.05) -> tuple[int, int, int, i
     """Bounding box ``(r0, r1, c0, c1)`` (half-open) of both lungs on a frontal chest X-ray in display polarity.
 
     The MDMT paper crops each radiograph to the bounding box of a U-Net lung segmentation; those weights cannot be
-    fetched here, so this is a documented classical approximation. Uniform borders (padding, collimation) are
-    stripped; the body is the largest bright component with its holes filled, so air outside the patient (which
-    reaches the film edge) is excluded; inside the body, the lungs are the pixels darker than Otsu's threshold of
-    the body, opened (to cut thin links through the mediastinum) and closed (to bridge ribs), keeping the one or
-    two largest components that do not touch the film border. The union box grows by ``margin`` of the image side
-    on every side. When only one lung is found (a white-out on the other side) its column span is mirrored about
-    the body midline, since the crop must keep both hemithoraces.
+    fetched here, so this is a documented classical approximation (thresholds and morphology, scipy only):
+
+    1. Uniform borders (black padding, bright collimation) are stripped and the film is smoothed on a ~128-px grid.
+    2. Dark = below Otsu's threshold (two classes: lungs + air vs tissue) or below the upper of three Otsu classes
+       (air < lung < tissue, for films with a large black background); both are tried. Closed a little to bridge
+       ribs.
+    3. Air outside the patient reaches the film edge; lungs do not. The dark mask is eroded with growing radii to
+       cut the thin links between the apices and the air beside the neck, components touching the edge are
+       dropped, and the one or two largest remaining ones are grown back (the body is thus "not background").
+    4. Plausibility: lung area 6–70 % of the film, a pair on either side of the midline, box centred and at least
+       a quarter of the film high and a third wide. A pair beats a single lung, then the larger area wins.
+    5. Consolidated lung is not dark, so the box is completed: made symmetric about the mediastinum (a single
+       lung is mirrored about the film centre), and extended down to about as tall as wide (basal opacities).
+
+    The box grows by ``margin`` of the image side on every side. Known limits: a lung that is consolidated
+    almost entirely (laterally and basally) can still be partly cut, and films without two-class contrast fall
+    back to the full image.
 
     Falls back to the full image whenever no plausible lung field is found (too small, too large, off-centre,
     tiny or flat image), so the result is always a valid non-empty box.
@@ -126,10 +136,16 @@ def lung_bbox(image: np.ndarray, margin: float = 0.05) -> tuple[int, int, int, i
 def _lung_box_on_grid(arr: np.ndarray, work_side: int = 128) -> tuple[float, float, float, float] | None:
     """The lung box in ``arr``'s pixel coordinates (no margin), or None when implausible."""
     rows, cols = arr.shape
-    # A ~128-px working grid: enough to find lungs, and the cost stays flat whatever the detector size.
-    scale = min(1.0, work_side / max(rows, cols))
-    work = ndimage.zoom(arr, scale, order=1) if scale < 1.0 else arr
+    # A ~128-px working grid: enough to find lungs, and the cost stays flat whatever the detector size. Block means
+    # (not point sampling) so a 3000-px film's noise averages out instead of aliasing.
+    factor = max(1, int(np.ceil(max(rows, cols) / work_side)))
+    if factor > 1:
+        br, bc = rows // factor, cols // factor
+        work = arr[: br * factor, : bc * factor].reshape(br, factor, bc, factor).mean(axis=(1, 3))
+    else:
+        work = arr
     wr, wc = work.shape
+    back_r, back_c = (factor, factor) if factor > 1 else (1, 1)
     lo, hi = np.percentile(work, [1.0, 99.0])
     if hi - lo <= 1e-6 * max(1.0, abs(float(hi))):
         return None
@@ -141,28 +157,33 @@ def _lung_box_on_grid(arr: np.ndarray, work_side: int = 128) -> tuple[float, flo
     inner = work[t0:t1, l0:l1]
     if min(inner.shape) < 12:
         return None
-    # Lungs and the air around the patient are the dark class; ribs cross the lungs as bright bands, so the dark
-    # mask is closed a little to keep each lung in one piece.
+    # Lungs are dark, but how dark depends on the exposure and on how much air surrounds the patient: with little
+    # air, a two-class Otsu split gives lungs + air vs tissue; with a large black background it gives air vs
+    # patient, and the lungs are the middle of three classes. Both splits are tried.
     structure = ndimage.generate_binary_structure(2, 1)
     side = min(inner.shape)
     k = max(1, round(0.015 * side))
-    dark = inner < _otsu(inner.ravel())
-    if not dark.any() or dark.all() or float(inner[~dark].mean() - inner[dark].mean()) < 0.2:
-        # Lungs on a radiograph differ from soft tissue by a large part of the dynamic range; textures without
-        # such two-class contrast (noise, flat images) have no lungs to find.
-        return None
-    # Edge-padded so that the closing neither invents nor erases dark pixels along the film edge.
-    dark = np.pad(dark, k, mode="edge")
-    dark = ndimage.binary_closing(dark, structure=structure, iterations=k)[k:-k, k:-k]
-    # The lung apices can reach the air beside the neck through a gap of a few pixels: the dark mask is eroded with
-    # growing radii until the lungs separate from everything that reaches the film edge. Among the plausible
-    # results a pair of lungs beats a single one, then the larger lung area (the least eroded, most complete) wins.
-    found = [_lungs_from_dark(dark, round(fraction * side)) for fraction in (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12)]
-    plausible = [f for f in found if f is not None]
+    plausible = []
+    for threshold in (_otsu(inner.ravel()), _otsu3(inner.ravel())[1]):
+        dark = inner < threshold
+        if not dark.any() or dark.all() or float(inner[~dark].mean() - inner[dark].mean()) < 0.2:
+            # Lungs differ from soft tissue by a large part of the dynamic range; textures without such contrast
+            # (noise, flat images) have no lungs to find.
+            continue
+        # Ribs cross the lungs as bright bands: a small closing keeps each lung in one piece. Edge-padded so that
+        # the closing neither invents nor erases dark pixels along the film edge.
+        dark = np.pad(dark, k, mode="edge")
+        dark = ndimage.binary_closing(dark, structure=structure, iterations=k)[k:-k, k:-k]
+        # The lung apices can reach the air beside the neck through a gap of a few pixels: the dark mask is eroded
+        # with growing radii until the lungs separate from everything that reaches the film edge.
+        for fraction in (0.0, 0.02, 0.04, 0.06, 0.08, 0.1, 0.12):
+            found = _lungs_from_dark(dark, round(fraction * side))
+            if found is not None:
+                plausible.append(found)
     if not plausible:
         return None
+    # A pair of lungs beats a single one, then the larger lung area (the least eroded, most complete) wins.
     (r0, r1, c0, c1), _, _ = max(plausible, key=lambda f: (f[1], f[2]))
-    back_r, back_c = rows / wr, cols / wc
     return ((r0 + t0) * back_r, (r1 + t0) * back_r, (c0 + l0) * back_c, (c1 + l0) * back_c)
 
 
@@ -210,6 +231,13 @@ def _lungs_from_dark(dark: np.ndarray, radius: int) -> tuple[tuple[float, float,
         centres = ndimage.center_of_mass(lungs, labels, keep)
         if (centres[0][1] - ic / 2.0) * (centres[1][1] - ic / 2.0) > 0:
             return None
+        # Consolidation is often peripheral (COVID-19) and leaves only the medial lung dark on that side: the box is
+        # made symmetric about the mediastinum (midway between the lungs' medial edges) so both fields stay whole.
+        first, second = sorted(keep, key=lambda label: centres[keep.index(label)][1])
+        medial_left = float(np.nonzero((labels == first).any(axis=0))[0].max() + 1)
+        medial_right = float(np.nonzero((labels == second).any(axis=0))[0].min())
+        mid = (medial_left + medial_right) / 2.0
+        c0, c1 = max(0.0, min(c0, 2 * mid - c1)), min(float(ic), max(c1, 2 * mid - c0))
     # An adult pair of lung fields is about as tall as it is wide. A much shorter dark region means the lower
     # lung is consolidated or effused (basal in COVID-19 pneumonia and effusion), so the box extends down to keep it.
     r1 = min(float(ir), max(r1, r0 + 0.85 * (c1 - c0)))
@@ -218,3 +246,259 @@ def _lungs_from_dark(dark: np.ndarray, radius: int) -> tuple[tuple[float, float,
     if height < 0.25 or width < 0.35 or not (0.2 <= centre_r <= 0.8 and 0.3 <= centre_c <= 0.7):
         return None
     return (r0, r1, c0, c1), len(keep), area
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Dictionary transforms
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class LoadXrayd(MapTransform):
+    """Load a chest X-ray with :func:`medmlops.data.io.load_xray` into a (1, H, W) float32 MetaTensor.
+
+    The value may be a path or an already-read :class:`~medmlops.data.io.XrayImage` (serving reads uploads from
+    bytes), so training and serving run the same chain. Pixels are in display polarity (MONOCHROME1 inverted by the
+    loader); unreadable files raise DataError naming the file.
+    """
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.data import MetaTensor
+
+        from medmlops.data.io import XrayImage, load_xray
+
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            image = value if isinstance(value, XrayImage) else load_xray(value)
+            source = d.get("image_path", "upload") if isinstance(value, XrayImage) else str(value)
+            array = np.ascontiguousarray(image.array, dtype=np.float32)
+            d[key] = MetaTensor(
+                torch.from_numpy(array)[None],
+                meta={"filename_or_obj": source, "photometric": image.photometric, "bits": image.bits},
+            )
+        return d
+
+
+class LungCropd(MapTransform):
+    """Crop to :func:`lung_bbox` of the first channel (the MDMT paper's lung bounding-box crop).
+
+    ``enabled=False`` makes it a no-op, so a model contract can switch the crop off (the CheXpert classifier sees
+    the whole film by default in the literature; the MDMT models crop).
+    """
+
+    def __init__(
+        self, keys: KeysCollection, enabled: bool = True, margin: float = 0.05, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.enabled = enabled
+        self.margin = margin
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        from monai.transforms import SpatialCrop
+
+        d = dict(data)
+        if not self.enabled:
+            return d
+        for key in self.key_iterator(d):
+            img = d[key]
+            first = img[0].detach().cpu().numpy() if isinstance(img, torch.Tensor) else np.asarray(img)[0]
+            r0, r1, c0, c1 = lung_bbox(first, margin=self.margin)
+            # SpatialCrop keeps the MetaTensor's affine and records the crop, as every MONAI spatial transform does.
+            d[key] = SpatialCrop(roi_start=(r0, c0), roi_end=(r1, c1))(img)
+        return d
+
+
+def cxr_transforms(
+    size: int,
+    lung_crop: bool = True,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    load: bool = True,
+    margin: float = 0.05,
+) -> list:
+    """Deterministic chest X-ray preprocessing as MONAI dictionary transforms on key ``image``.
+
+    Load (display polarity) → percentile clip ``percentiles`` and min–max to [0, 1] → lung bounding-box crop →
+    bilinear resize to ``size`` × ``size`` with anti-aliasing → 3 identical channels → ImageNet mean/std per channel
+    → float32 tensor without metadata. The result is ``(3, size, size)``, ready for an ImageNet-style backbone.
+
+    The MDMT public code clips at the 2nd/98th percentile of the whole film (after setting zeros to the mean) and
+    normalises with ImageNet statistics; the 0.5/99.5 default keeps more of the lung range and is a parameter.
+
+    Args:
+        size: output side in pixels (the MDMT public code uses 256; CPU tests use less).
+        lung_crop: crop to :func:`lung_bbox` before resizing.
+        percentiles: lower and upper intensity percentiles mapped to 0 and 1 (values outside are clipped).
+        load: start with :class:`LoadXrayd`; ``False`` when ``image`` already holds a (1, H, W) array.
+        margin: lung box margin, as a fraction of the image side.
+    """
+    from monai.transforms import (
+        EnsureTyped,
+        NormalizeIntensityd,
+        RepeatChanneld,
+        Resized,
+        ScaleIntensityRangePercentilesd,
+    )
+
+    chain: list = []
+    if load:
+        chain.append(LoadXrayd(keys="image"))
+    chain += [
+        RejectNonFinited(keys="image"),
+        ScaleIntensityRangePercentilesd(
+            keys="image",
+            lower=float(percentiles[0]),
+            upper=float(percentiles[1]),
+            b_min=0.0,
+            b_max=1.0,
+            clip=True,
+            relative=False,
+        ),
+        LungCropd(keys="image", enabled=lung_crop, margin=margin),
+        Resized(keys="image", spatial_size=(int(size), int(size)), mode="bilinear", anti_aliasing=True),
+        RepeatChanneld(keys="image", repeats=3),
+        NormalizeIntensityd(keys="image", subtrahend=IMAGENET_MEAN, divisor=IMAGENET_STD, channel_wise=True),
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ]
+    return chain
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Augmentation (MDMT public code)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class RandShiftd(RandomizableTransform, MapTransform):
+    """Translate by a whole number of pixels up to ``max_fraction`` of each side, repeating the edge pixels.
+
+    The MDMT public code's shift: ``scipy.ndimage.shift(img, [r1, r2], mode="nearest")`` with integer ``r`` drawn
+    uniformly in ``[-int(0.1 * side), int(0.1 * side)]``. A fraction (not pixels) so any ``size`` gets the same shift.
+    """
+
+    def __init__(
+        self, keys: KeysCollection, prob: float = 0.1, max_fraction: float = 0.1, allow_missing_keys: bool = False
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.max_fraction = max_fraction
+        self._offsets: tuple[int, int] = (0, 0)
+
+    def randomize(self, spatial_shape: Sequence[int]) -> None:  # type: ignore[override]
+        super().randomize(None)
+        if not self._do_transform:
+            return
+        limits = [int(self.max_fraction * n) for n in spatial_shape]
+        self._offsets = (int(self.R.randint(-limits[0], limits[0] + 1)), int(self.R.randint(-limits[1], limits[1] + 1)))
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = self.first_key(d)
+        if first == ():
+            return d
+        self.randomize(d[first].shape[-2:])
+        if not self._do_transform:
+            return d
+        for key in self.key_iterator(d):
+            img = torch.as_tensor(d[key])
+            rows, cols = img.shape[-2:]
+            # Index clamping is scipy's mode="nearest" for whole-pixel shifts: exact, no interpolation blur.
+            r = (torch.arange(rows, device=img.device) - self._offsets[0]).clamp(0, rows - 1)
+            c = (torch.arange(cols, device=img.device) - self._offsets[1]).clamp(0, cols - 1)
+            d[key] = img[..., r, :][..., c]
+        return d
+
+
+class RandElasticd(RandomizableTransform, MapTransform):
+    """MONAI's :class:`~monai.transforms.Rand2DElasticd` with its pixel ranges scaled to the image side.
+
+    Ranges are given in pixels at ``reference_side`` (256, the MDMT public code's input size) so a 64-px CPU image
+    gets the same relative deformation as a 256-px one. The inner transform shares this transform's random state,
+    so ``set_random_state`` makes it reproducible.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob: float = 0.1,
+        spacing: float = 20.0,
+        magnitude_range: tuple[float, float] = (0.45, 0.85),
+        reference_side: int = _REFERENCE_SIDE,
+        padding_mode: str = "reflection",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        RandomizableTransform.__init__(self, prob)
+        self.spacing = spacing
+        self.magnitude_range = magnitude_range
+        self.reference_side = reference_side
+        self.padding_mode = padding_mode
+        self._inner: dict[tuple[int, int], Any] = {}
+
+    def _for_shape(self, shape: tuple[int, int]) -> Any:
+        from monai.transforms import Rand2DElasticd
+
+        if shape not in self._inner:
+            scale = min(shape) / self.reference_side
+            self._inner[shape] = Rand2DElasticd(
+                keys=self.keys,
+                spacing=max(2.0, self.spacing * scale),
+                magnitude_range=(self.magnitude_range[0] * scale, self.magnitude_range[1] * scale),
+                prob=1.0,
+                mode="bilinear",
+                padding_mode=self.padding_mode,
+                allow_missing_keys=self.allow_missing_keys,
+            )
+        inner = self._inner[shape]
+        inner.set_random_state(state=self.R)
+        return inner
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        first = self.first_key(d)
+        if first == ():
+            return d
+        self.randomize(None)
+        if not self._do_transform:
+            return d
+        shape = tuple(int(n) for n in d[first].shape[-2:])
+        return dict(self._for_shape(shape)(d))  # type: ignore[arg-type]
+
+
+def cxr_augmentations(prob: float = 0.5) -> list:
+    """Training augmentation of the MDMT public code, as MONAI random dictionary transforms on key ``image``.
+
+    Ranges from ``src/utils/utils_data.py::augmentation`` in cosbidev/Multi-Dataset-Multi-Task-Learning-for-COVID-19-
+    Prognosis, applied in the same order, each independently with probability ``prob``:
+
+    - shift: whole pixels, up to ±10 % of each side, edge pixels repeated (``scipy.ndimage.shift``, mode nearest);
+    - zoom: factor uniform in [0.9, 1.1] about the centre, size kept, zero padding when zooming out;
+    - flip: left–right (``cv2.flip(img, 1)``);
+    - rotation: uniform in ±10° about the centre, size kept, zero corners (``imutils.rotate``);
+    - elastic: Simard et al.'s deformation with α ∈ [20, 40] px and σ = 7 px at 256 px. MONAI's B-spline control
+      grid stands in: spacing 20 px and magnitude 0.45–0.85 px at 256 px, matched to the public code's displacement
+      standard deviation (0.5–1.0 px) and correlation length (about 10 px); scaled with the image side.
+
+    The public code draws each with ``random.randint(0, 100) > 70``, i.e. p = 30/101 ≈ 0.3; ``prob`` defaults to
+    0.5 and a params file reproduces the public code with 0.3. The public code augments the [0, 1] image before
+    ImageNet normalisation; appended after :func:`cxr_transforms` (so MONAI's cache keeps the deterministic part),
+    zero padding here is the ImageNet mean rather than black — padding is a constant either way.
+    """
+    from monai.transforms import EnsureTyped, RandFlipd, RandRotated, RandZoomd
+
+    max_angle = float(np.deg2rad(10.0))
+    return [
+        RandShiftd(keys="image", prob=prob, max_fraction=0.1),
+        RandZoomd(
+            keys="image",
+            prob=prob,
+            min_zoom=0.9,
+            max_zoom=1.1,
+            mode="bilinear",
+            padding_mode="constant",
+            keep_size=True,
+        ),
+        RandFlipd(keys="image", prob=prob, spatial_axis=1),
+        RandRotated(keys="image", range_x=max_angle, prob=prob, keep_size=True, mode="bilinear", padding_mode="zeros"),
+        RandElasticd(keys="image", prob=prob),
+        # MONAI's spatial transforms re-wrap tensors as MetaTensor; training batches stay plain like the cached part.
+        EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
+    ]

@@ -37,6 +37,7 @@ def preprocess_config(params: Params, dataset: str):
 
 def config_hash(params: Params, dataset: str) -> str:
     cfg = asdict(preprocess_config(params, dataset))
+    cfg.pop("aug_prob", None)  # augmentation runs after the cache: changing it must not invalidate cached tensors
     return hashlib.sha1(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -62,7 +63,7 @@ def augmentations(params: Params, dataset: str) -> list:
         return ct_augmentations(prob=params.train.aug_prob)
     from medmlops.data.cxr import cxr_augmentations
 
-    return cxr_augmentations(prob=params.train.aug_prob)
+    return cxr_augmentations(prob=preprocess_config(params, dataset).aug_prob)
 
 
 def items_from_manifest(manifest: pd.DataFrame, dataset: str) -> list[dict]:

@@ -141,14 +141,18 @@ def build_experiment_model(exp: ExperimentConfig, tasks: dict[str, TaskDef]) -> 
 
 
 def load_experiment_data(params: Params, exp: ExperimentConfig, repo: Path, progress: bool) -> tuple[pd.DataFrame, dict]:
-    """Preprocess every source dataset of ``exp``; return the joint manifest and the dataset items by sample id."""
+    """Preprocess the datasets of ``exp``'s family; return the joint manifest (every dataset of the family, so
+    all its experiments share one fold structure: STL τ2's folds pair with FT's and MDMT's) and the items of
+    ``exp``'s own sources by sample id."""
     frames, items = [], {}
-    for source in experiment_sources(exp):
+    family_sources = tuple(sorted(TASK_SOURCE[exp.dataset].values())) if exp.dataset in TASK_SOURCE else SOURCES[exp.dataset]
+    for source in family_sources:
         prep.preprocess(params, source, repo=repo, progress=progress)
         manifest = prep.load_manifest(params, source, repo)
         manifest["dataset"] = source
         frames.append(manifest)
-        items.update({item["sample_id"]: item for item in prep.items_from_manifest(manifest, source)})
+        if source in experiment_sources(exp):
+            items.update({item["sample_id"]: item for item in prep.items_from_manifest(manifest, source)})
     return pd.concat(frames, ignore_index=True), items
 
 
@@ -218,6 +222,7 @@ def run_experiment(
 
     splits_path = run_dir / "splits.csv"
     splits = experiment_splits(frame, exp.dataset, params.train, params.seed)
+    splits = splits[splits["sample_id"].isin(items)].reset_index(drop=True)
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)
     ):

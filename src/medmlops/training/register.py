@@ -8,6 +8,7 @@ not one lucky fold. Everything the contract needs is checked before anything is 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,27 +17,43 @@ import torch
 
 from medmlops.config import Params
 from medmlops.data import preprocess as prep
-from medmlops.models import build_model
-from medmlops.training.experiment import ExperimentResult
+from medmlops.training.experiment import ExperimentResult, build_experiment_model, experiment_sources
 from medmlops.training.tasks import resolve_tasks
 
 CT_FORMATS = (".nii", ".nii.gz")
+XRAY_FORMATS = (".dcm", ".png", ".jpg", ".jpeg")
 
 
 def build_contract(result: ExperimentResult, params: Params, repo: Path = Path(".")):
+    """The model contract: tasks with their thresholds (0.5 / argmax; Youden per class on validation for
+    multilabel, from the registered fold), the input spec, and the preprocessing chain's parameters."""
     from medmlops.registry import InputSpec, ModelContract, TaskSpec, tracking
 
     exp = params.experiment(result.experiment)
     tasks = resolve_tasks(exp.dataset, list(exp.tasks))
-    cfg = getattr(params.preprocess, exp.dataset)
+    source = experiment_sources(exp)[0]
+    cfg = prep.preprocess_config(params, source)
+    fold_thresholds = result.run_dir / f"fold-{result.best_fold}" / "thresholds.json"
+    youden = json.loads(fold_thresholds.read_text()) if fold_thresholds.is_file() else {}
     specs = tuple(
-        TaskSpec(name=t.name, kind=t.kind, classes=t.classes, thresholds=tuple([0.5] * t.out_features)) for t in tasks.values()
+        TaskSpec(
+            name=t.name, kind=t.kind, classes=t.classes,
+            thresholds=tuple(float(v) for v in youden.get(t.name, [0.5] * t.out_features)),
+        )  # fmt: skip
+        for t in tasks.values()
     )
-    input_spec = InputSpec(
-        modality="ct", formats=CT_FORMATS, shape=(1, *cfg.spatial_size), spacing_mm=None,
-        intensity_window=tuple(cfg.window), channels=1,
-    )  # fmt: skip
-    preprocessing = {"dataset": exp.dataset, **asdict(cfg)}
+    if source == "ich":
+        input_spec = InputSpec(
+            modality="ct", formats=CT_FORMATS, shape=(1, *cfg.spatial_size), spacing_mm=None,
+            intensity_window=tuple(cfg.window), channels=1,
+        )  # fmt: skip
+        preprocessing = {"chain": "ct", "dataset": source, **asdict(cfg)}
+    else:
+        input_spec = InputSpec(
+            modality="xray", formats=XRAY_FORMATS, shape=(3, cfg.size, cfg.size), spacing_mm=None,
+            intensity_window=None, channels=3,
+        )  # fmt: skip
+        preprocessing = {"chain": "cxr", "dataset": source, "sources": list(experiment_sources(exp)), **asdict(cfg)}
     metrics = {k: float(v) for k, v in result.summary.items() if np.isfinite(v)}
     return ModelContract(
         family=exp.family, tasks=specs, input=input_spec, preprocessing=preprocessing,
@@ -52,11 +69,12 @@ def register_experiment(result: ExperimentResult, params: Params, repo: Path = P
     tasks = resolve_tasks(exp.dataset, list(exp.tasks))
     contract = build_contract(result, params, repo)
     contract.validate()
-    model = build_model(exp.model, tasks={t: d.out_features for t, d in tasks.items()})
+    model = build_experiment_model(exp, tasks)
     model.load_state_dict(torch.load(result.checkpoint, map_location="cpu", weights_only=True))
     model.eval()
-    manifest = prep.load_manifest(params, exp.dataset, repo)
-    example_ds = prep.make_dataset(params, exp.dataset, prep.items_from_manifest(manifest.head(1), exp.dataset), augment=False, repo=repo)
+    source = experiment_sources(exp)[0]
+    manifest = prep.load_manifest(params, source, repo)
+    example_ds = prep.make_dataset(params, source, prep.items_from_manifest(manifest.head(1), source), augment=False, repo=repo)
     example = example_ds[0]["image"].unsqueeze(0).numpy().astype(np.float32)
     extra = {p.name: p for p in (result.run_dir / "summary_table.csv", result.run_dir / "splits.csv") if p.is_file()}
     version = register_model(

@@ -145,7 +145,7 @@ def evaluate_experiments(
         encoding="utf-8",
     )
     print(verdict)
-    _log_to_mlflow(out, params, family, figure)
+    log_report_to_mlflow(out, params, family)
     return index
 
 
@@ -186,7 +186,8 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
     return "".join(parts)
 
 
-def _log_to_mlflow(out: Path, params: Params, family: str, figure: Path | None) -> None:
+def log_report_to_mlflow(out: Path, params: Params, family: str) -> None:
+    """Log a report folder as the artifacts of an ``evaluate-<profile>`` run in the family's experiment."""
     import mlflow
 
     from medmlops.registry import tracking
