@@ -102,3 +102,67 @@ def test_multiclass_prediction_is_argmax():
     task = COVID_TASKS["severity"]
     assert task.out_features == 4
     assert task.predict(np.array([[0.1, 0.2, 0.6, 0.1], [0.7, 0.1, 0.1, 0.1]])).tolist() == [2, 0]
+
+
+def _covid_frame(n_aif=60, n_brx=40, seed=0):
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    aif = pd.DataFrame({
+        "sample_id": [f"aiforcovid:P{i}" for i in range(n_aif)], "dataset": "aiforcovid",
+        "prognosis": rng.integers(0, 2, n_aif), "severity": -1, "hospital": rng.choice(list("ABCDEF"), n_aif),
+    })  # fmt: skip
+    brx = pd.DataFrame({
+        "sample_id": [f"brixia:{i}" for i in range(n_brx)], "dataset": "brixia", "prognosis": -1,
+        "severity": rng.integers(0, 4, n_brx), "hospital": "GE",
+    })  # fmt: skip
+    return pd.concat([aif, brx], ignore_index=True)
+
+
+def test_covid_cv_is_stratified_by_class_and_centre_and_keeps_brixia_out_of_tau1_tests():
+    from medmlops.training.splits import covid_splits
+
+    frame = _covid_frame()
+    splits = covid_splits(frame, n_folds=5, validation="cv", val_fraction=0.1, seed=0)
+    aif_tests = splits[(splits.split == "test") & splits.sample_id.str.startswith("aiforcovid")]
+    assert sorted(aif_tests.sample_id) == sorted(frame[frame.dataset == "aiforcovid"].sample_id)
+    # BRIXIA: one fixed split shared by every fold.
+    brx = splits[splits.sample_id.str.startswith("brixia")]
+    per_fold = {f: tuple(sorted(map(tuple, g[["sample_id", "split"]].to_numpy()))) for f, g in brx.groupby("fold")}
+    assert len(set(per_fold.values())) == 1 and len(per_fold) == 5
+    # Class shares of each test fold stay close to the overall share.
+    share = frame[frame.dataset == "aiforcovid"].prognosis.mean()
+    label = dict(zip(frame.sample_id, frame.prognosis, strict=True))
+    for _, group in aif_tests.groupby("fold"):
+        assert abs(np.mean([label[i] for i in group.sample_id]) - share) < 0.2
+
+
+def test_covid_loco_tests_one_hospital_per_fold():
+    from medmlops.training.splits import covid_splits
+
+    frame = _covid_frame()
+    splits = covid_splits(frame, n_folds=5, validation="loco", val_fraction=0.1, seed=0)
+    hospital = dict(zip(frame.sample_id, frame.hospital, strict=True))
+    assert splits.fold.nunique() == frame[frame.dataset == "aiforcovid"].hospital.nunique()
+    for fold, group in splits[splits.sample_id.str.startswith("aiforcovid")].groupby("fold"):
+        test_centres = {hospital[i] for i in group[group.split == "test"].sample_id}
+        train_centres = {hospital[i] for i in group[group.split != "test"].sample_id}
+        assert len(test_centres) == 1 and not (test_centres & train_centres), fold
+
+
+def test_chexpert_folds_never_split_a_patient():
+    import pandas as pd
+
+    from medmlops.data.readers import CHEXPERT_FINDINGS
+    from medmlops.training.splits import grouped_splits
+
+    rng = np.random.default_rng(1)
+    patients = [f"patient{p:05d}" for p in rng.integers(0, 25, 80)]
+    frame = pd.DataFrame({"sample_id": [f"s{i}" for i in range(80)], "patient_id": patients})
+    for finding in CHEXPERT_FINDINGS:
+        frame[finding] = rng.choice([0.0, 1.0, np.nan], 80)
+    splits = grouped_splits(frame, n_folds=3, val_fraction=0.15, seed=0)
+    patient = dict(zip(frame.sample_id, frame.patient_id, strict=True))
+    for _, group in splits.groupby("fold"):
+        owners = {s: {patient[i] for i in group[group.split == s].sample_id} for s in ("train", "val", "test")}
+        assert not (owners["train"] & owners["test"]) and not (owners["train"] & owners["val"]) and not (owners["val"] & owners["test"])

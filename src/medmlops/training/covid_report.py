@@ -100,9 +100,9 @@ def table_2(results: pd.DataFrame) -> pd.DataFrame:
                     rows.append({
                         "validation": validation, "comparison": f"MDMT vs {LABELS[other]}", "metric": metric,
                         "statistic": f"{'μ' if stat == 'mean' else 'σ'} ({alternative})", "n_backbones": int(keep.sum()),
-                        "t_p": test["t_pvalue"], "t": stars(test["t_pvalue"]) if np.isfinite(test["t_pvalue"]) else "n/a",
+                        "t_p": test["t_pvalue"], "t": stars(test["t_pvalue"]) if np.isfinite(test["t_pvalue"]) else "not tested",
                         "wilcoxon_p": test["wilcoxon_pvalue"],
-                        "wilcoxon": stars(test["wilcoxon_pvalue"]) if np.isfinite(test["wilcoxon_pvalue"]) else "n/a",
+                        "wilcoxon": stars(test["wilcoxon_pvalue"]) if np.isfinite(test["wilcoxon_pvalue"]) else "not tested",
                     })  # fmt: skip
     return pd.DataFrame(rows)
 
