@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _common import measure_training  # noqa: E402  (benchmarks run as scripts)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BACKBONES = "resnet18,mobilenet_v2,shufflenet_v2_x1_0,densenet121,efficientnet_b0"
@@ -33,36 +34,9 @@ def run_one(model_name: str, backbone: str | None, size: int, batch: int, steps:
 
     device = resolve_device("auto")
     kwargs = {"backbone": backbone} if backbone else {}
-    model = build_model(model_name, tasks=MODELS[model_name], **kwargs).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    x = torch.rand(batch, 3, size, size, device=device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    def step() -> None:
-        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-            loss = sum(v.float().mean() for v in model(x).values())
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**30
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    )
-    return {"device": str(device), "images_per_s": batch * steps / elapsed, "peak_gib": peak}
+    model = build_model(model_name, tasks=MODELS[model_name], **kwargs)
+    result = measure_training(model, torch.rand(batch, 3, size, size, device=device), steps)
+    return {"device": result["device"], "images_per_s": result["samples_per_s"], "peak_gib": result["peak_gib"]}
 
 
 def training_table(backbones: list[str], size: int, batch: int, steps: int) -> None:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
+
+from _common import measure_training  # noqa: E402  (benchmarks run as scripts)
 
 SHAPES = {"smoke": (40, 40, 40), "demo": (64, 64, 40), "paper": (301, 301, 40)}
 
@@ -22,36 +22,9 @@ def run_one(model_name: str, shape: tuple[int, int, int], batch: int, steps: int
     from medmlops.training.loop import resolve_device
 
     device = resolve_device("auto")
-    model = build_model(model_name, tasks={"prognosis": 1, "gcs_ordinal": 2, "age_binary": 1}).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
-    x = torch.rand(batch, 1, *shape, device=device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    def step() -> None:
-        with torch.autocast(device_type=device.type, enabled=device.type == "cuda"):
-            loss = sum(v.float().mean() for v in model(x).values())
-        optimizer.zero_grad()
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**30
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    )
-    return {"device": str(device), "volumes_per_s": batch * steps / elapsed, "peak_gib": peak}
+    model = build_model(model_name, tasks={"prognosis": 1, "gcs_ordinal": 2, "age_binary": 1})
+    result = measure_training(model, torch.rand(batch, 1, *shape, device=device), steps)
+    return {"device": result["device"], "volumes_per_s": result["samples_per_s"], "peak_gib": result["peak_gib"]}
 
 
 def main() -> None:
