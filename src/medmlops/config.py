@@ -208,6 +208,63 @@ class RegistryConfig:
 
 
 @dataclass(frozen=True)
+class ImagesConfig:
+    """The one place the container images are named: components, the Makefile and k8s/ read it from here."""
+
+    registry: str = "ghcr.io/medmlops"
+    tag: str = "0.1.0"
+    train: str = "medmlops-train"  # CUDA: pipeline steps and GPU training
+    serve: str = "medmlops-serve"  # slim CPU: BentoML serving, monitoring, Evidently UI
+
+    def ref(self, kind: str) -> str:
+        return f"{self.registry}/{getattr(self, kind)}:{self.tag}"
+
+
+@dataclass(frozen=True)
+class TolerationConfig:
+    key: str = "nvidia.com/gpu"
+    operator: str = "Exists"
+    effect: str = "NoSchedule"
+    value: str = ""
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Requests and limits of one kind of pipeline step (Kubernetes quantities)."""
+
+    cpu_request: str = "1"
+    cpu_limit: str = "2"
+    memory_request: str = "2Gi"
+    memory_limit: str = "4Gi"
+    accelerator_type: str = ""  # the resource name, copied verbatim into limits (e.g. nvidia.com/gpu)
+    accelerator_count: int = 0
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[TolerationConfig, ...] = ()
+
+
+@dataclass(frozen=True)
+class KubeflowConfig:
+    """How the pipelines run on a cluster (ignored by the local runner, which uses this machine as it is)."""
+
+    host: str = ""  # Kubeflow Pipelines API, e.g. http://ml-pipeline-ui.kubeflow:80 (or --host)
+    experiment: str = "medmlops"  # KFP experiment the runs are filed under
+    workdir: str = "/app"  # the project inside the image (params.yaml, data.dvc, .dvc/)
+    data_pvc: str = "medmlops-data"  # raw data, preprocessing cache and run folders; shared by all steps
+    data_mount: str = "/app/data"
+    mlflow_secret: str = "medmlops-mlflow"  # key tracking-uri → MLFLOW_TRACKING_URI
+    s3_secret: str = "medmlops-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
+    fold_parallelism: int = 5  # folds trained at once (one GPU node each)
+    step: ResourcesConfig = field(default_factory=ResourcesConfig)
+    train: ResourcesConfig = field(
+        default_factory=lambda: ResourcesConfig(
+            cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi",
+            accelerator_type="nvidia.com/gpu", accelerator_count=1,
+            node_selector={"medmlops.io/pool": "gpu"}, tolerations=(TolerationConfig(),),
+        )  # fmt: skip
+    )
+
+
+@dataclass(frozen=True)
 class Params:
     seed: int = 42
     profile: str = "demo"
@@ -218,6 +275,8 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     covid_protocol: CovidProtocolConfig = field(default_factory=CovidProtocolConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
 
     def experiment(self, name: str) -> ExperimentConfig:
