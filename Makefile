@@ -34,10 +34,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/medmlops demo --profile $(PROFILE)
 
-test: install
+test: install tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install
+test-fast: install tools
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
@@ -62,7 +62,7 @@ IMAGE_TAG    = $(or $(TAG),$(word 2,$(IMAGE_PARAMS)))
 TRAIN_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 3,$(IMAGE_PARAMS)):$(IMAGE_TAG)
 SERVE_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 4,$(IMAGE_PARAMS)):$(IMAGE_TAG)
 
-.PHONY: images push-images checkov
+.PHONY: images push-images checkov tools
 
 images: install
 	docker build -f docker/train.Dockerfile -t $(TRAIN_IMAGE) .
@@ -81,6 +81,8 @@ $(TOOLS_VENV)/.installed-stamp: tools-requirements.txt
 	test -x $(TOOLS_VENV)/bin/python || python3.11 -m venv $(TOOLS_VENV)
 	$(TOOLS_VENV)/bin/python -m pip install --quiet --progress-bar off -r tools-requirements.txt
 	touch $@
+
+tools: $(TOOLS_VENV)/.installed-stamp
 
 checkov: $(TOOLS_VENV)/.installed-stamp
 	$(TOOLS_VENV)/bin/checkov -d k8s --framework kubernetes --quiet --compact --skip-download

@@ -109,6 +109,8 @@ def configure(cfg: RegistryConfig, cwd: Path | None = None) -> str:
     user set ``MLFLOW_DISABLE_TELEMETRY`` (medical sites run offline; the client would only retry and fail).
     """
     uri = resolve_tracking_uri(cfg, cwd)
+    # One tqdm bar per downloaded fold artifact drowns the training output; a user can still turn them back on.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if "MLFLOW_DISABLE_TELEMETRY" not in os.environ:
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
         with contextlib.suppress(Exception):  # internal API; losing it only leaves telemetry on

@@ -4,6 +4,7 @@ tracked in MLflow (a parent run per experiment, a nested run per fold), optional
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -190,17 +191,35 @@ def _sampler_weights(items: list[dict], exp: ExperimentConfig) -> list[float] | 
     return np.where(is_prog, exp.mix_ratio / n_prog, (1 - exp.mix_ratio) / n_other).tolist()
 
 
-def run_experiment(
-    name: str,
-    params: Params,
-    *,
-    repo: Path = Path("."),
-    progress: bool = True,
-    resume: bool = True,
-) -> ExperimentResult:
-    """Train and evaluate ``name`` over the configured folds; returns the aggregated result and the MLflow run."""
-    from medmlops.registry import tracking
+@dataclass
+class ExperimentPlan:
+    """What every phase of an experiment needs: its config, tasks, data items, the saved splits and the folds to run.
 
+    Built identically (same data, params and seed → same splits) by the CLI process and by every pipeline step,
+    so a fold trained on one node and aggregated on another agree on what the folds are.
+    """
+
+    name: str
+    exp: ExperimentConfig
+    tasks: dict[str, TaskDef]
+    run_dir: Path
+    splits: pd.DataFrame
+    items: dict[str, dict]
+    folds: list[int]
+    variant: str
+
+    @property
+    def splits_path(self) -> Path:
+        return self.run_dir / "splits.csv"
+
+
+def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progress: bool = True) -> ExperimentPlan:
+    """Check the experiment against its model and data, preprocess (cached), make and save the splits.
+
+    Raises:
+        UserError: unknown primary task, a spatial size the model cannot take, splits on disk that differ from the
+            data/params now, or ``train.folds`` naming a fold the validation does not have.
+    """
     exp: ExperimentConfig = params.experiment(name)
     tasks = resolve_tasks(exp.dataset, list(exp.tasks))
     if exp.primary_task not in tasks:
@@ -233,106 +252,246 @@ def run_experiment(
     bad = [f for f in folds if f >= n_folds]
     if bad:
         raise UserError(f"train.folds has fold {bad[0]} but this validation has {n_folds} folds")
+    return ExperimentPlan(name, exp, tasks, run_dir, splits, items, folds, variant_name(params, name))
 
-    mlflow = _mlflow()
+
+def _experiment_id(params: Params, family: str, repo: Path) -> str:
+    from medmlops.registry import tracking
+
     tracking.configure(params.registry, cwd=repo)
-    experiment_id = tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{exp.family}")
-    device = resolve_device(params.train.device)
-    per_fold_rows, fold_scores, fold_thresholds = [], {}, {}
-    variant = variant_name(params, name)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=variant) as parent:
-        mlflow.set_tags({
-            "experiment": name, "family": exp.family, "profile": params.profile, "model": exp.model,
-            "backbone": exp.backbone or exp.model, "validation": params.train.validation,
-            "data_version": tracking.data_version(repo), "git_commit": tracking.git_commit(repo),
-        })  # fmt: skip
-        mlflow.log_params(_flat_params(params, exp))
-        mlflow.log_artifact(str(run_dir / "params.yaml"))
-        mlflow.log_artifact(str(splits_path))
-        for fold in folds:
-            fold_dir = run_dir / f"fold-{fold}"
-            part = splits[splits["fold"] == fold]
-            ids = {s: part.loc[part["split"] == s, "sample_id"].tolist() for s in ("train", "val", "test")}
-            with mlflow.start_run(run_name=f"{variant}/fold-{fold}", nested=True, experiment_id=experiment_id):
-                mlflow.set_tags({"fold": fold, "experiment": name})
-                seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
-                model = build_experiment_model(exp, tasks)
-                initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
-                if initialised:
-                    mlflow.set_tag("init_from", ",".join(initialised))
-                datasets = {
-                    split: prep.make_dataset(
-                        params, experiment_sources(exp)[0], [items[i] for i in ids[split]],
-                        augment=params.train.augment and split == "train", repo=repo,
-                    )  # fmt: skip
-                    for split in ("train", "val", "test")
-                }
-                primary_column = tasks[exp.primary_task].column
-                train_items = [items[i] for i in ids["train"]]
-                oversample_labels = (
-                    [item[primary_column] for item in train_items]
-                    if exp.oversample and tasks[exp.primary_task].kind != "multilabel"
-                    else None
-                )
-                result = train_fold(
-                    model, datasets["train"], datasets["val"], tasks=tasks, weights=exp.tasks, primary_task=exp.primary_task,
-                    cfg=params.train, out_dir=fold_dir, seed=params.seed + fold, train_labels=oversample_labels,
-                    sample_weights=_sampler_weights(train_items, exp),
-                    on_epoch=lambda rec: mlflow.log_metrics(
-                        {k: float(v) for k, v in rec.items() if k not in ("epoch", "best") and np.isfinite(v)}, step=int(rec["epoch"])
-                    ),
-                    progress=progress, resume=resume,
-                )  # fmt: skip
-                model.load_state_dict(torch.load(result.checkpoint, map_location="cpu", weights_only=True))
-                model.to(device)
-                frames = {}
-                for split in ("val", "test"):
-                    loader = torch.utils.data.DataLoader(datasets[split], batch_size=params.train.batch_size, shuffle=False)
-                    frames[split] = predict(model, loader, tasks, device)
-                    frames[split].to_csv(fold_dir / f"predictions_{split}.csv", index=False)
-                thresholds = {t.name: youden_thresholds(frames["val"], t) for t in tasks.values() if t.kind == "multilabel"}
-                fold_thresholds[fold] = {k: v.tolist() for k, v in thresholds.items()}
-                (fold_dir / "thresholds.json").write_text(json.dumps(fold_thresholds[fold]))
-                values = {}
-                for task in tasks.values():
-                    values.update(task_metrics(frames["test"], task, thresholds.get(task.name)))
-                mlflow.log_metrics({f"test_{k}": v for k, v in values.items() if np.isfinite(v)})
-                mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_score": result.best_score})
-                for artifact in ("predictions_test.csv", "predictions_val.csv", "thresholds.json"):
-                    mlflow.log_artifact(str(fold_dir / artifact))
-                mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
-                pd.DataFrame(result.history).to_csv(fold_dir / "history.csv", index=False)
-                mlflow.log_artifact(str(fold_dir / "history.csv"))
-                fold_scores[fold] = result.best_score
-                per_fold_rows += [{"fold": fold, "metric": k, "value": v} for k, v in values.items()]
-                print(f"{variant} fold {fold}: best epoch {result.best_epoch + 1}, val score {result.best_score:.3f}, "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in values.items()
-                                  if k.endswith(("_auc", "_balanced_accuracy", "_mae", "_gmean", "mean_auroc"))))  # fmt: skip
-        per_fold = pd.DataFrame(per_fold_rows)
-        per_fold.to_csv(run_dir / "metrics_per_fold.csv", index=False)
-        wide = per_fold.pivot(index="fold", columns="metric", values="value")
-        summary = S.flatten_summary(S.aggregate_folds(wide.to_dict(orient="records")))
-        mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        _summary_table(summary, tasks).to_csv(run_dir / "summary_table.csv")
-        mlflow.log_artifact(str(run_dir / "metrics_per_fold.csv"))
-        mlflow.log_artifact(str(run_dir / "summary.json"))
-        mlflow.log_artifact(str(run_dir / "summary_table.csv"))
+    return tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{family}", cfg=params.registry, cwd=repo)
 
-        boot_fold = params.train.bootstrap_fold if params.train.bootstrap_fold in folds else folds[0]
-        boot_frame = pd.read_csv(run_dir / f"fold-{boot_fold}" / "predictions_test.csv", dtype={"sample_id": str})
-        boot_thresholds = {k: np.asarray(v) for k, v in fold_thresholds.get(boot_fold, {}).items()}
-        boot = _bootstrap(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
-        boot.insert(0, "fold", boot_fold)
-        boot.to_csv(run_dir / "bootstrap_ci.csv", index=False)
-        mlflow.log_artifact(str(run_dir / "bootstrap_ci.csv"))
+
+def start_experiment_run(
+    plan: ExperimentPlan,
+    params: Params,
+    *,
+    repo: Path = Path("."),
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+) -> str:
+    """Create the experiment's MLflow parent run (nested under ``parent_run_id``, e.g. a pipeline run, when given),
+    log the resolved params and the splits, and return its id. The run stays open until `aggregate_experiment`."""
+    from mlflow import MlflowClient
+
+    from medmlops.registry import tracking
+
+    experiment_id = _experiment_id(params, plan.exp.family, repo)
+    all_tags = {
+        "experiment": plan.name, "family": plan.exp.family, "profile": params.profile, "model": plan.exp.model,
+        "backbone": plan.exp.backbone or plan.exp.model, "validation": params.train.validation,
+        "data_version": tracking.data_version(repo), "git_commit": tracking.git_commit(repo),
+        "folds": ",".join(map(str, plan.folds)), **(tags or {}),
+    }  # fmt: skip
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name=plan.variant, tags={k: str(v) for k, v in all_tags.items()})
+    run_id = run.info.run_id
+    for key, value in _flat_params(params, plan.exp).items():
+        client.log_param(run_id, key, value)
+    client.log_artifact(run_id, str(plan.run_dir / "params.yaml"))
+    client.log_artifact(run_id, str(plan.splits_path))
+    return run_id
+
+
+def train_experiment_fold(
+    plan: ExperimentPlan,
+    params: Params,
+    fold: int,
+    run_id: str,
+    *,
+    repo: Path = Path("."),
+    progress: bool = True,
+    resume: bool = True,
+) -> dict[str, float]:
+    """Train and test one fold as an MLflow run nested under the experiment run ``run_id``; return its test metrics.
+
+    Everything the aggregation needs (test metrics, predictions, thresholds, history, the best checkpoint) is logged
+    to that nested run, so folds can train on different machines and be aggregated from MLflow alone.
+    """
+    import mlflow
+
+    if fold not in plan.folds:
+        raise UserError(f"experiment {plan.name}: fold {fold} is not one of its folds ({plan.folds})")
+    exp, tasks, items = plan.exp, plan.tasks, plan.items
+    main = _is_main_process()
+    fold_dir = plan.run_dir / f"fold-{fold}"
+    part = plan.splits[plan.splits["fold"] == fold]
+    ids = {s: part.loc[part["split"] == s, "sample_id"].tolist() for s in ("train", "val", "test")}
+    device = resolve_device(params.train.device)
+    experiment_id = _experiment_id(params, exp.family, repo)
+    context = (
+        mlflow.start_run(run_name=f"{plan.variant}/fold-{fold}", experiment_id=experiment_id, parent_run_id=run_id)
+        if main
+        else contextlib.nullcontext()
+    )
+    log_metrics = mlflow.log_metrics if main else (lambda *a, **k: None)
+    with context:
+        if main:
+            mlflow.set_tags({"fold": fold, "experiment": plan.name})
+        seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
+        model = build_experiment_model(exp, tasks)
+        initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
+        if initialised and main:
+            mlflow.set_tag("init_from", ",".join(initialised))
+        datasets = {
+            split: prep.make_dataset(
+                params, experiment_sources(exp)[0], [items[i] for i in ids[split]],
+                augment=params.train.augment and split == "train", repo=repo,
+            )  # fmt: skip
+            for split in ("train", "val", "test")
+        }
+        primary_column = tasks[exp.primary_task].column
+        train_items = [items[i] for i in ids["train"]]
+        oversample_labels = (
+            [item[primary_column] for item in train_items]
+            if exp.oversample and tasks[exp.primary_task].kind != "multilabel"
+            else None
+        )
+        result = train_fold(
+            model, datasets["train"], datasets["val"], tasks=tasks, weights=exp.tasks, primary_task=exp.primary_task,
+            cfg=params.train, out_dir=fold_dir, seed=params.seed + fold, train_labels=oversample_labels,
+            sample_weights=_sampler_weights(train_items, exp),
+            on_epoch=lambda rec: log_metrics(
+                {k: float(v) for k, v in rec.items() if k not in ("epoch", "best") and np.isfinite(v)}, step=int(rec["epoch"])
+            ),
+            progress=progress and main, resume=resume,
+        )  # fmt: skip
+        if not main:
+            return {}
+        model.load_state_dict(torch.load(result.checkpoint, map_location="cpu", weights_only=True))
+        model.to(device)
+        frames = {}
+        for split in ("val", "test"):
+            loader = torch.utils.data.DataLoader(datasets[split], batch_size=params.train.batch_size, shuffle=False)
+            frames[split] = predict(model, loader, tasks, device)
+            frames[split].to_csv(fold_dir / f"predictions_{split}.csv", index=False)
+        thresholds = {t.name: youden_thresholds(frames["val"], t) for t in tasks.values() if t.kind == "multilabel"}
+        (fold_dir / "thresholds.json").write_text(json.dumps({k: v.tolist() for k, v in thresholds.items()}))
+        values = {}
+        for task in tasks.values():
+            values.update(task_metrics(frames["test"], task, thresholds.get(task.name)))
+        mlflow.log_metrics({f"test_{k}": v for k, v in values.items() if np.isfinite(v)})
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "best_val_score": result.best_score})
+        pd.DataFrame(result.history).to_csv(fold_dir / "history.csv", index=False)
+        (fold_dir / "fold_metrics.json").write_text(json.dumps({"metrics": values, "best_score": result.best_score}))
+        for artifact in FOLD_ARTIFACTS:
+            mlflow.log_artifact(str(fold_dir / artifact))
+        mlflow.log_artifact(str(result.checkpoint), artifact_path="checkpoint")
+        print(f"{plan.variant} fold {fold}: best epoch {result.best_epoch + 1}, val score {result.best_score:.3f}, "
+              + ", ".join(f"{k} {v:.3f}" for k, v in values.items()
+                          if k.endswith(("_auc", "_balanced_accuracy", "_mae", "_gmean", "mean_auroc"))))  # fmt: skip
+    return values
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torch.distributed (DDP over the GPUs of one node), else True: only it logs and writes files."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+# Logged by every fold run; with the checkpoint, all that aggregation and registration read back from MLflow.
+FOLD_ARTIFACTS = ("predictions_test.csv", "predictions_val.csv", "thresholds.json", "history.csv", "fold_metrics.json")
+
+
+def _fold_runs(params: Params, plan: ExperimentPlan, run_id: str, repo: Path) -> dict[int, str]:
+    """The newest finished nested run of every planned fold under ``run_id`` (a retried fold has several)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    runs = client.search_runs(
+        [_experiment_id(params, plan.exp.family, repo)],
+        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+    )
+    found: dict[int, str] = {}
+    for run in runs:
+        fold = run.data.tags.get("fold")
+        if fold is not None and int(fold) not in found:
+            found[int(fold)] = run.info.run_id
+    missing = [f for f in plan.folds if f not in found]
+    if missing:
+        raise UserError(f"experiment {plan.name}: MLflow run {run_id} has no finished run for fold(s) {missing}; train them first")
+    return {f: found[f] for f in plan.folds}
+
+
+def aggregate_experiment(plan: ExperimentPlan, params: Params, run_id: str, *, repo: Path = Path(".")) -> ExperimentResult:
+    """Aggregate the folds of MLflow run ``run_id`` from MLflow (not from local files: in a cluster each fold trained on
+    its own node), log mean ± SD, bootstrap CIs on one fold and the training curves to it, and close it."""
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    tasks, folds, run_dir = plan.tasks, plan.folds, plan.run_dir
+    fold_runs = _fold_runs(params, plan, run_id, repo)
+    per_fold_rows, fold_scores, fold_thresholds = [], {}, {}
+    for fold, fold_run in fold_runs.items():
+        fold_dir = run_dir / f"fold-{fold}"
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        for artifact in FOLD_ARTIFACTS:
+            download_artifacts(run_id=fold_run, artifact_path=artifact, dst_path=str(fold_dir))
+        record = json.loads((fold_dir / "fold_metrics.json").read_text())
+        fold_scores[fold] = float(record["best_score"])
+        fold_thresholds[fold] = json.loads((fold_dir / "thresholds.json").read_text())
+        per_fold_rows += [{"fold": fold, "metric": k, "value": v} for k, v in record["metrics"].items()]
+    per_fold = pd.DataFrame(per_fold_rows)
+    per_fold.to_csv(run_dir / "metrics_per_fold.csv", index=False)
+    wide = per_fold.pivot(index="fold", columns="metric", values="value")
+    summary = S.flatten_summary(S.aggregate_folds(wide.to_dict(orient="records")))
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _summary_table(summary, tasks).to_csv(run_dir / "summary_table.csv")
+
+    boot_fold = params.train.bootstrap_fold if params.train.bootstrap_fold in folds else folds[0]
+    boot_frame = pd.read_csv(run_dir / f"fold-{boot_fold}" / "predictions_test.csv", dtype={"sample_id": str})
+    boot_thresholds = {k: np.asarray(v) for k, v in fold_thresholds.get(boot_fold, {}).items()}
+    boot = _bootstrap(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
+    boot.insert(0, "fold", boot_fold)
+    boot.to_csv(run_dir / "bootstrap_ci.csv", index=False)
+    best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
+    checkpoint_dir = run_dir / f"fold-{best_fold}"
+    checkpoint = Path(
+        download_artifacts(run_id=fold_runs[best_fold], artifact_path="checkpoint/best.pt", dst_path=str(checkpoint_dir))
+    )
+    (run_dir / "result.json").write_text(
+        json.dumps({"run_id": run_id, "best_fold": best_fold, "folds": folds, "fold_runs": fold_runs}, indent=2)
+    )
+
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
+        for name in ("metrics_per_fold.csv", "summary.json", "summary_table.csv", "bootstrap_ci.csv", "result.json"):
+            mlflow.log_artifact(str(run_dir / name))
         curves = _training_curves(run_dir, folds)
         if curves is not None:
             mlflow.log_artifact(str(curves))
-        best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
         mlflow.set_tag("best_fold", best_fold)
-        run_id = parent.info.run_id
-    return ExperimentResult(name, run_id, run_dir, summary, per_fold, best_fold, run_dir / f"fold-{best_fold}" / "best.pt", folds)
+    return ExperimentResult(plan.name, run_id, run_dir, summary, per_fold, best_fold, checkpoint, folds)
+
+
+def run_experiment(
+    name: str,
+    params: Params,
+    *,
+    repo: Path = Path("."),
+    progress: bool = True,
+    resume: bool = True,
+    parent_run_id: str | None = None,
+) -> ExperimentResult:
+    """Train and evaluate ``name`` over the configured folds; returns the aggregated result and the MLflow run.
+
+    The same phases the Kubeflow pipelines run as separate steps (`plan_experiment`, `start_experiment_run`,
+    `train_experiment_fold` per fold, `aggregate_experiment`), here in one process.
+    """
+    from mlflow import MlflowClient
+
+    plan = plan_experiment(name, params, repo=repo, progress=progress)
+    run_id = start_experiment_run(plan, params, repo=repo, parent_run_id=parent_run_id)
+    try:
+        for fold in plan.folds:
+            train_experiment_fold(plan, params, fold, run_id, repo=repo, progress=progress, resume=resume)
+        return aggregate_experiment(plan, params, run_id, repo=repo)
+    except BaseException:
+        MlflowClient().set_terminated(run_id, status="FAILED")
+        raise
 
 
 def _flat_params(params: Params, exp: ExperimentConfig) -> dict[str, str]:

@@ -1,9 +1,10 @@
 """One training loop for every experiment: multi-task losses, oversampling, gradient accumulation, early stopping,
-checkpoints, resume, CUDA + AMP when present.
+checkpoints, resume, CUDA + AMP when present, DistributedDataParallel under torchrun (``training.distributed``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from medmlops.config import TrainConfig
+from medmlops.training import distributed as ddp
 from medmlops.training.tasks import TaskDef
 
 log = logging.getLogger(__name__)
@@ -138,6 +140,36 @@ def _accumulation_groups(n_batches: int, steps: int) -> list[int]:
     return sizes
 
 
+def _progress(loader: DataLoader, desc: str, enabled: bool) -> tqdm:
+    """How the training loop iterates its loader (also used by ``_epoch_order``, which must consume the loader's
+    generator the same way: tqdm.auto's constructor calls ``iter()`` once more, and every ``iter()`` of a
+    DataLoader draws a seed from its generator before the sampler draws the order)."""
+    return tqdm(loader, desc=desc, leave=False, disable=not enabled)
+
+
+def _epoch_order(loader: DataLoader) -> list[int]:
+    """The positions in ``loader.dataset`` that one pass over ``loader`` in the training loop visits, in order,
+    drawn exactly as that pass would draw them (same sampler, same generator, iterated the same way; ``loader``
+    itself is not iterated and no sample is loaded). The samplers are seeded by the epoch, so every rank gets
+    the same global order: the one a single process trains on."""
+    probe = DataLoader(
+        range(len(loader.dataset)), batch_size=4096, sampler=loader.sampler,
+        generator=loader.generator if loader.generator is not None else torch.Generator(),
+    )  # fmt: skip
+    return [int(i) for batch in _progress(probe, "", False) for i in batch.tolist()]
+
+
+def _shard(order: Sequence[int], rank: int, world: int) -> list[int]:
+    """This rank's share of the global order: every ``world``-th position starting at ``rank``, after padding the
+    order (with its own first entries, as DistributedSampler does) to a multiple of ``world`` so that every rank
+    runs the same number of batches (DDP's collectives would otherwise wait forever)."""
+    order = list(order)
+    if order and len(order) % world:
+        pad = world - len(order) % world
+        order += (order * math.ceil(pad / len(order)))[:pad]
+    return order[rank::world]
+
+
 def train_fold(
     model: torch.nn.Module,
     train_ds,
@@ -159,12 +191,32 @@ def train_fold(
 
     A fold whose ``done.json`` exists is not trained again; a fold with ``last.pt`` continues from it (model,
     optimizer, scaler, epoch, best score, patience and RNG states), so an interrupted run picks up where it stopped.
+
+    Under torch.distributed (torchrun + ``distributed.setup_from_env()``, more than one rank) the model is wrapped
+    in DistributedDataParallel (on ``cuda:LOCAL_RANK`` or CPU/Gloo) and every rank calls ``train_fold`` with the
+    same arguments:
+
+    - each epoch's global sample order (oversampled or weighted-sampled, shuffled, seeded by the epoch) is the
+      one a single process would use; rank r trains on positions r, r + W, r + 2W, ... (padded to a multiple
+      of W). ``cfg.batch_size`` is the batch of one rank, so one step sees ``batch_size × W`` samples (times
+      ``accumulation_steps`` per optimizer step) and an epoch has about 1/W as many steps; the learning rate is
+      not rescaled. With W dividing the epoch's sample count and every row labelled for every task, W ranks at
+      batch b train the same weights as one process at batch W·b;
+    - gradient accumulation all-reduces gradients once per optimizer step (``no_sync`` on the other micro-batches);
+    - rank 0 validates (the whole validation set, on the unwrapped model) and broadcasts the score, so the
+      best epoch, patience and early stopping are the same on every rank; rank 0 alone writes ``best.pt``,
+      ``last.pt`` and ``done.json`` (state dicts of the unwrapped model, no ``module.`` prefix), calls
+      ``on_epoch`` and shows progress; ``train_loss`` is the mean over all ranks' samples;
+    - on resume every rank loads the same ``last.pt``; every rank returns the same ``FoldResult`` once the files
+      are written. BatchNorm statistics stay per rank (no SyncBatchNorm).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     done, last, best = out_dir / "done.json", out_dir / "last.pt", out_dir / "best.pt"
-    device = resolve_device(cfg.device)
+    distributed, rank, world = ddp.is_distributed(), ddp.rank(), ddp.world_size()
+    main = rank == 0
+    device = ddp.local_device(resolve_device(cfg.device))
     use_amp = cfg.amp and device.type == "cuda"
-    if resume and done.is_file():
+    if resume and ddp.broadcast_object(done.is_file()):  # rank 0's view decides, so every rank takes the same path
         info = json.loads(done.read_text())
         return FoldResult(info["fold"], info["best_epoch"], info["best_score"], best, info["history"], resumed_from=info["best_epoch"])
 
@@ -173,7 +225,7 @@ def train_fold(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start_epoch, best_score, best_epoch, stale, history, resumed_from = 0, -math.inf, -1, 0, [], None
-    if resume and last.is_file():
+    if resume and ddp.broadcast_object(last.is_file()):
         state = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -184,7 +236,13 @@ def train_fold(
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         resumed_from = state["epoch"]
-        log.info("fold %s: resuming after epoch %d", out_dir.name, state["epoch"])
+        if main:
+            log.info("fold %s: resuming after epoch %d", out_dir.name, state["epoch"])
+    # ``model`` stays the plain module (validation, state dicts); ``net`` is what trains (DDP-wrapped under torchrun).
+    net = model
+    if distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     val_loader = DataLoader(val_ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers)
     primary = tasks[primary_task]
@@ -192,7 +250,7 @@ def train_fold(
     for epoch in range(start_epoch, cfg.epochs):
         if stale >= cfg.patience:
             break
-        model.train()
+        net.train()
         generator = torch.Generator().manual_seed(seed + epoch)
         if sample_weights is not None:
             # Fixed-ratio mixing of datasets (MDMT): each batch draws the configured share of each dataset.
@@ -207,16 +265,27 @@ def train_fold(
                 Subset(train_ds, indices.tolist()), batch_size=cfg.batch_size, shuffle=True, generator=generator,
                 num_workers=cfg.num_workers, drop_last=False,
             )  # fmt: skip
+        if distributed:
+            # The same global order on every rank (the one the loader above would visit); this rank's share of it.
+            workers_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+            loader = DataLoader(
+                Subset(loader.dataset, _shard(_epoch_order(loader), rank, world)), batch_size=cfg.batch_size,
+                shuffle=False, num_workers=cfg.num_workers, drop_last=False,
+                generator=torch.Generator().manual_seed(workers_seed),
+            )  # fmt: skip
         groups = _accumulation_groups(len(loader), max(1, cfg.accumulation_steps))
         optimizer.zero_grad(set_to_none=True)
         running, seen, steps = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}", leave=False, disable=not progress)
+        bar = _progress(loader, f"{out_dir.name} epoch {epoch + 1}/{cfg.epochs}", progress and main)
         for i, batch in enumerate(bar):
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                outputs = model(batch["image"].to(device))
-                loss, _ = multitask_loss(outputs, batch, tasks, weights)
-            scaler.scale(loss / groups[i]).backward()
-            if (i + 1) % max(1, cfg.accumulation_steps) == 0 or (i + 1) == len(loader):
+            step_now = (i + 1) % max(1, cfg.accumulation_steps) == 0 or (i + 1) == len(loader)
+            # DDP all-reduces gradients in backward: only on the micro-batch that ends an accumulation group.
+            with net.no_sync() if distributed and not step_now else contextlib.nullcontext():
+                with torch.autocast(device_type=device.type, enabled=use_amp):
+                    outputs = net(batch["image"].to(device))
+                    loss, _ = multitask_loss(outputs, batch, tasks, weights)
+                scaler.scale(loss / groups[i]).backward()
+            if step_now:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
@@ -224,13 +293,19 @@ def train_fold(
             running += float(loss.detach()) * len(batch["sample_id"])
             seen += len(batch["sample_id"])
             bar.set_postfix(loss=f"{running / max(1, seen):.4f}")
-        val_frame = predict(model, val_loader, tasks, device, amp=use_amp)
-        score = primary_score(val_frame, primary)
-        val_loss = _frame_loss(val_frame, tasks, weights)
+        if distributed:
+            running, seen = ddp.all_reduce_sum([running, seen])
+        # Rank 0 validates; every rank takes its score, so best epoch, patience and early stopping agree.
+        outcome = None
+        if main:
+            val_frame = predict(model, val_loader, tasks, device, amp=use_amp)
+            outcome = (primary_score(val_frame, primary), _frame_loss(val_frame, tasks, weights))
+        score, val_loss = ddp.broadcast_object(outcome)
         improved = (np.isfinite(score) and score > best_score) or best_epoch < 0
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
-            torch.save(model.state_dict(), best)
+            if main:
+                torch.save(model.state_dict(), best)
         else:
             stale += 1
         score_name = "mean_auroc" if primary.kind == "multilabel" else "balanced_accuracy"
@@ -239,6 +314,8 @@ def train_fold(
             f"val_{primary_task}_{score_name}": score, "optimizer_steps": steps, "best": improved,
         }  # fmt: skip
         history.append(record)
+        if not main:
+            continue
         if on_epoch is not None:
             on_epoch(record)
         torch.save(
@@ -250,7 +327,13 @@ def train_fold(
             last,
         )  # fmt: skip
         log.info("%s epoch %d: train_loss %.4f val_bacc %.3f%s", out_dir.name, epoch + 1, record["train_loss"], score, " *" if improved else "")
-    done.write_text(json.dumps({"fold": fold_index, "best_epoch": best_epoch, "best_score": best_score, "history": history}))
+    if main:
+        done.write_text(
+            json.dumps({"fold": fold_index, "best_epoch": best_epoch, "best_score": best_score, "history": history})
+        )
+    if distributed:
+        del net  # releases DDP's gradient hooks on the caller's model
+        ddp.barrier()  # the checkpoints and done.json exist before any rank returns (callers load best.pt)
     return FoldResult(fold_index, best_epoch, best_score, best, history, resumed_from)
 
 
