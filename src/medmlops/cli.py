@@ -174,6 +174,103 @@ def cmd_registry(args: argparse.Namespace) -> int:
     return 0 if result.promoted or args.registry_command == "rollback" else 1
 
 
+def _pipelines_module(repo: Path):
+    """``pipelines/run.py`` of the project at ``repo`` (it lives beside the pipelines: the core never imports kfp)."""
+    if not (repo / "pipelines" / "run.py").is_file():
+        # A data project without the code: use the pipelines of the checkout medmlops is installed from.
+        import medmlops
+
+        source = Path(medmlops.__file__).resolve().parents[2]
+        if not (source / "pipelines" / "run.py").is_file():
+            raise UserError(f"{repo / 'pipelines'}: no pipelines here; run from the project root or pass --repo")
+        repo = source
+    if str(repo) not in sys.path:
+        sys.path.insert(0, str(repo))
+    import importlib
+
+    return importlib.import_module("pipelines.run")
+
+
+def cmd_pipeline_compile(args: argparse.Namespace) -> int:
+    runner = _pipelines_module(Path(args.repo).resolve())
+    for name in runner.PIPELINES if args.pipeline == "all" else (args.pipeline,):
+        out = runner.compile_pipeline(name, Path(args.out) / f"{name}.yaml" if args.out else None)
+        print(f"{name}: compiled to {out}")
+    return 0
+
+
+def cmd_pipeline_run(args: argparse.Namespace) -> int:
+    from medmlops.pipeline_steps import PIPELINE_EXPERIMENTS
+
+    repo = Path(args.repo).resolve()
+    runner = _pipelines_module(repo)
+    params = load_params(repo / args.params, profile=args.profile, overrides=args.overrides)
+    common = {
+        "profile": params.profile,
+        "experiments": list(args.experiments or PIPELINE_EXPERIMENTS[args.pipeline]),
+        "data_rev": args.data_rev,
+        "data_remote": args.data_remote,
+    }
+    if args.host or (not args.local and params.kubeflow.host):
+        host = args.host or params.kubeflow.host
+        image = params.images.ref("train") if not args.tag else f"{params.images.registry}/{params.images.train}:{args.tag}"
+        arguments = {**common, "image": image, "overrides": [*params.kubeflow.overrides, *args.overrides]}
+        run_id = runner.submit(
+            args.pipeline, host, arguments, experiment=args.experiment_name or params.kubeflow.experiment,
+            run_name=args.run_name, recurring_cron=args.recurring, enable_caching=False if args.no_cache else None,
+        )  # fmt: skip
+        kind = "recurring run" if args.recurring else "run"
+        print(f"{args.pipeline}: submitted to {host} as {kind} {run_id}")
+        return 0
+    if not args.local:
+        raise UserError("say where to run: --local (Kubeflow's local runner here) or --host URL (a Kubeflow Pipelines API)")
+    from medmlops.registry import tracking
+
+    uri = tracking.configure(params.registry, cwd=repo)
+    arguments = {**common, "mlflow_uri": uri, "workdir": str(repo), "overrides": list(args.overrides), "nproc": 1}
+    print(f"{args.pipeline}: running locally (Kubeflow local runner), profile {params.profile}, MLflow {uri}", flush=True)
+    seconds = runner.run_local(args.pipeline, arguments, repo / ".medmlops" / "kfp")
+    print(f"\n{args.pipeline}: pipeline finished in {seconds:.0f} s")
+    for line in _pipeline_summary(params, args.pipeline, repo):
+        print(line)
+    return 0
+
+
+def _pipeline_summary(params, pipeline: str, repo: Path) -> list[str]:
+    """What the newest MLflow pipeline run of ``pipeline`` registered and promoted."""
+    from mlflow import MlflowClient
+
+    from medmlops.pipeline_steps import KIND_TAG, PIPELINE_FAMILY
+    from medmlops.training.experiment import _experiment_id
+
+    experiment_id = _experiment_id(params, PIPELINE_FAMILY[pipeline], repo)
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and tags.pipeline = '{pipeline}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    if not runs:
+        return ["no MLflow pipeline run found"]
+    tags = runs[0].data.tags
+    lines = [f"MLflow pipeline run {runs[0].info.run_id} (data version {tags.get('data_version', '?')})"]
+    for key, version in sorted(tags.items()):
+        if key.startswith("registered."):
+            family = key.split(".", 1)[1]
+            promoted = tags.get(f"promoted.{family}") == "true"
+            lines.append(f"registered {family} version {version} as @candidate" + ("; promoted to @champion" if promoted else "; not promoted (gates)"))
+    return lines
+
+
+def cmd_pipeline_step(args: argparse.Namespace) -> int:
+    """One step of a pipeline outside Kubeflow (what torchrun starts on every rank of a multi-GPU fold)."""
+    from medmlops.pipeline_steps import StepContext, train_fold_step
+
+    ctx = StepContext(args.workdir, args.profile or "", tuple(args.overrides), os.environ.get("MLFLOW_TRACKING_URI", ""), args.params)
+    values = train_fold_step(ctx, args.experiment, args.fold, args.job_id, nproc=1)
+    if values:
+        print(json.dumps(values))
+    return 0
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
@@ -260,6 +357,38 @@ def build_parser() -> argparse.ArgumentParser:
         rp.add_argument("family", help="registered model name, e.g. ich-prognosis")
         _add_params_args(rp)
         rp.set_defaults(func=cmd_registry)
+
+    pipeline = sub.add_parser("pipeline", help="Kubeflow pipelines: compile, run locally, submit to a cluster")
+    psub = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    pc = psub.add_parser("compile", help="compile to pipelines/compiled/NAME.yaml (checked in)")
+    pc.add_argument("pipeline", choices=("ich", "covid", "cxr", "all"))
+    pc.add_argument("--out", default=None, help="folder for the YAML (default: pipelines/compiled)")
+    pc.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")
+    pc.set_defaults(func=cmd_pipeline_compile)
+    pr = psub.add_parser("run", help="run with Kubeflow's local runner (--local) or submit to a KFP API (--host)")
+    pr.add_argument("pipeline", choices=("ich", "covid", "cxr"))
+    where = pr.add_mutually_exclusive_group()
+    where.add_argument("--local", action="store_true", help="run here, end to end (Kubeflow local runner)")
+    where.add_argument("--host", default=None, help="Kubeflow Pipelines API URL (default: params kubeflow.host)")
+    pr.add_argument("--experiments", nargs="+", default=None, help="experiments to train (default: the paper's proposed one)")
+    pr.add_argument("--data-rev", default="", help="DVC data version: md5, a git revision, or empty for data.dvc")
+    pr.add_argument("--data-remote", default="", help="DVC remote (URL or path) to pull that version from")
+    pr.add_argument("--tag", default=None, help="image tag (cluster; default: params images.tag)")
+    pr.add_argument("--experiment-name", default=None, help="KFP experiment (default: params kubeflow.experiment)")
+    pr.add_argument("--run-name", default=None)
+    pr.add_argument("--recurring", default=None, metavar="CRON", help="create a recurring run with this cron schedule")
+    pr.add_argument("--no-cache", action="store_true", help="disable Kubeflow's step cache for this run")
+    pr.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")
+    _add_params_args(pr)
+    pr.set_defaults(func=cmd_pipeline_run)
+    ps = psub.add_parser("step", help="run one pipeline step here (used by torchrun for multi-GPU folds)")
+    ps.add_argument("step", choices=("train-fold",))
+    ps.add_argument("experiment")
+    ps.add_argument("--fold", type=int, required=True)
+    ps.add_argument("--job-id", required=True, help="the Kubeflow job id whose MLflow runs to use")
+    ps.add_argument("--workdir", default=".")
+    _add_params_args(ps)
+    ps.set_defaults(func=cmd_pipeline_step)
 
     config = sub.add_parser("config", help="inspect the configuration").add_subparsers(dest="config_command", required=True)
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")

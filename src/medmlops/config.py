@@ -254,6 +254,8 @@ class KubeflowConfig:
     mlflow_secret: str = "medmlops-mlflow"  # key tracking-uri → MLFLOW_TRACKING_URI
     s3_secret: str = "medmlops-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, MLFLOW_S3_ENDPOINT_URL
     fold_parallelism: int = 5  # folds trained at once (one GPU node each)
+    # params overrides every cluster step applies (run folders onto the data volume); local runs pass their own.
+    overrides: tuple[str, ...] = ("train.runs_dir=data/runs",)
     step: ResourcesConfig = field(default_factory=ResourcesConfig)
     train: ResourcesConfig = field(
         default_factory=lambda: ResourcesConfig(

@@ -304,6 +304,7 @@ def train_experiment_fold(
     repo: Path = Path("."),
     progress: bool = True,
     resume: bool = True,
+    tags: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Train and test one fold as an MLflow run nested under the experiment run ``run_id``; return its test metrics.
 
@@ -329,7 +330,7 @@ def train_experiment_fold(
     log_metrics = mlflow.log_metrics if main else (lambda *a, **k: None)
     with context:
         if main:
-            mlflow.set_tags({"fold": fold, "experiment": plan.name})
+            mlflow.set_tags({"fold": fold, "experiment": plan.name, **(tags or {})})
         seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
         model = build_experiment_model(exp, tasks)
         initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
@@ -402,7 +403,9 @@ def _fold_runs(params: Params, plan: ExperimentPlan, run_id: str, repo: Path) ->
     client = MlflowClient()
     runs = client.search_runs(
         [_experiment_id(params, plan.exp.family, repo)],
-        filter_string=f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'FINISHED'",
+        filter_string=(
+            f"tags.mlflow.parentRunId = '{run_id}' and tags.experiment = '{plan.name}' and attributes.status = 'FINISHED'"
+        ),
         order_by=["attributes.start_time DESC"],
     )
     found: dict[int, str] = {}
@@ -465,6 +468,28 @@ def aggregate_experiment(plan: ExperimentPlan, params: Params, run_id: str, *, r
             mlflow.log_artifact(str(curves))
         mlflow.set_tag("best_fold", best_fold)
     return ExperimentResult(plan.name, run_id, run_dir, summary, per_fold, best_fold, checkpoint, folds)
+
+
+def load_experiment_result(plan: ExperimentPlan, run_id: str) -> ExperimentResult:
+    """The result ``aggregate_experiment`` wrote for run ``run_id`` (read back by a later step, e.g. registration);
+    the best fold's checkpoint is fetched from MLflow again if this node lacks it."""
+    from mlflow.artifacts import download_artifacts
+
+    run_dir = plan.run_dir
+    record_path = run_dir / "result.json"
+    if not record_path.is_file():
+        raise UserError(f"{record_path}: not found; aggregate experiment {plan.name} first")
+    record = json.loads(record_path.read_text())
+    if record["run_id"] != run_id:
+        raise UserError(f"{record_path} belongs to MLflow run {record['run_id']}, not {run_id}; aggregate this run first")
+    best_fold = int(record["best_fold"])
+    fold_run = record["fold_runs"][str(best_fold)]
+    checkpoint = Path(
+        download_artifacts(run_id=fold_run, artifact_path="checkpoint/best.pt", dst_path=str(run_dir / f"fold-{best_fold}"))
+    )
+    summary = json.loads((run_dir / "summary.json").read_text())
+    per_fold = pd.read_csv(run_dir / "metrics_per_fold.csv")
+    return ExperimentResult(plan.name, run_id, run_dir, summary, per_fold, best_fold, checkpoint, list(record["folds"]))
 
 
 def run_experiment(

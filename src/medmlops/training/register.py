@@ -57,9 +57,16 @@ def build_contract(result: ExperimentResult, params: Params, repo: Path = Path("
     metrics = {k: float(v) for k, v in result.summary.items() if np.isfinite(v)}
     return ModelContract(
         family=exp.family, tasks=specs, input=input_spec, preprocessing=preprocessing,
-        data_version=tracking.data_version(repo), git_commit=tracking.git_commit(repo), metrics=metrics,
+        data_version=_run_data_version(result.run_id) or tracking.data_version(repo), git_commit=tracking.git_commit(repo), metrics=metrics,
         experiment=result.experiment, created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
+
+
+def _run_data_version(run_id: str) -> str | None:
+    """The data version the experiment run recorded (a pipeline run records the DVC version it checked)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient().get_run(run_id).data.tags.get("data_version") or None
 
 
 def register_experiment(result: ExperimentResult, params: Params, repo: Path = Path("."), alias: str = "candidate") -> str:

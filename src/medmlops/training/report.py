@@ -63,7 +63,10 @@ def evaluate_experiments(
     repo: Path = Path("."),
     out_dir: Path | None = None,
     progress: bool = True,
+    parent_run_id: str | None = None,
 ) -> Path:
+    """Tables and figures across trained experiments; logged to MLflow (nested under ``parent_run_id`` when given,
+    e.g. a pipeline run). Returns the report's index.html."""
     from medmlops.data.readers import read_ich_table
     from medmlops.training.figures import ablation_boxplot, importance_barplot, metric_table_html
     from medmlops.training.tabular import fit_tabular_models
@@ -145,7 +148,7 @@ def evaluate_experiments(
         encoding="utf-8",
     )
     print(verdict)
-    log_report_to_mlflow(out, params, family)
+    log_report_to_mlflow(out, params, family, parent_run_id)
     return index
 
 
@@ -186,7 +189,7 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
     return "".join(parts)
 
 
-def log_report_to_mlflow(out: Path, params: Params, family: str) -> None:
+def log_report_to_mlflow(out: Path, params: Params, family: str, parent_run_id: str | None = None) -> None:
     """Log a report folder as the artifacts of an ``evaluate-<profile>`` run in the family's experiment."""
     import mlflow
 
@@ -194,6 +197,6 @@ def log_report_to_mlflow(out: Path, params: Params, family: str) -> None:
 
     tracking.configure(params.registry)
     experiment_id = tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{family}")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{params.profile}"):
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{params.profile}", parent_run_id=parent_run_id):
         mlflow.set_tag("kind", "evaluation")
         mlflow.log_artifacts(str(out), artifact_path="report")

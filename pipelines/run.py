@@ -1,0 +1,91 @@
+"""Compile, run locally (Kubeflow's local runner) and submit (``kfp.Client``) the pipelines; ``medmlops pipeline``
+calls these. Kept beside the pipelines so the core (``medmlops``) never imports kfp."""
+
+import importlib
+import logging
+import os
+import time
+import warnings
+from pathlib import Path
+
+from medmlops.errors import UserError
+from pipelines import PIPELINES
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPILED = ROOT / "pipelines" / "compiled"
+
+
+def load(name: str):
+    if name not in PIPELINES:
+        raise UserError(f"unknown pipeline '{name}' (choose from {', '.join(PIPELINES)})")
+    return importlib.import_module(f"pipelines.{name}").pipeline
+
+
+def compile_pipeline(name: str, out: Path | None = None) -> Path:
+    """Compile ``name`` to YAML (default ``pipelines/compiled/NAME.yaml``, the checked-in spec)."""
+    from kfp import compiler
+
+    out = Path(out) if out else COMPILED / f"{name}.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(load(name), str(out))
+    return out
+
+
+def run_local(name: str, arguments: dict, pipeline_root: Path) -> float:
+    """Run ``name`` end to end with Kubeflow's local runner (subprocesses in this environment); return seconds.
+
+    Raises:
+        UserError: a task failed (kfp names it; its output is above).
+    """
+    from kfp import local
+
+    pipeline = load(name)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    started = time.monotonic()
+    # The steps run as subprocesses: keep libraries' deprecation chatter out of their output (as the CLI does).
+    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    with warnings.catch_warnings():
+        # The components name the cluster image; locally they run in this environment, which is that image's content.
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        warnings.filterwarnings("ignore", message=".*local.*(ignore|not supported).*", category=UserWarning)
+        try:
+            pipeline(**arguments)
+        except RuntimeError as err:
+            raise UserError(f"pipeline {name} failed: {' '.join(str(err).split())[:500]}") from err
+    return time.monotonic() - started
+
+
+def submit(
+    name: str,
+    host: str,
+    arguments: dict,
+    *,
+    experiment: str,
+    run_name: str | None = None,
+    recurring_cron: str | None = None,
+    enable_caching: bool | None = None,
+    package: Path | None = None,
+) -> str:
+    """Submit the compiled ``name`` to the Kubeflow Pipelines API at ``host``; return the run (or recurring run) id.
+
+    The token, when the API needs one, comes from ``KFP_TOKEN`` (never a flag: it would land in shell history).
+    """
+    import kfp
+
+    package = Path(package) if package else COMPILED / f"{name}.yaml"
+    if not package.is_file():
+        raise UserError(f"{package}: not found; run `medmlops pipeline compile {name}` first")
+    logging.getLogger("kfp").setLevel(logging.WARNING)
+    client = kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
+    run_name = run_name or f"{name}-{arguments.get('profile', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if recurring_cron:
+        exp = client.create_experiment(experiment)
+        job = client.create_recurring_run(
+            experiment_id=exp.experiment_id, job_name=run_name, cron_expression=recurring_cron,
+            pipeline_package_path=str(package), params=arguments, enable_caching=enable_caching,
+        )  # fmt: skip
+        return job.recurring_run_id
+    result = client.create_run_from_pipeline_package(
+        str(package), arguments=arguments, run_name=run_name, experiment_name=experiment, enable_caching=enable_caching
+    )
+    return result.run_id
