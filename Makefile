@@ -41,12 +41,12 @@ test-fast: install tools
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks components pipelines
+	$(BIN)/ruff format --check src tests benchmarks components pipelines
 
 format: install
-	$(BIN)/ruff format src tests benchmarks
-	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks components pipelines
+	$(BIN)/ruff check --fix src tests benchmarks components pipelines
 
 # The DVC pipeline (validate stages) over data/raw, as the demo leaves it.
 validate: install

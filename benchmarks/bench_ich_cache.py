@@ -59,7 +59,9 @@ def main() -> None:
         model = build_model("densenet121_3d", tasks={"prognosis": 1})
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         train_times = {name: epoch(loader, model, optimizer) for name, loader in loaders.items()}
-    print(f"ICH cache benchmark: {args.n} volumes {shape} → {spatial}, batch 4, torch threads {torch.get_num_threads()}")
+    print(
+        f"ICH cache benchmark: {args.n} volumes {shape} → {spatial}, batch 4, torch threads {torch.get_num_threads()}"
+    )
     print(f"  first preprocessing pass (fills the cache): {first:.2f} s")
     print(f"  {'':<22}{'uncached':>10}{'cached':>10}{'ratio':>8}")
     for label, times in (("data-only epoch (s)", data_times), ("training epoch (s)", train_times)):

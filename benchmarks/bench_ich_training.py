@@ -54,7 +54,9 @@ def main() -> None:
         if result is None:
             print(f"{profile:<8}{model:<16}{str(shape):<18}{batch:>6}  {note}")
         else:
-            print(f"{profile:<8}{model:<16}{str(shape):<18}{batch:>6}{result['device']:>8}{result['volumes_per_s']:>9.2f}{result['peak_gib']:>10.2f}")
+            print(
+                f"{profile:<8}{model:<16}{str(shape):<18}{batch:>6}{result['device']:>8}{result['volumes_per_s']:>9.2f}{result['peak_gib']:>10.2f}"
+            )
     base = {(p, m): r for p, m, _, _, r, _ in rows if r}
     for model in args.models.split(","):
         if ("demo", model) in base and ("paper", model) in base:

@@ -19,9 +19,9 @@ def register(
 ) -> str:
     """Register the best fold's model with its contract (data version, metrics, thresholds) as a candidate and let
     the core's gates decide promotion to champion; return the gates' message. Never cached."""
-    from medmlops.pipeline_steps import StepContext, register_step
-
     import json
+
+    from medmlops.pipeline_steps import StepContext, register_step
 
     out = register_step(StepContext(workdir, profile, overrides, mlflow_uri), pipeline, experiment, job_id)
     out["model_uri"] = f"models:/{out['family']}/{out['version']}" if out["version"] else ""

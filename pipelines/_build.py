@@ -42,7 +42,9 @@ def _cluster(task: dsl.PipelineTask, resources: ResourcesConfig, image) -> dsl.P
     for tol in resources.tolerations:
         kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value or None, effect=tol.effect)
     kubernetes.mount_pvc(task, pvc_name=KF.data_pvc, mount_path=KF.data_mount)
-    kubernetes.use_secret_as_env(task, secret_name=KF.mlflow_secret, secret_key_to_env={"tracking-uri": "MLFLOW_TRACKING_URI"})
+    kubernetes.use_secret_as_env(
+        task, secret_name=KF.mlflow_secret, secret_key_to_env={"tracking-uri": "MLFLOW_TRACKING_URI"}
+    )
     kubernetes.use_secret_as_env(
         task, secret_name=KF.s3_secret,
         secret_key_to_env={k: k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL")},
@@ -81,7 +83,10 @@ def experiment_dag(
     folds = train_folds(folds=splits.outputs["Output"], experiment=experiment, nproc=nproc, image=image, **ctx)
     folds.set_display_name("train folds")
     aggregated = _step(aggregate(experiment=experiment, job_id=job, **ctx), image).after(folds)
-    report = _step(evaluate(pipeline=pipeline, experiment=experiment, job_id=job, aggregated=aggregated.outputs["metrics"], **ctx), image)
+    report = _step(
+        evaluate(pipeline=pipeline, experiment=experiment, job_id=job, aggregated=aggregated.outputs["metrics"], **ctx),
+        image,
+    )
     _step(register(pipeline=pipeline, experiment=experiment, job_id=job, report=report.outputs["report"], **ctx), image)
 
 
@@ -95,18 +100,19 @@ def build(name: str):
     )
     def pipeline(
         profile: str = PARAMS.profile,
-        experiments: list = defaults,
+        experiments: list = defaults,  # noqa: B006 - kfp reads the default from the signature; never mutated
         data_rev: str = "",
         data_remote: str = "",
         mlflow_uri: str = "",
         image: str = BASE_IMAGE,
         workdir: str = KF.workdir,
-        overrides: list = list(KF.overrides),
-        nproc: int = max(1, KF.train.accelerator_count),
+        overrides: list = list(KF.overrides),  # noqa: B006 - as experiments
+        nproc: int = 0,
     ):
         """Inputs: profile; experiments (default the paper's proposed model); data version (``data_rev``: DVC md5 or
         git rev, empty for data.dvc; ``data_remote``: DVC remote to pull it from); MLflow URI (empty: the Secret);
-        image (tag); workdir and overrides (cluster defaults); nproc (GPUs per fold, DDP when > 1)."""
+        image (tag); workdir and overrides (cluster defaults); nproc (processes per fold: 0 = every GPU the
+        train step gets from params kubeflow.train.accelerator_count, DDP when > 1)."""
         ctx = {"workdir": workdir, "profile": profile, "overrides": overrides, "mlflow_uri": mlflow_uri}
         checked = _step(validate_data(pipeline=name, experiments=experiments, data_rev=data_rev,
                                       data_remote=data_remote, **ctx), image, cache=True)  # fmt: skip

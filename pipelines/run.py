@@ -71,11 +71,21 @@ def submit(
     The token, when the API needs one, comes from ``KFP_TOKEN`` (never a flag: it would land in shell history).
     """
     import kfp
+    import kfp_server_api
+    import urllib3
 
     package = Path(package) if package else COMPILED / f"{name}.yaml"
     if not package.is_file():
         raise UserError(f"{package}: not found; run `medmlops pipeline compile {name}` first")
     logging.getLogger("kfp").setLevel(logging.WARNING)
+    try:
+        return _submit(kfp, package, name, host, arguments, experiment, run_name, recurring_cron, enable_caching)
+    except (OSError, urllib3.exceptions.HTTPError, kfp_server_api.exceptions.ApiException) as err:
+        detail = " ".join(str(getattr(err, "reason", None) or err).split())[:300]
+        raise UserError(f"cannot reach the Kubeflow Pipelines API at {host} or it refused the run: {detail}") from err
+
+
+def _submit(kfp, package, name, host, arguments, experiment, run_name, recurring_cron, enable_caching) -> str:
     client = kfp.Client(host=host, existing_token=os.environ.get("KFP_TOKEN") or None)
     run_name = run_name or f"{name}-{arguments.get('profile', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
     if recurring_cron:

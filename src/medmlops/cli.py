@@ -38,7 +38,12 @@ def _add_params_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     parser.add_argument("--profile", choices=PROFILES, default=None, help="profile of overrides (default: the file's)")
     parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a param (repeatable)"
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a param (repeatable)",
     )
 
 
@@ -213,7 +218,9 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
     }
     if args.host or (not args.local and params.kubeflow.host):
         host = args.host or params.kubeflow.host
-        image = params.images.ref("train") if not args.tag else f"{params.images.registry}/{params.images.train}:{args.tag}"
+        image = (
+            params.images.ref("train") if not args.tag else f"{params.images.registry}/{params.images.train}:{args.tag}"
+        )
         arguments = {**common, "image": image, "overrides": [*params.kubeflow.overrides, *args.overrides]}
         run_id = runner.submit(
             args.pipeline, host, arguments, experiment=args.experiment_name or params.kubeflow.experiment,
@@ -223,12 +230,16 @@ def cmd_pipeline_run(args: argparse.Namespace) -> int:
         print(f"{args.pipeline}: submitted to {host} as {kind} {run_id}")
         return 0
     if not args.local:
-        raise UserError("say where to run: --local (Kubeflow's local runner here) or --host URL (a Kubeflow Pipelines API)")
+        raise UserError(
+            "say where to run: --local (Kubeflow's local runner here) or --host URL (a Kubeflow Pipelines API)"
+        )
     from medmlops.registry import tracking
 
     uri = tracking.configure(params.registry, cwd=repo)
     arguments = {**common, "mlflow_uri": uri, "workdir": str(repo), "overrides": list(args.overrides), "nproc": 1}
-    print(f"{args.pipeline}: running locally (Kubeflow local runner), profile {params.profile}, MLflow {uri}", flush=True)
+    print(
+        f"{args.pipeline}: running locally (Kubeflow local runner), profile {params.profile}, MLflow {uri}", flush=True
+    )
     seconds = runner.run_local(args.pipeline, arguments, repo / ".medmlops" / "kfp")
     print(f"\n{args.pipeline}: pipeline finished in {seconds:.0f} s")
     for line in _pipeline_summary(params, args.pipeline, repo):
@@ -256,7 +267,10 @@ def _pipeline_summary(params, pipeline: str, repo: Path) -> list[str]:
         if key.startswith("registered."):
             family = key.split(".", 1)[1]
             promoted = tags.get(f"promoted.{family}") == "true"
-            lines.append(f"registered {family} version {version} as @candidate" + ("; promoted to @champion" if promoted else "; not promoted (gates)"))
+            lines.append(
+                f"registered {family} version {version} as @candidate"
+                + ("; promoted to @champion" if promoted else "; not promoted (gates)")
+            )
     return lines
 
 
@@ -264,7 +278,9 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
     """One step of a pipeline outside Kubeflow (what torchrun starts on every rank of a multi-GPU fold)."""
     from medmlops.pipeline_steps import StepContext, train_fold_step
 
-    ctx = StepContext(args.workdir, args.profile or "", tuple(args.overrides), os.environ.get("MLFLOW_TRACKING_URI", ""), args.params)
+    ctx = StepContext(
+        args.workdir, args.profile or "", tuple(args.overrides), os.environ.get("MLFLOW_TRACKING_URI", ""), args.params
+    )
     values = train_fold_step(ctx, args.experiment, args.fold, args.job_id, nproc=1)
     if values:
         print(json.dumps(values))
@@ -297,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="simulate and validate datasets").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help="simulate and validate datasets").add_subparsers(
+        dest="data_command", required=True
+    )
     gen = data.add_parser("generate", help="write a simulated dataset in its public on-disk format")
     gen.add_argument("dataset", choices=(*DATASET_CHOICES, "all"))
     gen.add_argument("--out", required=True, help="output folder (for 'all': one subfolder per dataset)")
@@ -309,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(gen)
     gen.set_defaults(func=cmd_data_generate)
 
-    val = data.add_parser("validate", help="Great Expectations checks of a dataset's table and images; exit 1 on failure")
+    val = data.add_parser(
+        "validate", help="Great Expectations checks of a dataset's table and images; exit 1 on failure"
+    )
     val.add_argument("dataset", choices=DATASET_CHOICES)
     val.add_argument("dir", help="dataset folder")
     val.add_argument("--report", default=None, help="write the report here (.json also writes .html beside it)")
@@ -319,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     trk = data.add_parser("track", help="dvc add data/raw and keep the record as data.dvc at the project root")
     trk.add_argument("--repo", default=".", help="project root")
-    trk.add_argument("--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)")
+    trk.add_argument(
+        "--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)"
+    )
     _add_params_args(trk)
     trk.set_defaults(func=cmd_data_track)
 
@@ -342,8 +364,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="tables and figures across trained experiments (the papers' tables)")
     ev.add_argument("experiments", nargs="*", help="experiment names (trained with the same profile)")
-    ev.add_argument("--protocol", choices=("covid",), default=None,
-                    help="covid: the MDMT paper's protocol over covid_protocol.backbones × {cv, loco} (trains what is missing)")
+    ev.add_argument(
+        "--protocol",
+        choices=("covid",),
+        default=None,
+        help="covid: the MDMT paper's protocol over covid_protocol.backbones × {cv, loco} (trains what is missing)",
+    )
     ev.add_argument("--out", default=None, help="report folder (default: reports/<family>/<profile>)")
     ev.add_argument("--quiet", action="store_true")
     _add_params_args(ev)
@@ -351,8 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     registry = sub.add_parser("registry", help="MLflow model registry: list, promote through the gates, roll back")
     rsub = registry.add_subparsers(dest="registry_command", required=True)
-    for command, text in (("list", "versions and aliases"), ("promote", "move @champion if the gates pass"),
-                          ("rollback", "restore the previous champion")):
+    for command, text in (
+        ("list", "versions and aliases"),
+        ("promote", "move @champion if the gates pass"),
+        ("rollback", "restore the previous champion"),
+    ):
         rp = rsub.add_parser(command, help=text)
         rp.add_argument("family", help="registered model name, e.g. ich-prognosis")
         _add_params_args(rp)
@@ -370,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     where = pr.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run here, end to end (Kubeflow local runner)")
     where.add_argument("--host", default=None, help="Kubeflow Pipelines API URL (default: params kubeflow.host)")
-    pr.add_argument("--experiments", nargs="+", default=None, help="experiments to train (default: the paper's proposed one)")
+    pr.add_argument(
+        "--experiments", nargs="+", default=None, help="experiments to train (default: the paper's proposed one)"
+    )
     pr.add_argument("--data-rev", default="", help="DVC data version: md5, a git revision, or empty for data.dvc")
     pr.add_argument("--data-remote", default="", help="DVC remote (URL or path) to pull that version from")
     pr.add_argument("--tag", default=None, help="image tag (cluster; default: params images.tag)")
@@ -390,7 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(ps)
     ps.set_defaults(func=cmd_pipeline_step)
 
-    config = sub.add_parser("config", help="inspect the configuration").add_subparsers(dest="config_command", required=True)
+    config = sub.add_parser("config", help="inspect the configuration").add_subparsers(
+        dest="config_command", required=True
+    )
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")
     show.add_argument("--out", default=None, help="also write them to this YAML file")
     _add_params_args(show)

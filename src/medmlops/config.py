@@ -259,9 +259,14 @@ class KubeflowConfig:
     step: ResourcesConfig = field(default_factory=ResourcesConfig)
     train: ResourcesConfig = field(
         default_factory=lambda: ResourcesConfig(
-            cpu_request="4", cpu_limit="8", memory_request="16Gi", memory_limit="32Gi",
-            accelerator_type="nvidia.com/gpu", accelerator_count=1,
-            node_selector={"medmlops.io/pool": "gpu"}, tolerations=(TolerationConfig(),),
+            cpu_request="4",
+            cpu_limit="8",
+            memory_request="16Gi",
+            memory_limit="32Gi",
+            accelerator_type="nvidia.com/gpu",
+            accelerator_count=1,
+            node_selector={"medmlops.io/pool": "gpu"},
+            tolerations=(TolerationConfig(),),
         )  # fmt: skip
     )
 

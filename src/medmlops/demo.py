@@ -63,7 +63,9 @@ def run_demo(params: Params, repo: Path = Path("."), progress: bool = True) -> i
     print("\n==> summary")
     print(f"{'dataset':<12} {'rows':>6} {'images':>7} {'validation':>11}")
     for dataset, report in results.items():
-        print(f"{dataset:<12} {report.rows:>6} {report.images_checked:>7} {'passed' if report.success else 'FAILED':>11}")
+        print(
+            f"{dataset:<12} {report.rows:>6} {report.images_checked:>7} {'passed' if report.success else 'FAILED':>11}"
+        )
     print(f"data matches data.dvc: {'yes' if matches else 'NO'}")
     print(f"reports: {reports_dir}/<dataset>.html")
     print(f"finished in {elapsed:.0f} s")

@@ -76,7 +76,9 @@ def pipeline_sources(pipeline: str, experiments: Sequence[str], params: Params) 
     for name in experiments or PIPELINE_EXPERIMENTS[pipeline]:
         exp = params.experiment(name)
         if exp.family != PIPELINE_FAMILY[pipeline] and name not in PIPELINE_EXPERIMENTS[pipeline]:
-            raise UserError(f"experiment {name} is family {exp.family}, not {PIPELINE_FAMILY[pipeline]} (pipeline {pipeline})")
+            raise UserError(
+                f"experiment {name} is family {exp.family}, not {PIPELINE_FAMILY[pipeline]} (pipeline {pipeline})"
+            )
         for prerequisite in (*exp.init_from, name):
             for source in experiment_sources(params.experiment(prerequisite)):
                 if source not in sources:
@@ -100,7 +102,9 @@ def resolve_data_version(data_rev: str, repo: Path = Path(".")) -> str:
         return versioning.recorded_hash(repo)
     if _MD5.match(data_rev):
         return data_rev if data_rev.endswith(".dir") else f"{data_rev}.dir"
-    shown = subprocess.run(["git", "show", f"{data_rev}:{versioning.DATA_DVC}"], cwd=repo, capture_output=True, text=True)
+    shown = subprocess.run(
+        ["git", "show", f"{data_rev}:{versioning.DATA_DVC}"], cwd=repo, capture_output=True, text=True
+    )
     if shown.returncode != 0:
         raise DataError(
             f"data version '{data_rev}' is neither a DVC md5 nor a git revision with {versioning.DATA_DVC} here "
@@ -124,7 +128,9 @@ def fetch_data(md5: str, remote: str, repo: Path = Path("."), data_dir: str = "d
         return "already present"
     if not remote:
         actual = versioning.workspace_hash(repo, data_dir) if (repo / data_dir).is_dir() else "nothing"
-        raise DataError(f"{data_dir} holds {actual}, not data version {md5}, and no data_remote was given to pull it from")
+        raise DataError(
+            f"{data_dir} holds {actual}, not data version {md5}, and no data_remote was given to pull it from"
+        )
     # A .dvc record of the wanted version (the one in git may record another); DVC reads the path relative to it.
     record = repo / ".medmlops" / "pipeline-data.dvc"
     record.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +171,11 @@ def validate_step(
         sections.append(f"<h2>{source}</h2><pre>{_escape(report.summary())}</pre>")
         if not report.success:
             failed.append(source)
-    _write_html(report_html, f"Data validation — {pipeline}", f"<p>data version <code>{md5}</code> ({how})</p>" + "".join(sections))
+    _write_html(
+        report_html,
+        f"Data validation — {pipeline}",
+        f"<p>data version <code>{md5}</code> ({how})</p>" + "".join(sections),
+    )
     if failed:
         raise DataError(f"validation failed for {', '.join(failed)}; see {out_dir}/<dataset>.html")
     return md5
@@ -198,7 +208,9 @@ def _find_run(experiment_id: str, tags: dict[str, str]):
     from mlflow import MlflowClient
 
     where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-    runs = MlflowClient().search_runs([experiment_id], filter_string=where, order_by=["attributes.start_time ASC"], max_results=1)
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=where, order_by=["attributes.start_time ASC"], max_results=1
+    )
     return runs[0] if runs else None
 
 
@@ -224,9 +236,14 @@ def experiment_run(params: Params, experiment: str, job_id: str) -> str:
     from medmlops.training.experiment import _experiment_id
 
     exp = params.experiment(experiment)
-    found = _find_run(_experiment_id(params, exp.family, Path(".")), {JOB_TAG: job_id, KIND_TAG: "experiment", "experiment": experiment})
+    found = _find_run(
+        _experiment_id(params, exp.family, Path(".")),
+        {JOB_TAG: job_id, KIND_TAG: "experiment", "experiment": experiment},
+    )
     if found is None:
-        raise UserError(f"no MLflow run for experiment {experiment} in pipeline job {job_id}: did its prepare step run?")
+        raise UserError(
+            f"no MLflow run for experiment {experiment} in pipeline job {job_id}: did its prepare step run?"
+        )
     return found.info.run_id
 
 
@@ -276,11 +293,15 @@ def train_fold_step(ctx: StepContext, experiment: str, fold: int, job_id: str, n
     """Train and test one fold as a nested MLflow run of the experiment run; return its test metrics.
 
     ``nproc`` > 1 restarts this step under torchrun with that many ranks (one per GPU of the node): DDP, rank 0
-    logging. Experiments initialised from others (covid-ft, covid-mdmt) first train the same fold of those
+    logging; 0 means every GPU visible to the step (one process without a GPU). Experiments initialised from others (covid-ft, covid-mdmt) first train the same fold of those
     (nested runs tagged ``prerequisite``) unless their checkpoints are already on the data volume.
     """
+    import torch
+
     from medmlops.training import distributed as ddp
 
+    if nproc <= 0:  # all the GPUs this node gives the step (the pod's accelerator limit), else one CPU process
+        nproc = max(1, torch.cuda.device_count())
     if nproc > 1 and not ddp.is_distributed() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         argv = ["medmlops.cli", "pipeline", "step", "train-fold", experiment, "--fold", str(fold), "--job-id", job_id,
                 "--workdir", str(Path(ctx.workdir).resolve()), "--params", ctx.params_file]  # fmt: skip
@@ -356,7 +377,9 @@ def evaluate_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], j
     params = ctx.enter()
     names = list(experiments or PIPELINE_EXPERIMENTS[pipeline])
     if pipeline != "ich":  # saliency maps and tabular models of this report are the ICH paper's (3D, clinical table)
-        params = load_params(ctx.params_file, profile=ctx.profile or None, overrides=[*ctx.overrides, "evaluate.saliency_cases=0"])
+        params = load_params(
+            ctx.params_file, profile=ctx.profile or None, overrides=[*ctx.overrides, "evaluate.saliency_cases=0"]
+        )
     parent = pipeline_run(params, pipeline, job_id)
     out = Path("reports") / "pipelines" / pipeline / job_id
     index = evaluate_experiments(names, params, out_dir=out, progress=False, parent_run_id=parent)
@@ -379,7 +402,12 @@ def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str)
     params = ctx.enter()
     exp = params.experiment(experiment)
     if not exp.register:
-        return {"family": exp.family, "version": "", "promoted": "false", "message": f"{experiment} is not registered (register: false)"}
+        return {
+            "family": exp.family,
+            "version": "",
+            "promoted": "false",
+            "message": f"{experiment} is not registered (register: false)",
+        }
     plan = plan_experiment(experiment, params, progress=False)
     run_id = experiment_run(params, experiment, job_id)
     result = load_experiment_result(plan, run_id)

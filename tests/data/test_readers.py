@@ -23,7 +23,9 @@ def _write_ich(root, rows, encoding="utf-8", temp_column="Tº", folders=None):
     for r in rows:
         folder = (folders or {}).get(r["PatientID"], readers.ICH_FOLDERS[r["Label (poor_prognosis)"]])
         (root / folder).mkdir(exist_ok=True)
-        nib.save(nib.Nifti1Image(np.full((8, 8, 8), -1000, np.int16), np.eye(4)), root / folder / f"{r['PatientID']}.nii.gz")
+        nib.save(
+            nib.Nifti1Image(np.full((8, 8, 8), -1000, np.int16), np.eye(4)), root / folder / f"{r['PatientID']}.nii.gz"
+        )
 
 
 ICH_ROWS = [
@@ -90,7 +92,11 @@ def test_ich_missing_required_column_names_it(tmp_path):
 def test_brixia_lost_leading_zeros_and_semicolons(tmp_path):
     (tmp_path / "dicom_clean").mkdir()
     pd.DataFrame(
-        {"Filename": ["1.dcm", "2.dcm", "3.dcm"], "BrixiaScore": [1200, "000000", "332211"], "BrixiaScoreGlobal": [3, 0, 12]}
+        {
+            "Filename": ["1.dcm", "2.dcm", "3.dcm"],
+            "BrixiaScore": [1200, "000000", "332211"],
+            "BrixiaScoreGlobal": [3, 0, 12],
+        }
     ).to_csv(tmp_path / "metadata_global_v2.csv", sep=";", index=False)
     manifest = readers.read_brixia(tmp_path)
     assert manifest["brixia_score"].tolist() == ["001200", "000000", "332211"]
@@ -105,7 +111,9 @@ def test_brixia_severity_bins_follow_the_paper():
 
 
 def test_brixia_comma_separated_file_is_refused_by_name(tmp_path):
-    pd.DataFrame({"Filename": ["1.dcm"], "BrixiaScore": ["000000"]}).to_csv(tmp_path / "metadata_global_v2.csv", index=False)
+    pd.DataFrame({"Filename": ["1.dcm"], "BrixiaScore": ["000000"]}).to_csv(
+        tmp_path / "metadata_global_v2.csv", index=False
+    )
     with pytest.raises(DataError, match=r"'Filename' is missing \(is the file ';'-separated\?\)"):
         readers.read_brixia(tmp_path)
 
@@ -126,7 +134,9 @@ def _write_chexpert(root):
     return base
 
 
-@pytest.mark.parametrize(("policy", "expected"), [("ignore", [1.0, np.nan, 0.0]), ("ones", [1.0, 1.0, 0.0]), ("zeros", [1.0, 0.0, 0.0])])
+@pytest.mark.parametrize(
+    ("policy", "expected"), [("ignore", [1.0, np.nan, 0.0]), ("ones", [1.0, 1.0, 0.0]), ("zeros", [1.0, 0.0, 0.0])]
+)
 def test_chexpert_uncertainty_policies(tmp_path, policy, expected):
     _write_chexpert(tmp_path)
     manifest = readers.read_chexpert(tmp_path, policy=policy)
@@ -190,7 +200,11 @@ def test_png_16bit_and_jpeg(tmp_path):
 
 @pytest.mark.parametrize(
     ("payload", "message"),
-    [(b"", "empty file"), (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "cannot be read as an image"), (b"DICM" * 50, "cannot be read")],
+    [
+        (b"", "empty file"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 20, "cannot be read as an image"),
+        (b"DICM" * 50, "cannot be read"),
+    ],
 )
 def test_corrupt_xrays_name_the_file(payload, message):
     with pytest.raises(DataError, match=message):

@@ -53,7 +53,9 @@ def test_non_finite_voxels_stop_the_chain_naming_the_file(tmp_path):
     vol[3, 3, 3] = np.inf
     nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "bad.nii.gz")
     with pytest.raises(Exception) as info:  # MONAI wraps it: "applying transform ..."
-        Compose(ct_transforms((32, 32, 8)))({"image": str(tmp_path / "bad.nii.gz"), "image_path": str(tmp_path / "bad.nii.gz")})
+        Compose(ct_transforms((32, 32, 8)))(
+            {"image": str(tmp_path / "bad.nii.gz"), "image_path": str(tmp_path / "bad.nii.gz")}
+        )
     chain = info.value
     while chain.__cause__ is not None and not isinstance(chain, DataError):
         chain = chain.__cause__

@@ -98,7 +98,11 @@ def test_dvc_repro_reruns_nothing_when_nothing_changed(smoke_data, tmp_path):
 
     def repro(*targets: str) -> str:
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("dvc")), "repro", *targets], cwd=project, capture_output=True, text=True, env=env
+            [str(Path(sys.executable).with_name("dvc")), "repro", *targets],
+            cwd=project,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout

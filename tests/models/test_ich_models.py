@@ -13,7 +13,9 @@ def test_uniform_surface_and_task_outputs(name):
     model = build_model(name, tasks=TASKS).eval()
     x = torch.rand(2, 1, 40, 40, 40)
     out = model(x)
-    assert list(out) == list(TASKS) and {k: tuple(v.shape) for k, v in out.items()} == {k: (2, n) for k, n in TASKS.items()}
+    assert list(out) == list(TASKS) and {k: tuple(v.shape) for k, v in out.items()} == {
+        k: (2, n) for k, n in TASKS.items()
+    }
     features = model.forward_features(x)
     pooled = model.forward_head(features, pre_logits=True)
     assert pooled.shape == (2, model.num_features)
@@ -49,7 +51,9 @@ def test_every_experiment_accepts_its_profile_shape(params_file, profile):
         tasks = resolve_tasks(exp.dataset, list(exp.tasks))
         assert exp.primary_task in tasks, name
         if exp.model not in min_sizes:  # the minimum size depends on the architecture, not on the heads
-            min_sizes[exp.model] = build_model(exp.model, tasks={t: d.out_features for t, d in tasks.items()}).min_input_size
+            min_sizes[exp.model] = build_model(
+                exp.model, tasks={t: d.out_features for t, d in tasks.items()}
+            ).min_input_size
         assert min(shape) >= min_sizes[exp.model], f"{name} ({exp.model}) cannot take {shape} in profile {profile}"
     if profile == "smoke":  # cheap enough to run the real forward pass for the smallest model
         model = build_model("perez_cnn3d", tasks={"prognosis": 1}).eval()

@@ -57,8 +57,18 @@ def test_cxr_findings_trains_and_registers_with_youden_thresholds(cxr_project, m
     registry.configure(load_params("params.yaml", profile="smoke").registry)
     model, contract, _ = registry.load_model("cxr-findings", alias="candidate")
     task = contract.tasks[0]
-    assert task.kind == "multilabel" and task.classes == ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
-    best = json.loads(_registry(cxr_project).get_run(_registry(cxr_project).get_model_version_by_alias("cxr-findings", "candidate").run_id).data.tags["best_fold"])
+    assert task.kind == "multilabel" and task.classes == (
+        "Atelectasis",
+        "Cardiomegaly",
+        "Consolidation",
+        "Edema",
+        "Pleural Effusion",
+    )
+    best = json.loads(
+        _registry(cxr_project)
+        .get_run(_registry(cxr_project).get_model_version_by_alias("cxr-findings", "candidate").run_id)
+        .data.tags["best_fold"]
+    )
     youden = json.loads((run_dir / f"fold-{best}" / "thresholds.json").read_text())["findings"]
     assert list(task.thresholds) == pytest.approx(youden) and all(0 <= t <= 1 for t in task.thresholds)
     assert contract.input.modality == "xray" and contract.input.shape == (3, 64, 64)
@@ -98,7 +108,8 @@ def test_mdmt_protocol_tables_and_registration(cxr_project, monkeypatch, capsys)
     registry.configure(load_params("params.yaml", profile="smoke").registry)
     _, contract, _ = registry.load_model("covid-prognosis", alias="candidate")
     assert {t.name: t.classes for t in contract.tasks} == {
-        "prognosis": ("MILD", "SEVERE"), "severity": ("BS 0-4", "BS 5-8", "BS 9-13", "BS 14-18")
+        "prognosis": ("MILD", "SEVERE"),
+        "severity": ("BS 0-4", "BS 5-8", "BS 9-13", "BS 14-18"),
     }
     assert contract.preprocessing["sources"] == ["aiforcovid", "brixia"]
     assert np.isfinite(contract.metrics["prognosis_gmean_mean"])

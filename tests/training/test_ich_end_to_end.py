@@ -47,7 +47,13 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
 
     run_dir = ich_project / ".medmlops" / "runs" / "smoke" / "ich-mt-ord"
     summary = json.loads((run_dir / "summary.json").read_text())
-    for key in ("prognosis_auc_mean", "prognosis_npv_sd", "gcs_ordinal_auoc_mean", "gcs_ordinal_qwk_mean", "age_binary_f1_mean"):
+    for key in (
+        "prognosis_auc_mean",
+        "prognosis_npv_sd",
+        "gcs_ordinal_auoc_mean",
+        "gcs_ordinal_qwk_mean",
+        "age_binary_f1_mean",
+    ):
         assert key in summary
     splits = pd.read_csv(run_dir / "splits.csv")
     assert sorted(splits["fold"].unique()) == [0, 1] and set(splits["split"]) == {"train", "val", "test"}
@@ -78,7 +84,11 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     assert contract.input.shape == (1, 40, 40, 40) and contract.input.intensity_window == (15.0, 100.0)
     assert contract.metrics["prognosis_auc_mean"] == pytest.approx(summary["prognosis_auc_mean"])
     outputs = model(torch.zeros(1, *contract.input.shape))
-    assert {k: tuple(v.shape) for k, v in outputs.items()} == {"prognosis": (1, 1), "gcs_ordinal": (1, 2), "age_binary": (1, 1)}
+    assert {k: tuple(v.shape) for k, v in outputs.items()} == {
+        "prognosis": (1, 1),
+        "gcs_ordinal": (1, 2),
+        "age_binary": (1, 1),
+    }
 
     # Promotion: the demo profile's floors (AUC ≥ 0.60 ...) are checked against what this tiny run achieved.
     demo_gates = load_params("params.yaml", profile="demo").registry.gates["ich-prognosis"]
@@ -92,9 +102,34 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     assert {k: str(v) for k, v in client.get_registered_model("ich-prognosis").aliases.items()}["champion"] == "1"
 
     # A second candidate, promoted, then rolled back to version 1.
-    assert main(["train", "ich-mt-ord", "--profile", "smoke", "--quiet", "--set", "seed=7", "--set", "train.runs_dir=.medmlops/runs2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "ich-mt-ord",
+                "--profile",
+                "smoke",
+                "--quiet",
+                "--set",
+                "seed=7",
+                "--set",
+                "train.runs_dir=.medmlops/runs2",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    main(["registry", "promote", "ich-prognosis", "--profile", "smoke", "--set", "registry.gates.ich-prognosis.max_regression=1.0"])
+    main(
+        [
+            "registry",
+            "promote",
+            "ich-prognosis",
+            "--profile",
+            "smoke",
+            "--set",
+            "registry.gates.ich-prognosis.max_regression=1.0",
+        ]
+    )
     assert str(client.get_registered_model("ich-prognosis").aliases["champion"]) == "2"
     assert main(["registry", "rollback", "ich-prognosis", "--profile", "smoke"]) == 0
     assert str(client.get_registered_model("ich-prognosis").aliases["champion"]) == "1"
@@ -103,7 +138,14 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     assert main(["train", "ich-baseline", "--profile", "smoke", "--quiet"]) == 0
     assert main(["evaluate", "ich-baseline", "ich-mt-ord", "--profile", "smoke", "--quiet"]) == 0
     report = ich_project / "reports" / "ich-prognosis" / "smoke"
-    for name in ("index.html", "ablation_boxplot.png", "bootstrap_table.csv", "tabular_table1.csv", "tabular_importance.png", "verdict.txt"):
+    for name in (
+        "index.html",
+        "ablation_boxplot.png",
+        "bootstrap_table.csv",
+        "tabular_table1.csv",
+        "tabular_importance.png",
+        "verdict.txt",
+    ):
         assert (report / name).is_file(), name
     assert "ich-mt-ord vs ich-baseline on these folds" in (report / "verdict.txt").read_text()
     table1 = pd.read_csv(report / "tabular_table1.csv", index_col=0)
@@ -166,7 +208,9 @@ def test_missing_label_is_named(ich_project, tmp_path, monkeypatch, capsys):
 def test_training_against_a_real_mlflow_server(ich_project, mlflow_server, monkeypatch, capsys):
     monkeypatch.chdir(ich_project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
-    assert main(["train", "ich-baseline", "--profile", "smoke", "--quiet", "--register", "--set", "train.folds=[0]"]) == 0
+    assert (
+        main(["train", "ich-baseline", "--profile", "smoke", "--quiet", "--register", "--set", "train.folds=[0]"]) == 0
+    )
     client = _client(mlflow_server)
     version = client.get_model_version_by_alias("ich-prognosis", "candidate")
     assert version.tags["experiment"] == "ich-baseline"

@@ -51,7 +51,10 @@ def _train(tmp_path, cfg=CFG, n=20, **kwargs):
     )  # fmt: skip
 
 
-@pytest.mark.parametrize(("n_batches", "steps", "expected"), [(7, 3, [3, 3, 3, 3, 3, 3, 1]), (6, 3, [3] * 6), (2, 4, [2, 2]), (3, 1, [1, 1, 1])])
+@pytest.mark.parametrize(
+    ("n_batches", "steps", "expected"),
+    [(7, 3, [3, 3, 3, 3, 3, 3, 1]), (6, 3, [3] * 6), (2, 4, [2, 2]), (3, 1, [1, 1, 1])],
+)
 def test_accumulation_groups_cover_every_batch_once(n_batches, steps, expected):
     assert _accumulation_groups(n_batches, steps) == expected
 

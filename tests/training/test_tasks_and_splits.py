@@ -48,7 +48,11 @@ def test_splits_are_stratified_disjoint_and_cover_every_sample():
     assert sorted(tests.sample_id) == sorted(ids)  # every sample is tested exactly once
     for fold, part in splits.groupby("fold"):
         sets = {s: set(part[part.split == s].sample_id) for s in ("train", "val", "test")}
-        assert not (sets["train"] & sets["val"]) and not (sets["train"] & sets["test"]) and not (sets["val"] & sets["test"])
+        assert (
+            not (sets["train"] & sets["val"])
+            and not (sets["train"] & sets["test"])
+            and not (sets["val"] & sets["test"])
+        )
         assert len(sets["train"]) + len(sets["val"]) + len(sets["test"]) == 100
         assert 8 <= len(sets["val"]) <= 9  # 10 % of the 80 training samples
         share = np.mean([label_of[i] for i in sets["test"]])
@@ -68,10 +72,15 @@ def test_indicator_function_loss_is_the_mean_over_each_datasets_rows():
     from medmlops.training.tasks import COVID_TASKS
 
     prognosis_logits = torch.tensor([[2.0, -1.0], [0.5, 0.1], [0.0, 3.0], [1.0, 1.0]])
-    severity_logits = torch.tensor([[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 5.0]])
+    severity_logits = torch.tensor(
+        [[0.1, 0.2, 0.3, 0.4], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 2.0, 0.0], [0.0, 0.0, 0.0, 5.0]]
+    )
     batch = {"prognosis": torch.tensor([0, -1, 1, -1]), "severity": torch.tensor([-1, 0, -1, 3])}  # rows 0,2 AIforCOVID
     total, parts = multitask_loss(
-        {"prognosis": prognosis_logits, "severity": severity_logits}, batch, COVID_TASKS, {"prognosis": 1.0, "severity": 1.0}
+        {"prognosis": prognosis_logits, "severity": severity_logits},
+        batch,
+        COVID_TASKS,
+        {"prognosis": 1.0, "severity": 1.0},
     )
     ce = torch.nn.functional.cross_entropy
     expected_prog = ce(prognosis_logits[[0, 2]], torch.tensor([0, 1]))
@@ -165,4 +174,8 @@ def test_chexpert_folds_never_split_a_patient():
     patient = dict(zip(frame.sample_id, frame.patient_id, strict=True))
     for _, group in splits.groupby("fold"):
         owners = {s: {patient[i] for i in group[group.split == s].sample_id} for s in ("train", "val", "test")}
-        assert not (owners["train"] & owners["test"]) and not (owners["train"] & owners["val"]) and not (owners["val"] & owners["test"])
+        assert (
+            not (owners["train"] & owners["test"])
+            and not (owners["train"] & owners["val"])
+            and not (owners["val"] & owners["test"])
+        )

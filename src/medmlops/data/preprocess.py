@@ -115,7 +115,9 @@ def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
     missing = manifest[~manifest["image_exists"]]
     if len(missing):
         raise DataError(f"{missing['image_path'].iloc[0]}: image file not found ({len(missing)} missing in {root})")
-    required = {"ich": LABEL_COLUMNS["ich"], "aiforcovid": ("prognosis",), "brixia": ("severity",), "chexpert": ()}[dataset]
+    required = {"ich": LABEL_COLUMNS["ich"], "aiforcovid": ("prognosis",), "brixia": ("severity",), "chexpert": ()}[
+        dataset
+    ]
     for column in required:
         bad = manifest[manifest[column].isna() | (manifest[column] < 0)]
         if len(bad):
@@ -124,7 +126,9 @@ def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
             )
 
 
-def preprocess(params: Params, dataset: str, raw_root: Path | None = None, repo: Path = Path("."), progress: bool = True) -> Path:
+def preprocess(
+    params: Params, dataset: str, raw_root: Path | None = None, repo: Path = Path("."), progress: bool = True
+) -> Path:
     """Read, check and preprocess every sample into the cache; write ``manifest.csv`` beside it and return it."""
     raw_root = Path(raw_root) if raw_root is not None else repo / params.data.raw_dir / dataset
     manifest = _standardise(read_manifest(dataset, raw_root, params), dataset)

@@ -93,7 +93,9 @@ class SkullStripd(MapTransform):
             channels = [skull_strip_mask(arr[c], bone_hu=self.bone_hu) for c in range(arr.shape[0])]
             mask = np.stack(channels)
             if isinstance(img, torch.Tensor):
-                d[key] = torch.where(torch.as_tensor(mask, device=img.device), img, torch.as_tensor(self.fill_hu, dtype=img.dtype))
+                d[key] = torch.where(
+                    torch.as_tensor(mask, device=img.device), img, torch.as_tensor(self.fill_hu, dtype=img.dtype)
+                )
             else:
                 d[key] = np.where(mask, arr, self.fill_hu).astype(arr.dtype)
         return d
@@ -171,7 +173,9 @@ def ct_transforms(
         RejectNonFinited(keys="image"),
         Orientationd(keys="image", axcodes=orientation),
         SkullStripd(keys="image", enabled=skull_strip),
-        ScaleIntensityRanged(keys="image", a_min=float(window[0]), a_max=float(window[1]), b_min=0.0, b_max=1.0, clip=True),
+        ScaleIntensityRanged(
+            keys="image", a_min=float(window[0]), a_max=float(window[1]), b_min=0.0, b_max=1.0, clip=True
+        ),
         Resized(keys="image", spatial_size=tuple(int(s) for s in spatial_size), mode="trilinear", align_corners=False),
         EnsureTyped(keys="image", dtype=torch.float32, track_meta=False),
     ]
@@ -184,7 +188,11 @@ def ct_augmentations(prob: float = 0.5, rotate_deg: float = 5.0, zoom: float = 0
 
     angle = float(np.deg2rad(rotate_deg))
     return [
-        RandRotated(keys="image", range_x=angle, range_y=angle, range_z=angle, prob=prob, keep_size=True, padding_mode="zeros"),
-        RandZoomd(keys="image", min_zoom=1.0 - zoom, max_zoom=1.0 + zoom, prob=prob, keep_size=True, padding_mode="constant"),
+        RandRotated(
+            keys="image", range_x=angle, range_y=angle, range_z=angle, prob=prob, keep_size=True, padding_mode="zeros"
+        ),
+        RandZoomd(
+            keys="image", min_zoom=1.0 - zoom, max_zoom=1.0 + zoom, prob=prob, keep_size=True, padding_mode="constant"
+        ),
         RandGaussianNoised(keys="image", prob=prob, mean=0.0, std=noise_std),
     ]

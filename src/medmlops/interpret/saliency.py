@@ -24,7 +24,9 @@ class OneHead(nn.Module):
         return self.model(x)[self.task]
 
 
-def saliency(model: nn.Module, x: torch.Tensor, task: str, method: str = "guided_backprop", target: int = 0) -> np.ndarray:
+def saliency(
+    model: nn.Module, x: torch.Tensor, task: str, method: str = "guided_backprop", target: int = 0
+) -> np.ndarray:
     """Attribution of ``task``'s logit ``target`` w.r.t. the input ``x`` (B, C, *spatial) → (B, C, *spatial).
 
     Guided Grad-CAM attributes to ``model.saliency_layer`` (the last transition convolution of the DenseNet,
@@ -51,7 +53,9 @@ def save_nifti(saliency_map: np.ndarray, path: Path, affine: np.ndarray | None =
     import nibabel as nib
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    nib.save(nib.Nifti1Image(np.asarray(saliency_map, dtype=np.float32), np.eye(4) if affine is None else affine), str(path))
+    nib.save(
+        nib.Nifti1Image(np.asarray(saliency_map, dtype=np.float32), np.eye(4) if affine is None else affine), str(path)
+    )
     return path
 
 

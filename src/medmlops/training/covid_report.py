@@ -67,14 +67,18 @@ def _cell(mean: float, sd: float) -> str:
 
 def table_s1(results: pd.DataFrame) -> pd.DataFrame:
     frame = results.assign(cell=[_cell(m, s) for m, s in zip(results["mean"], results["sd"], strict=True)])
-    table = frame.pivot_table(index=["backbone", "experiment"], columns=["validation", "metric"], values="cell", aggfunc="first")
+    table = frame.pivot_table(
+        index=["backbone", "experiment"], columns=["validation", "metric"], values="cell", aggfunc="first"
+    )
     return table.reindex(columns=[(v, m) for v in ("cv", "loco") for m in METRICS if (v, m) in table.columns])
 
 
 def table_1(results: pd.DataFrame) -> pd.DataFrame:
     tau1 = results[results["task"] == "prognosis"]
     grouped = tau1.groupby(["experiment", "validation", "metric"])["mean"].agg(["mean", "std"]).reset_index()
-    grouped["cell"] = [_cell(m, s if np.isfinite(s) else 0.0) for m, s in zip(grouped["mean"], grouped["std"], strict=True)]
+    grouped["cell"] = [
+        _cell(m, s if np.isfinite(s) else 0.0) for m, s in zip(grouped["mean"], grouped["std"], strict=True)
+    ]
     table = grouped.pivot_table(index="experiment", columns=["validation", "metric"], values="cell", aggfunc="first")
     return table.rename(index=LABELS)
 
@@ -141,11 +145,17 @@ def figure(results: pd.DataFrame, path: Path) -> Path:
             for i, name in enumerate(order):
                 values = sub[(sub.experiment == name) & (sub.metric == metric)]["mean"].to_numpy()
                 x = j * (len(order) + 1) + i
-                ax.bar(x, np.nanmean(values) if len(values) else 0, color=f"C{i}", label=LABELS[name] if j == 0 else None)
+                ax.bar(
+                    x, np.nanmean(values) if len(values) else 0, color=f"C{i}", label=LABELS[name] if j == 0 else None
+                )
                 ax.scatter(np.full(len(values), x), values, color="k", s=8, zorder=3)
-        ax.set_xticks([j * (len(order) + 1) + (len(order) - 1) / 2 for j in range(len(METRICS))], [m.upper() for m in METRICS])
+        ax.set_xticks(
+            [j * (len(order) + 1) + (len(order) - 1) / 2 for j in range(len(METRICS))], [m.upper() for m in METRICS]
+        )
         ax.set_ylim(0, 1)
-        ax.set_title(f"τ1 on AIforCOVID — {validation.upper()} (bars: mean over backbones; dots: backbones)", fontsize=8)
+        ax.set_title(
+            f"τ1 on AIforCOVID — {validation.upper()} (bars: mean over backbones; dots: backbones)", fontsize=8
+        )
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -154,7 +164,9 @@ def figure(results: pd.DataFrame, path: Path) -> Path:
     return path
 
 
-def covid_protocol_report(params: Params, *, repo: Path = Path("."), out_dir: Path | None = None, progress: bool = True) -> Path:
+def covid_protocol_report(
+    params: Params, *, repo: Path = Path("."), out_dir: Path | None = None, progress: bool = True
+) -> Path:
     results = run_protocol(params, repo=repo, progress=progress)
     out = out_dir or repo / "reports" / "covid-prognosis" / params.profile
     out.mkdir(parents=True, exist_ok=True)

@@ -98,7 +98,9 @@ def youden_thresholds(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
     return np.asarray(out, dtype=np.float64)
 
 
-def _bootstrap(frame: pd.DataFrame, tasks: dict[str, TaskDef], n_boot: int, seed: int, thresholds: dict) -> pd.DataFrame:
+def _bootstrap(
+    frame: pd.DataFrame, tasks: dict[str, TaskDef], n_boot: int, seed: int, thresholds: dict
+) -> pd.DataFrame:
     rows = []
     for task in tasks.values():
         labels = task_labels(frame, task)
@@ -141,12 +143,16 @@ def build_experiment_model(exp: ExperimentConfig, tasks: dict[str, TaskDef]) -> 
     return build_model(exp.model, **kwargs)
 
 
-def load_experiment_data(params: Params, exp: ExperimentConfig, repo: Path, progress: bool) -> tuple[pd.DataFrame, dict]:
+def load_experiment_data(
+    params: Params, exp: ExperimentConfig, repo: Path, progress: bool
+) -> tuple[pd.DataFrame, dict]:
     """Preprocess the datasets of ``exp``'s family; return the joint manifest (every dataset of the family, so
     all its experiments share one fold structure: STL τ2's folds pair with FT's and MDMT's) and the items of
     ``exp``'s own sources by sample id."""
     frames, items = [], {}
-    family_sources = tuple(sorted(TASK_SOURCE[exp.dataset].values())) if exp.dataset in TASK_SOURCE else SOURCES[exp.dataset]
+    family_sources = (
+        tuple(sorted(TASK_SOURCE[exp.dataset].values())) if exp.dataset in TASK_SOURCE else SOURCES[exp.dataset]
+    )
     for source in family_sources:
         prep.preprocess(params, source, repo=repo, progress=progress)
         manifest = prep.load_manifest(params, source, repo)
@@ -223,7 +229,9 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     exp: ExperimentConfig = params.experiment(name)
     tasks = resolve_tasks(exp.dataset, list(exp.tasks))
     if exp.primary_task not in tasks:
-        raise UserError(f"experiment {name}: primary_task '{exp.primary_task}' is not one of its tasks ({', '.join(tasks)})")
+        raise UserError(
+            f"experiment {name}: primary_task '{exp.primary_task}' is not one of its tasks ({', '.join(tasks)})"
+        )
     probe = build_experiment_model(exp, tasks)
     cfg = prep.preprocess_config(params, experiment_sources(exp)[0])
     spatial = cfg.spatial_size if hasattr(cfg, "spatial_size") else (cfg.size, cfg.size)
@@ -245,7 +253,9 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)
     ):
-        raise UserError(f"{splits_path}: existing splits differ from the data/params now; remove {run_dir} to start over")
+        raise UserError(
+            f"{splits_path}: existing splits differ from the data/params now; remove {run_dir} to start over"
+        )
     save_splits(splits, splits_path)
     n_folds = int(splits["fold"].max()) + 1
     folds = list(params.train.folds) or list(range(n_folds))
@@ -259,7 +269,9 @@ def _experiment_id(params: Params, family: str, repo: Path) -> str:
     from medmlops.registry import tracking
 
     tracking.configure(params.registry, cwd=repo)
-    return tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{family}", cfg=params.registry, cwd=repo)
+    return tracking.get_or_create_experiment(
+        f"{params.registry.experiment_prefix}-{family}", cfg=params.registry, cwd=repo
+    )
 
 
 def start_experiment_run(
@@ -338,8 +350,11 @@ def train_experiment_fold(
             mlflow.set_tag("init_from", ",".join(initialised))
         datasets = {
             split: prep.make_dataset(
-                params, experiment_sources(exp)[0], [items[i] for i in ids[split]],
-                augment=params.train.augment and split == "train", repo=repo,
+                params,
+                experiment_sources(exp)[0],
+                [items[i] for i in ids[split]],
+                augment=params.train.augment and split == "train",
+                repo=repo,
             )  # fmt: skip
             for split in ("train", "val", "test")
         }
@@ -415,11 +430,15 @@ def _fold_runs(params: Params, plan: ExperimentPlan, run_id: str, repo: Path) ->
             found[int(fold)] = run.info.run_id
     missing = [f for f in plan.folds if f not in found]
     if missing:
-        raise UserError(f"experiment {plan.name}: MLflow run {run_id} has no finished run for fold(s) {missing}; train them first")
+        raise UserError(
+            f"experiment {plan.name}: MLflow run {run_id} has no finished run for fold(s) {missing}; train them first"
+        )
     return {f: found[f] for f in plan.folds}
 
 
-def aggregate_experiment(plan: ExperimentPlan, params: Params, run_id: str, *, repo: Path = Path(".")) -> ExperimentResult:
+def aggregate_experiment(
+    plan: ExperimentPlan, params: Params, run_id: str, *, repo: Path = Path(".")
+) -> ExperimentResult:
     """Aggregate the folds of MLflow run ``run_id`` from MLflow (not from local files: in a cluster each fold trained on
     its own node), log mean ± SD, bootstrap CIs on one fold and the training curves to it, and close it."""
     import mlflow
@@ -453,7 +472,9 @@ def aggregate_experiment(plan: ExperimentPlan, params: Params, run_id: str, *, r
     best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
     checkpoint_dir = run_dir / f"fold-{best_fold}"
     checkpoint = Path(
-        download_artifacts(run_id=fold_runs[best_fold], artifact_path="checkpoint/best.pt", dst_path=str(checkpoint_dir))
+        download_artifacts(
+            run_id=fold_runs[best_fold], artifact_path="checkpoint/best.pt", dst_path=str(checkpoint_dir)
+        )
     )
     (run_dir / "result.json").write_text(
         json.dumps({"run_id": run_id, "best_fold": best_fold, "folds": folds, "fold_runs": fold_runs}, indent=2)
@@ -481,11 +502,15 @@ def load_experiment_result(plan: ExperimentPlan, run_id: str) -> ExperimentResul
         raise UserError(f"{record_path}: not found; aggregate experiment {plan.name} first")
     record = json.loads(record_path.read_text())
     if record["run_id"] != run_id:
-        raise UserError(f"{record_path} belongs to MLflow run {record['run_id']}, not {run_id}; aggregate this run first")
+        raise UserError(
+            f"{record_path} belongs to MLflow run {record['run_id']}, not {run_id}; aggregate this run first"
+        )
     best_fold = int(record["best_fold"])
     fold_run = record["fold_runs"][str(best_fold)]
     checkpoint = Path(
-        download_artifacts(run_id=fold_run, artifact_path="checkpoint/best.pt", dst_path=str(run_dir / f"fold-{best_fold}"))
+        download_artifacts(
+            run_id=fold_run, artifact_path="checkpoint/best.pt", dst_path=str(run_dir / f"fold-{best_fold}")
+        )
     )
     summary = json.loads((run_dir / "summary.json").read_text())
     per_fold = pd.read_csv(run_dir / "metrics_per_fold.csv")

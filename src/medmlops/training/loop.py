@@ -54,7 +54,10 @@ def oversample_indices(labels: Sequence[int], seed: int) -> np.ndarray:
 
 
 def multitask_loss(
-    outputs: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor], tasks: Mapping[str, TaskDef], weights: Mapping[str, float]
+    outputs: Mapping[str, torch.Tensor],
+    batch: Mapping[str, torch.Tensor],
+    tasks: Mapping[str, TaskDef],
+    weights: Mapping[str, float],
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """L = Σ λ_t · L_t (Cobo et al., Eq. 1), each L_t a BCE over the rows labelled for task t."""
     total = None
@@ -67,7 +70,9 @@ def multitask_loss(
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, loader: DataLoader, tasks: Mapping[str, TaskDef], device: torch.device, amp: bool = False) -> pd.DataFrame:
+def predict(
+    model: torch.nn.Module, loader: DataLoader, tasks: Mapping[str, TaskDef], device: torch.device, amp: bool = False
+) -> pd.DataFrame:
     """Probabilities of every task for every sample: columns ``sample_id``, ``<task>_p<k>`` and the labels."""
     model.eval()
     rows: dict[str, list] = {"sample_id": []}
@@ -218,7 +223,9 @@ def train_fold(
     use_amp = cfg.amp and device.type == "cuda"
     if resume and ddp.broadcast_object(done.is_file()):  # rank 0's view decides, so every rank takes the same path
         info = json.loads(done.read_text())
-        return FoldResult(info["fold"], info["best_epoch"], info["best_score"], best, info["history"], resumed_from=info["best_epoch"])
+        return FoldResult(
+            info["fold"], info["best_epoch"], info["best_score"], best, info["history"], resumed_from=info["best_epoch"]
+        )
 
     seed_everything(seed)
     model.to(device)
@@ -254,7 +261,9 @@ def train_fold(
         generator = torch.Generator().manual_seed(seed + epoch)
         if sample_weights is not None:
             # Fixed-ratio mixing of datasets (MDMT): each batch draws the configured share of each dataset.
-            sampler = torch.utils.data.WeightedRandomSampler(sample_weights, len(train_ds), replacement=True, generator=generator)
+            sampler = torch.utils.data.WeightedRandomSampler(
+                sample_weights, len(train_ds), replacement=True, generator=generator
+            )
             loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
         else:
             if cfg.oversample and train_labels is not None:
@@ -326,7 +335,14 @@ def train_fold(
             },
             last,
         )  # fmt: skip
-        log.info("%s epoch %d: train_loss %.4f val_bacc %.3f%s", out_dir.name, epoch + 1, record["train_loss"], score, " *" if improved else "")
+        log.info(
+            "%s epoch %d: train_loss %.4f val_bacc %.3f%s",
+            out_dir.name,
+            epoch + 1,
+            record["train_loss"],
+            score,
+            " *" if improved else "",
+        )
     if main:
         done.write_text(
             json.dumps({"fold": fold_index, "best_epoch": best_epoch, "best_score": best_score, "history": history})

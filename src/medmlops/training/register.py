@@ -37,7 +37,9 @@ def build_contract(result: ExperimentResult, params: Params, repo: Path = Path("
     youden = json.loads(fold_thresholds.read_text()) if fold_thresholds.is_file() else {}
     specs = tuple(
         TaskSpec(
-            name=t.name, kind=t.kind, classes=t.classes,
+            name=t.name,
+            kind=t.kind,
+            classes=t.classes,
             thresholds=tuple(float(v) for v in youden.get(t.name, [0.5] * t.out_features)),
         )  # fmt: skip
         for t in tasks.values()
@@ -69,7 +71,9 @@ def _run_data_version(run_id: str) -> str | None:
     return MlflowClient().get_run(run_id).data.tags.get("data_version") or None
 
 
-def register_experiment(result: ExperimentResult, params: Params, repo: Path = Path("."), alias: str = "candidate") -> str:
+def register_experiment(
+    result: ExperimentResult, params: Params, repo: Path = Path("."), alias: str = "candidate"
+) -> str:
     from medmlops.registry import register_model
 
     exp = params.experiment(result.experiment)
@@ -81,10 +85,18 @@ def register_experiment(result: ExperimentResult, params: Params, repo: Path = P
     model.eval()
     source = experiment_sources(exp)[0]
     manifest = prep.load_manifest(params, source, repo)
-    example_ds = prep.make_dataset(params, source, prep.items_from_manifest(manifest.head(1), source), augment=False, repo=repo)
+    example_ds = prep.make_dataset(
+        params, source, prep.items_from_manifest(manifest.head(1), source), augment=False, repo=repo
+    )
     example = example_ds[0]["image"].unsqueeze(0).numpy().astype(np.float32)
     extra = {p.name: p for p in (result.run_dir / "summary_table.csv", result.run_dir / "splits.csv") if p.is_file()}
     version = register_model(
-        model, contract, run_id=result.run_id, input_example=example, family=exp.family, alias=alias, extra_artifacts=extra
+        model,
+        contract,
+        run_id=result.run_id,
+        input_example=example,
+        family=exp.family,
+        alias=alias,
+        extra_artifacts=extra,
     )
     return str(getattr(version, "version", version))

@@ -30,7 +30,9 @@ def _load_experiment(name: str, params: Params, repo: Path) -> dict:
     run_dir = run_dir_for(params, name, repo)
     per_fold = run_dir / "metrics_per_fold.csv"
     if not per_fold.is_file():
-        raise UserError(f"experiment {name} has no results for profile {params.profile} ({per_fold}); run `medmlops train {name}` first")
+        raise UserError(
+            f"experiment {name} has no results for profile {params.profile} ({per_fold}); run `medmlops train {name}` first"
+        )
     return {
         "name": name,
         "dir": run_dir,
@@ -82,23 +84,29 @@ def evaluate_experiments(
     for name, res in results.items():
         for key, value in res["summary"].items():
             if key.endswith("_mean"):
-                rows.setdefault(key[: -len("_mean")], {})[name] = f"{value:.2f} ± {res['summary'].get(key[:-5] + '_sd', float('nan')):.2f}"
+                rows.setdefault(key[: -len("_mean")], {})[name] = (
+                    f"{value:.2f} ± {res['summary'].get(key[:-5] + '_sd', float('nan')):.2f}"
+                )
     models_table = pd.DataFrame(rows).T.sort_index()
     models_table.to_csv(out / "models_mean_sd.csv")
     metric_table_html(models_table, out / "models_mean_sd.html", "Image models: mean ± SD over CV test folds")
     sections.append("<h2>Image models (mean ± SD over folds)</h2>" + models_table.to_html(na_rep="—"))
 
-    # Fig. 2: the ablation on prognosis metrics.
+    # Fig. 2: the ablation on the primary task's metrics (prognosis for ICH and COVID, findings for CXR).
+    primary = params.experiment(names[0]).primary_task
     tidy = []
     for name, res in results.items():
         frame = res["per_fold"]
-        frame = frame[frame["metric"].str.startswith("prognosis_")].assign(model=name)
-        frame["metric"] = frame["metric"].str.removeprefix("prognosis_")
+        frame = frame[frame["metric"].str.startswith(f"{primary}_")].assign(model=name)
+        frame["metric"] = frame["metric"].str.removeprefix(f"{primary}_")
         tidy.append(frame)
-    tidy_frame = pd.concat(tidy, ignore_index=True) if tidy else pd.DataFrame(columns=["model", "fold", "metric", "value"])
-    figure = None
+    tidy_frame = (
+        pd.concat(tidy, ignore_index=True) if tidy else pd.DataFrame(columns=["model", "fold", "metric", "value"])
+    )
     if not tidy_frame.empty:
-        figure = ablation_boxplot(tidy_frame, [m for m in PROGNOSIS_METRICS if m in set(tidy_frame["metric"])], out / "ablation_boxplot.png")
+        shown = [m for m in PROGNOSIS_METRICS if m in set(tidy_frame["metric"])]
+        shown = shown or sorted(m for m in set(tidy_frame["metric"]) if m.endswith("auroc"))[:8]
+        ablation_boxplot(tidy_frame, shown, out / "ablation_boxplot.png")
         sections.append("<h2>Ablation (paper Fig. 2)</h2><img src='ablation_boxplot.png' style='max-width:100%'>")
 
     # Table 2: bootstrap CIs on one fold.
@@ -106,8 +114,9 @@ def evaluate_experiments(
     for name, res in results.items():
         if res["bootstrap"] is not None:
             boot = res["bootstrap"]
-            boot = boot[boot["task"] == "prognosis"].assign(model=name)
+            boot = boot[boot["task"] == primary].assign(model=name)
             boots.append(boot)
+    boots = [b for b in boots if not b.empty]
     if boots:
         boot_frame = pd.concat(boots, ignore_index=True)
         boot_frame["cell"] = boot_frame.apply(lambda r: f"{r.value:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]", axis=1)
@@ -168,7 +177,11 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
             continue
         tasks = resolve_tasks(exp.dataset, list(exp.tasks))
         splits = load_splits(res["dir"] / "splits.csv")
-        fold = int(splits["fold"].min()) if params.train.bootstrap_fold not in set(splits["fold"]) else params.train.bootstrap_fold
+        fold = (
+            int(splits["fold"].min())
+            if params.train.bootstrap_fold not in set(splits["fold"])
+            else params.train.bootstrap_fold
+        )
         checkpoint = res["dir"] / f"fold-{fold}" / "best.pt"
         if not checkpoint.is_file():
             continue
@@ -184,8 +197,15 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
             for method in METHODS:
                 sal = saliency(model, x, "prognosis", method)[0, 0]
                 save_nifti(sal, out / "saliency" / name / f"{sid}_{method}.nii.gz")
-                png = montage(x[0, 0].numpy(), sal, out / "saliency" / name / f"{sid}_{method}.png", title=f"{name} · {sid} · {method}")
-                parts.append(f"<figure><img src='{png.relative_to(out)}' style='max-width:100%'><figcaption>{html.escape(png.stem)}</figcaption></figure>")
+                png = montage(
+                    x[0, 0].numpy(),
+                    sal,
+                    out / "saliency" / name / f"{sid}_{method}.png",
+                    title=f"{name} · {sid} · {method}",
+                )
+                parts.append(
+                    f"<figure><img src='{png.relative_to(out)}' style='max-width:100%'><figcaption>{html.escape(png.stem)}</figcaption></figure>"
+                )
     return "".join(parts)
 
 
@@ -197,6 +217,8 @@ def log_report_to_mlflow(out: Path, params: Params, family: str, parent_run_id: 
 
     tracking.configure(params.registry)
     experiment_id = tracking.get_or_create_experiment(f"{params.registry.experiment_prefix}-{family}")
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"evaluate-{params.profile}", parent_run_id=parent_run_id):
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"evaluate-{params.profile}", parent_run_id=parent_run_id
+    ):
         mlflow.set_tag("kind", "evaluation")
         mlflow.log_artifacts(str(out), artifact_path="report")

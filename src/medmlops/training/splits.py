@@ -11,9 +11,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from medmlops.errors import DataError
 
 
-def stratified_kfold_splits(
-    sample_ids, labels, n_folds: int, val_fraction: float, seed: int
-) -> pd.DataFrame:
+def stratified_kfold_splits(sample_ids, labels, n_folds: int, val_fraction: float, seed: int) -> pd.DataFrame:
     """StratifiedKFold test folds; from each fold's training part a stratified validation split is carved
     (Cobo et al.: 10 folds, 10 % of train as validation). Returns ``sample_id, fold, split`` rows, one per
     sample per fold, split ∈ {train, val, test}."""
@@ -31,7 +29,11 @@ def stratified_kfold_splits(
     for fold, (train_idx, test_idx) in enumerate(outer.split(sample_ids, labels)):
         n_val = max(2, int(round(val_fraction * len(train_idx))))
         train_labels = labels[train_idx]
-        stratify = train_labels if np.bincount(train_labels.astype(int)).min() >= 2 and n_val >= len(np.unique(train_labels)) else None
+        stratify = (
+            train_labels
+            if np.bincount(train_labels.astype(int)).min() >= 2 and n_val >= len(np.unique(train_labels))
+            else None
+        )
         fit_idx, val_idx = train_test_split(train_idx, test_size=n_val, stratify=stratify, random_state=seed + fold)
         rows += [(sample_ids[i], fold, "train") for i in fit_idx]
         rows += [(sample_ids[i], fold, "val") for i in val_idx]
@@ -134,4 +136,6 @@ def experiment_splits(frame: pd.DataFrame, dataset: str, train_cfg, seed: int) -
         raise DataError(f"validation '{train_cfg.validation}' is only defined for the COVID datasets (use cv)")
     if dataset == "chexpert":
         return grouped_splits(frame, train_cfg.n_folds, train_cfg.val_fraction, seed)
-    return stratified_kfold_splits(frame["sample_id"], frame["prognosis"].to_numpy(), train_cfg.n_folds, train_cfg.val_fraction, seed)
+    return stratified_kfold_splits(
+        frame["sample_id"], frame["prognosis"].to_numpy(), train_cfg.n_folds, train_cfg.val_fraction, seed
+    )

@@ -85,7 +85,9 @@ class TaskDef:
 ICH_TASKS = {
     "prognosis": TaskDef("prognosis", "prognosis", "binary", ("good", "poor")),
     "gcs_binary": TaskDef("gcs_binary", "gcs_binary", "binary", ("GCS 9-15", "GCS 3-8")),
-    "gcs_ordinal": TaskDef("gcs_ordinal", "gcs_ordinal", "ordinal", ("mild GCS 13-15", "moderate GCS 9-12", "severe GCS 3-8")),
+    "gcs_ordinal": TaskDef(
+        "gcs_ordinal", "gcs_ordinal", "ordinal", ("mild GCS 13-15", "moderate GCS 9-12", "severe GCS 3-8")
+    ),
     "age_binary": TaskDef("age_binary", "age_binary", "binary", ("age < 80", "age >= 80")),
 }
 
@@ -97,7 +99,10 @@ COVID_TASKS = {
 
 CHEXPERT_TASKS = {
     "findings": TaskDef(
-        "findings", "findings", "multilabel", ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
+        "findings",
+        "findings",
+        "multilabel",
+        ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"),
     ),
 }
 
@@ -110,5 +115,7 @@ def resolve_tasks(dataset: str, names) -> dict[str, TaskDef]:
     catalogue = TASKS_BY_DATASET.get(dataset, {})
     unknown = [n for n in names if n not in catalogue]
     if unknown:
-        raise ConfigError(f"unknown task '{unknown[0]}' for dataset {dataset} (expected one of: {', '.join(catalogue)})")
+        raise ConfigError(
+            f"unknown task '{unknown[0]}' for dataset {dataset} (expected one of: {', '.join(catalogue)})"
+        )
     return {n: catalogue[n] for n in names}

@@ -94,7 +94,9 @@ class ValidationReport:
             for f in self.failures
         )
         table = (
-            "<table><tr><th>suite</th><th>expectation</th><th>failing rows</th><th>examples</th></tr>" + rows + "</table>"
+            "<table><tr><th>suite</th><th>expectation</th><th>failing rows</th><th>examples</th></tr>"
+            + rows
+            + "</table>"
             if self.failures
             else "<p>No expectation failed.</p>"
         )
@@ -161,7 +163,7 @@ def _failure(suite, result, id_column: str | None) -> Failure:
     column = config.kwargs.get("column")
     info = result.result or {}
     examples: list[str] = []
-    for item in (info.get("unexpected_index_list") or [])[:MAX_EXAMPLES * 4]:
+    for item in (info.get("unexpected_index_list") or [])[: MAX_EXAMPLES * 4]:
         if isinstance(item, dict):
             ident = _plain(item.get(id_column)) if id_column else None
             value = _plain(item.get(column)) if column else None

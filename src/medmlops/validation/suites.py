@@ -75,7 +75,9 @@ def _required(suite: Suite, columns, table_name: str) -> list[str]:
 
 
 def _not_null(suite: Suite, column: str, what: str = "a value") -> None:
-    suite.add(E.ExpectColumnValuesToNotBeNull(column=column, description=f"column '{column}' must have {what} in every row"))
+    suite.add(
+        E.ExpectColumnValuesToNotBeNull(column=column, description=f"column '{column}' must have {what} in every row")
+    )
 
 
 def _between(suite: Suite, column: str, lo: float, hi: float, mostly: float = 1.0) -> None:
@@ -112,7 +114,7 @@ def _true(suite: Suite, column: str, description: str) -> None:
 
 def ich_table_suite(table: pd.DataFrame, manifest: pd.DataFrame | None) -> list[Suite]:
     frame = _numeric(table, [c for c in ICH_CLINICAL_COLUMNS])
-    frame["PatientID"] = frame["PatientID"] if "PatientID" in frame else np.nan
+    frame["PatientID"] = frame.get("PatientID", np.nan)
     suite = Suite("ich.clinical_table", frame, "PatientID")
     present = _required(suite, ICH_CLINICAL_COLUMNS, "CLINICAL_DATA_ICH.csv")
     for column in ICH_REQUIRED:
@@ -133,7 +135,11 @@ def ich_table_suite(table: pd.DataFrame, manifest: pd.DataFrame | None) -> list[
     suites = [suite]
     if manifest is not None:
         files = Suite("ich.files", manifest.assign(in_right_folder=_folder_agrees(manifest)), "image_path")
-        _true(files, "in_right_folder", "each scan must sit in the folder of its label (GOOD_PROGNOSIS=0, POOR_PROGNOSIS=1)")
+        _true(
+            files,
+            "in_right_folder",
+            "each scan must sit in the folder of its label (GOOD_PROGNOSIS=0, POOR_PROGNOSIS=1)",
+        )
         suites.append(files)
     return suites
 
@@ -162,7 +168,9 @@ def aiforcovid_table_suite(table: pd.DataFrame) -> list[Suite]:
 def brixia_table_suite(table: pd.DataFrame) -> list[Suite]:
     frame = table.copy()
     suite = Suite("brixia.metadata", frame, "Filename")
-    present = _required(suite, ("Filename", "BrixiaScore", "BrixiaScoreGlobal", "ConsensusTestset"), "metadata_global_v2.csv")
+    present = _required(
+        suite, ("Filename", "BrixiaScore", "BrixiaScoreGlobal", "ConsensusTestset"), "metadata_global_v2.csv"
+    )
     for column in present:
         _not_null(suite, column)
     if "Filename" in present:
@@ -176,7 +184,11 @@ def brixia_table_suite(table: pd.DataFrame) -> list[Suite]:
             digit_sum = normalised.map(lambda s: sum(int(c) for c in s) if s else -1)
             given = pd.to_numeric(frame["BrixiaScoreGlobal"], errors="coerce")
             frame["BrixiaScoreGlobal__is_sum"] = digit_sum == given
-            _true(suite, "BrixiaScoreGlobal__is_sum", "column 'BrixiaScoreGlobal' must equal the sum of the BrixiaScore digits")
+            _true(
+                suite,
+                "BrixiaScoreGlobal__is_sum",
+                "column 'BrixiaScoreGlobal' must equal the sum of the BrixiaScore digits",
+            )
     if "ConsensusTestset" in present:
         frame["ConsensusTestset"] = pd.to_numeric(frame["ConsensusTestset"], errors="coerce")
         _in_set(suite, "ConsensusTestset", [0, 1])
@@ -260,10 +272,16 @@ def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, datas
                                                 description=f"CT {what} must be between {lo} and {hi}")
             )  # fmt: skip
         lo, hi = cfg.ct_spacing_mm
-        suite.add(E.ExpectColumnValuesToBeBetween(column="spacing_min", min_value=lo, **cond,
-                                                  description=f"voxel spacing must be at least {lo} mm"))
-        suite.add(E.ExpectColumnValuesToBeBetween(column="spacing_max", max_value=hi, **cond,
-                                                  description=f"voxel spacing must be at most {hi} mm"))
+        suite.add(
+            E.ExpectColumnValuesToBeBetween(
+                column="spacing_min", min_value=lo, **cond, description=f"voxel spacing must be at least {lo} mm"
+            )
+        )
+        suite.add(
+            E.ExpectColumnValuesToBeBetween(
+                column="spacing_max", max_value=hi, **cond, description=f"voxel spacing must be at most {hi} mm"
+            )
+        )
         suite.add(
             E.ExpectColumnValuesToBeBetween(column="vmin", min_value=cfg.ct_hu_min, **cond,
                                             description=f"CT values must be Hounsfield units (minimum ≥ {cfg.ct_hu_min:g})")
