@@ -51,13 +51,13 @@ def _assert_same_training(ddp_out, ddp_result: dict, single_result, single_model
 @pytest.fixture(scope="module")
 def oversampled(tmp_path_factory):
     """2 ranks × batch 2 over the oversampled fold: 1 epoch, then (done.json removed, as if killed) resumed to 3;
-    and one process × batch 4 for 3 epochs straight. 24 samples oversample to an even count, so the shards are
-    exact halves and the comparison is exact up to float rounding."""
+    and one process × batch 4 for 3 epochs straight. 23 samples oversample to 32, a multiple of 2 ranks × batch 2,
+    so the shards are exact halves, no batch is short, and the comparison is exact up to float rounding."""
     root = tmp_path_factory.mktemp("ddp")
-    first = _launch(root / "ddp", "--epochs", "1", "--accumulation-steps", "3")
+    first = _launch(root / "ddp", "--epochs", "1", "--accumulation-steps", "3", "--n-train", "23")
     (root / "ddp" / "fold-0" / "done.json").unlink()
-    resumed = _launch(root / "ddp", "--epochs", "3", "--accumulation-steps", "3")
-    single_result, single_model = run(root / "single", replace(ONE, oversample=True), sampler="oversample")
+    resumed = _launch(root / "ddp", "--epochs", "3", "--accumulation-steps", "3", "--n-train", "23")
+    single_result, single_model = run(root / "single", replace(ONE, oversample=True), n_train=23, sampler="oversample")
     return {"root": root, "first": first, "resumed": resumed, "single": (single_result, single_model)}
 
 
@@ -102,11 +102,12 @@ def test_weighted_sampler_shards_the_same_draw(tmp_path):
 
 @pytest.mark.slow  # real torchrun launches: ~10-20 s each
 def test_uneven_epoch_is_padded_so_no_rank_waits_forever(tmp_path):
-    """25 samples on 2 ranks: padded to 26, 13 per rank, 7 batches (the last of 1) on each; the run finishes."""
+    """25 samples on 2 ranks: padded to 26, 13 per rank: 6 batches of 2 on each (the lone 13th sample is dropped on
+    both ranks, as BatchNorm cannot train on a batch of one); the run finishes."""
     result = _launch(
         tmp_path / "ddp", "--sampler", "shuffle", "--n-train", "25", "--epochs", "1", "--accumulation-steps", "2"
     )
-    assert result["history"][0]["optimizer_steps"] == 4  # ceil(7 / 2) on every rank
+    assert result["history"][0]["optimizer_steps"] == 3  # 6 batches / accumulation 2 on every rank
 
 
 @pytest.mark.slow  # real torchrun launches: ~10-20 s each

@@ -145,6 +145,13 @@ def _accumulation_groups(n_batches: int, steps: int) -> list[int]:
     return sizes
 
 
+def _lone_last(n: int, batch_size: int) -> bool:
+    """Drop the last training batch when it would hold a single sample: BatchNorm cannot normalise a batch of one in
+    training mode (every model here has BatchNorm). That sample is seen in the next epoch's order. Under DDP every
+    rank has the same shard length, so all ranks drop it together."""
+    return batch_size > 1 and n > 1 and n % batch_size == 1
+
+
 def _progress(loader: DataLoader, desc: str, enabled: bool) -> tqdm:
     """How the training loop iterates its loader (also used by ``_epoch_order``, which must consume the loader's
     generator the same way: tqdm.auto's constructor calls ``iter()`` once more, and every ``iter()`` of a
@@ -264,7 +271,10 @@ def train_fold(
             sampler = torch.utils.data.WeightedRandomSampler(
                 sample_weights, len(train_ds), replacement=True, generator=generator
             )
-            loader = DataLoader(train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
+            loader = DataLoader(
+                train_ds, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                drop_last=_lone_last(len(train_ds), cfg.batch_size),
+            )  # fmt: skip
         else:
             if cfg.oversample and train_labels is not None:
                 indices = oversample_indices(train_labels, seed + epoch)
@@ -272,14 +282,15 @@ def train_fold(
                 indices = np.arange(len(train_ds))
             loader = DataLoader(
                 Subset(train_ds, indices.tolist()), batch_size=cfg.batch_size, shuffle=True, generator=generator,
-                num_workers=cfg.num_workers, drop_last=False,
+                num_workers=cfg.num_workers, drop_last=_lone_last(len(indices), cfg.batch_size),
             )  # fmt: skip
         if distributed:
             # The same global order on every rank (the one the loader above would visit); this rank's share of it.
             workers_seed = int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+            shard = _shard(_epoch_order(loader), rank, world)
             loader = DataLoader(
-                Subset(loader.dataset, _shard(_epoch_order(loader), rank, world)), batch_size=cfg.batch_size,
-                shuffle=False, num_workers=cfg.num_workers, drop_last=False,
+                Subset(loader.dataset, shard), batch_size=cfg.batch_size,
+                shuffle=False, num_workers=cfg.num_workers, drop_last=_lone_last(len(shard), cfg.batch_size),
                 generator=torch.Generator().manual_seed(workers_seed),
             )  # fmt: skip
         groups = _accumulation_groups(len(loader), max(1, cfg.accumulation_steps))
