@@ -4,6 +4,7 @@ calls these. Kept beside the pipelines so the core (``medmlops``) never imports 
 import importlib
 import logging
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -48,11 +49,33 @@ def run_local(name: str, arguments: dict, pipeline_root: Path) -> float:
         # The components name the cluster image; locally they run in this environment, which is that image's content.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*local.*(ignore|not supported).*", category=UserWarning)
+        failed = _FailedTasks()
+        logging.getLogger().addFilter(failed)  # a filter: the runner replaces the root logger's handlers
         try:
             pipeline(**arguments)
         except RuntimeError as err:
-            raise UserError(f"pipeline {name} failed: {' '.join(str(err).split())[:500]}") from err
+            where = f" at step {', '.join(failed.names)}" if failed.names else ""
+            raise UserError(f"pipeline {name} failed{where} (its error is in the step's output above)") from err
+        finally:
+            logging.getLogger().removeFilter(failed)
     return time.monotonic() - started
+
+
+class _FailedTasks(logging.Filter):
+    """Collects the tasks the local runner reports as failed (its exception names only the enclosing loop)."""
+
+    _FAILED = re.compile(r"Task '([^']+)' finished with status FAILURE")
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self._FAILED.search(self._ANSI.sub("", record.getMessage()))
+        if match and match.group(1) not in self.names and not match.group(1).startswith("for-loop"):
+            self.names.append(match.group(1))
+        return True
 
 
 def submit(

@@ -136,7 +136,9 @@ def fetch_data(md5: str, remote: str, repo: Path = Path("."), data_dir: str = "d
     record.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 
-    record.write_text(yaml.safe_dump({"outs": [{"md5": md5, "path": os.path.relpath(repo / data_dir, record.parent)}]}))
+    # `hash: md5` as DVC 3 writes it (without it DVC reads the record as a 2.x md5-dos2unix hash).
+    out = {"md5": md5, "hash": "md5", "path": os.path.relpath(repo / data_dir, record.parent)}
+    record.write_text(yaml.safe_dump({"outs": [out]}))
     versioning.dvc(repo, "remote", "add", "--local", "--force", "pipeline", remote, check=True)
     versioning.dvc(repo, "pull", "--force", "--remote", "pipeline", str(record.relative_to(repo)), check=True)
     actual = versioning.workspace_hash(repo, data_dir)

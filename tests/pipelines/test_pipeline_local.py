@@ -31,6 +31,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 def _project(root, datasets: tuple[str, ...]):
     """params.yaml, git + DVC, smoke data under data/raw tracked in data.dvc and committed."""
+    root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     versioning.dvc(root, "init", "-q", check=True)
@@ -188,7 +189,7 @@ def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, ca
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert _run(project, "ich", monkeypatch) == 1
     captured = capsys.readouterr()
-    assert "validate-data" in captured.err
+    assert "pipeline ich failed at step validate-data" in captured.err
     assert f"not data version {versioning.recorded_hash(project)}" in captured.out + captured.err
     assert not (project / ".medmlops" / "runs").exists(), "nothing trained on the wrong data"
 

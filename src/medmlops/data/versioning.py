@@ -76,6 +76,8 @@ def track(repo: Path, data_dir: str = "data/raw") -> Path:
     """
     dvc(repo, "add", data_dir, check=True)  # not --quiet: it would also silence the error we report
     written = repo / f"{data_dir}.dvc"
+    if not written.is_file() and (repo / DATA_DVC).is_file():
+        return repo / DATA_DVC  # already tracked: dvc add updated data.dvc in place
     record = yaml.safe_load(written.read_text())
     for out in record.get("outs", []):
         out["path"] = data_dir
