@@ -101,6 +101,7 @@ def submit(
     if not package.is_file():
         raise UserError(f"{package}: not found; run `medmlops pipeline compile {name}` first")
     logging.getLogger("kfp").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retry warnings precede our one-sentence error
     try:
         return _submit(kfp, package, name, host, arguments, experiment, run_name, recurring_cron, enable_caching)
     except (OSError, urllib3.exceptions.HTTPError, kfp_server_api.exceptions.ApiException) as err:

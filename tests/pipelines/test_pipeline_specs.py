@@ -285,8 +285,8 @@ def test_unreachable_host_is_one_clear_error(capsys):
         str(REPO / "params.yaml"),
     ]
     assert main(argv) == 1
-    err = capsys.readouterr().err
-    assert "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9" in err and len(err.strip().splitlines()) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medmlops: error:")]
+    assert len(errors) == 1 and "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9" in errors[0]
 
 
 def test_pipelines_module_found_from_a_data_project(tmp_path, capsys):
