@@ -94,9 +94,10 @@ def test_ct_upload_predicts_every_head_with_the_contract_classes(project, predic
 
 def test_one_code_path_same_tensor_as_training(project, predictors):
     """The upload path gives the tensor the training dataset gives for the same file."""
+    from monai.transforms import Compose
+
     from medmlops.config import load_params
     from medmlops.data.preprocess import deterministic_transforms
-    from monai.transforms import Compose
 
     predictor = predictors["ich-prognosis"]
     path = next((project / "data" / "raw" / "ich").rglob("*.nii.gz"))

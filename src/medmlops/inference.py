@@ -246,10 +246,7 @@ class Predictor:
         batch = torch.stack(list(images)).to(self.device)
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
             outputs = self.model(batch)
-        if isinstance(outputs, dict):
-            outputs = {k: v.float() for k, v in outputs.items()}
-        else:
-            outputs = outputs.float()
+        outputs = {k: v.float() for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
         return decode(self.contract, outputs)
 
     def predict_bytes(self, data: bytes) -> dict[str, Any]:
