@@ -132,3 +132,26 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             process.kill()
             process.wait(timeout=15)
         shutil.rmtree(root / "artifacts", ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def registered_project(tmp_path_factory):
+    """Smoke ich-mt-ord and cxr-findings trained and registered as @candidate (SQLite registry)."""
+    from medmlops.cli import main
+    from medmlops.data.simulate import generate
+
+    root = tmp_path_factory.mktemp("inference")
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    generate("ich", root / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
+    generate("chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(64, 64), progress=False)
+    generate("aiforcovid", root / "data" / "raw" / "aiforcovid", n=6, seed=0, shape=(64, 64), progress=False)
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        for experiment in ("ich-mt-ord", "cxr-findings"):
+            assert main(["train", experiment, "--profile", "smoke", "--quiet", "--register"]) == 0
+    finally:
+        mp.undo()
+    return root

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import shutil
-import subprocess
 
 import nibabel as nib
 import numpy as np
@@ -15,34 +13,14 @@ import pytest
 import torch
 from PIL import Image
 
-from medmlops.cli import main
 from medmlops.inference import InputError, Predictor, decode, sniff_format
-
-from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory):
-    """Smoke ich-mt-ord and cxr-findings trained and registered as @candidate (SQLite registry)."""
-    from medmlops.data.simulate import generate
-
-    root = tmp_path_factory.mktemp("inference")
-    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    generate("ich", root / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
-    generate("chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(64, 64), progress=False)
-    generate("aiforcovid", root / "data" / "raw" / "aiforcovid", n=6, seed=0, shape=(64, 64), progress=False)
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-    try:
-        for experiment in ("ich-mt-ord", "cxr-findings"):
-            assert main(["train", experiment, "--profile", "smoke", "--quiet", "--register"]) == 0
-    finally:
-        mp.undo()
-    return root
+def project(registered_project):
+    return registered_project
 
 
 @pytest.fixture(scope="module")

@@ -287,6 +287,47 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Resolve ``FAMILY@ALIAS`` once, check its model and contract, then run the BentoML server in the foreground."""
+    import signal
+    import subprocess
+
+    from medmlops import registry
+    from medmlops.registry import tracking
+
+    params = _params(args)
+    uri = registry.configure(params.registry)
+    version = str(tracking.resolve_version(args.family, args.alias).version)  # one sentence if missing
+    tracking.load_model(args.family, version)  # refuses a missing or inconsistent model/contract in one sentence
+    code_root = _code_root(Path(args.repo).resolve(), "serving/service.py")
+    env = {
+        **os.environ, "MLFLOW_TRACKING_URI": uri, "MEDMLOPS_FAMILY": args.family, "MEDMLOPS_MODEL_VERSION": version,
+        "MEDMLOPS_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "MEDMLOPS_BATCHING": "0" if args.no_batching else "1",
+        "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
+    }  # fmt: skip
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", "serving.service:Gateway", "--host", args.host, "--port", str(args.port)]
+    print(f"serving {args.family} version {version} (alias {args.alias}) on http://{args.host}:{args.port}", flush=True)
+    with subprocess.Popen(command, cwd=code_root, env=env) as proc:
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGTERM)
+            return proc.wait(timeout=30)
+
+
+def _code_root(repo: Path, marker: str) -> Path:
+    """``repo`` when it holds ``marker``, else the checkout medmlops is installed from."""
+    if (repo / marker).is_file():
+        return repo
+    import medmlops
+
+    source = Path(medmlops.__file__).resolve().parents[2]
+    if not (source / marker).is_file():
+        raise UserError(f"{repo / marker}: not found; run from the project root or pass --repo")
+    return source
+
+
 def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
@@ -420,6 +461,17 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--workdir", default=".")
     _add_params_args(ps)
     ps.set_defaults(func=cmd_pipeline_step)
+
+    serve = sub.add_parser("serve", help="BentoML HTTP server for FAMILY@ALIAS (POST /predict)")
+    serve.add_argument("family", help="registered model: ich-prognosis, covid-prognosis or cxr-findings")
+    serve.add_argument("--alias", default="champion")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=3000)
+    serve.add_argument("--max-upload-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--no-batching", action="store_true", help="turn BentoML's adaptive batching off")
+    serve.add_argument("--repo", default=".", help="project root (holds serving/)")
+    _add_params_args(serve)
+    serve.set_defaults(func=cmd_serve)
 
     config = sub.add_parser("config", help="inspect the configuration").add_subparsers(
         dest="config_command", required=True

@@ -144,16 +144,12 @@ def decode(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Ten
 
 
 @dataclass
-class Predictor:
-    """A model version with its contract, ready to turn uploads into predictions."""
+class Preprocessor:
+    """Upload bytes → the model's input tensor, exactly as training preprocessed its data (from the contract)."""
 
     family: str
-    version: str
     contract: ModelContract
-    model: torch.nn.Module
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     max_bytes: int = 64 * 1024 * 1024
-
     # Plausible raw image sizes (params.yaml ``validation`` uses the same defaults for datasets): a 1-voxel volume
     # would otherwise be resized into a "valid" input.
     limits: ValidationConfig = field(default_factory=lambda: ValidationConfig())
@@ -163,7 +159,9 @@ class Predictor:
 
         chain = preprocessing_chain(self.contract)
         self._load, self._rest = chain[0], Compose(chain[1:])
-        self.model.to(self.device).eval()
+
+    def accepted_formats(self) -> tuple[str, ...]:
+        return tuple(self.contract.input.formats)
 
     def _check_raw_shape(self, shape: tuple[int, ...]) -> None:
         lim = self.limits
@@ -183,27 +181,7 @@ class Predictor:
                 "implausible_shape", f"the image has shape {list(shape[1:])}; {self.family} takes {ranges}"
             )
 
-    @classmethod
-    def from_registry(
-        cls,
-        family: str,
-        alias: str = "champion",
-        *,
-        device: str | None = None,
-        max_bytes: int = 64 * 1024 * 1024,
-        limits: ValidationConfig | None = None,
-    ) -> Predictor:
-        """Load ``models:/family@alias`` (MLflow from the environment); raises ModelNotFoundError in one sentence."""
-        from medmlops.registry.tracking import load_model
-
-        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model, contract, version = load_model(family, alias, device=target)
-        return cls(family, version, contract, model, target, max_bytes, limits or ValidationConfig())
-
-    def accepted_formats(self) -> tuple[str, ...]:
-        return tuple(self.contract.input.formats)
-
-    def preprocess(self, data: bytes) -> torch.Tensor:
+    def __call__(self, data: bytes) -> torch.Tensor:
         """Upload bytes → the model's input tensor (contract shape), or InputError naming what is wrong."""
         if len(data) > self.max_bytes:
             raise InputError(
@@ -229,8 +207,7 @@ class Predictor:
                 text = _root_message(exc).replace(str(path), "the upload")  # never show our temporary paths
                 code = "non_finite" if "NaN/Inf" in text else "unreadable_image"
                 raise InputError(code, text) from exc
-        image = item["image"]
-        image = torch.as_tensor(image, dtype=torch.float32)
+        image = torch.as_tensor(item["image"], dtype=torch.float32)
         expected = tuple(self.contract.input.shape)
         if tuple(image.shape) != expected:
             raise InputError(
@@ -240,14 +217,67 @@ class Predictor:
             raise InputError("non_finite", "the image contains NaN or infinite values")
         return image
 
+
+def flatten_outputs(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Tensor) -> np.ndarray:
+    """The model's outputs as one (N, total logits) float32 array, tasks in contract order (for batching)."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = {contract.tasks[0].name: outputs}
+    return np.concatenate([outputs[t.name].detach().float().cpu().numpy() for t in contract.tasks], axis=1)
+
+
+def split_outputs(contract: ModelContract, logits: np.ndarray) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`flatten_outputs`."""
+    out, start = {}, 0
+    for task in contract.tasks:
+        out[task.name] = torch.as_tensor(np.asarray(logits)[:, start : start + task.n_logits], dtype=torch.float32)
+        start += task.n_logits
+    return out
+
+
+@dataclass
+class Predictor:
+    """A model version with its contract, ready to turn uploads into predictions."""
+
+    family: str
+    version: str
+    contract: ModelContract
+    model: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_bytes: int = 64 * 1024 * 1024
+    limits: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+
+    def __post_init__(self) -> None:
+        self.preprocess = Preprocessor(self.family, self.contract, self.max_bytes, self.limits)
+        self.model.to(self.device).eval()
+
+    @classmethod
+    def from_registry(
+        cls,
+        family: str,
+        alias: str = "champion",
+        *,
+        device: str | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        limits: ValidationConfig | None = None,
+    ) -> Predictor:
+        """Load ``models:/family@alias`` (MLflow from the environment); raises ModelNotFoundError in one sentence."""
+        from medmlops.registry.tracking import load_model
+
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, contract, version = load_model(family, alias, device=target)
+        return cls(family, version, contract, model, target, max_bytes, limits or ValidationConfig())
+
     @torch.no_grad()
+    def forward(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Preprocessed images (N, *contract shape) → logits (N, total logits), tasks in contract order."""
+        x = torch.as_tensor(batch, dtype=torch.float32).to(self.device)
+        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+            outputs = self.model(x)
+        return flatten_outputs(self.contract, outputs)
+
     def predict_tensors(self, images: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         """One forward pass over a batch of preprocessed images; decoded per sample."""
-        batch = torch.stack(list(images)).to(self.device)
-        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            outputs = self.model(batch)
-        outputs = {k: v.float() for k, v in outputs.items()} if isinstance(outputs, dict) else outputs.float()
-        return decode(self.contract, outputs)
+        return decode(self.contract, split_outputs(self.contract, self.forward(torch.stack(list(images)))))
 
     def predict_bytes(self, data: bytes) -> dict[str, Any]:
         return self.predict_tensors([self.preprocess(data)])[0]

@@ -389,12 +389,18 @@ def _find_version(client: MlflowClient, family: str, model_uri: str) -> str | No
 
 
 def resolve_version(family: str, alias: str, client: MlflowClient | None = None) -> ModelVersion:
-    """The model version ``family@alias``; ModelNotFoundError when the model or the alias does not exist."""
+    """The model version ``family@alias`` (an all-digit ``alias`` names the version itself); ModelNotFoundError when
+    the model, the alias or the version does not exist."""
     client = client or MlflowClient()
     try:
         client.get_registered_model(family)
     except MlflowException as exc:
         raise ModelNotFoundError(f"registered model '{family}' not found at {mlflow.get_registry_uri()}") from exc
+    if str(alias).isdigit():
+        try:
+            return client.get_model_version(family, str(alias))
+        except MlflowException as exc:
+            raise ModelNotFoundError(f"registered model '{family}' has no version {alias}") from exc
     try:
         return client.get_model_version_by_alias(family, alias)
     except MlflowException as exc:

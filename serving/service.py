@@ -1,0 +1,114 @@
+"""The BentoML service of one registered family: ``POST /predict`` (multipart field ``image``) → JSON predictions.
+
+Two BentoML services in one server: ``Gateway`` (the HTTP surface: request checks, preprocessing from the model
+contract, decoding, errors as 4xx JSON) and ``Model`` (the torch forward, with BentoML's adaptive batching, so
+concurrent requests share one batched forward). Both load the same model version, resolved once by
+``medmlops serve`` and passed as ``MEDMLOPS_MODEL_VERSION`` (MLflow from ``MLFLOW_TRACKING_URI``).
+
+Environment: ``MEDMLOPS_FAMILY``, ``MEDMLOPS_MODEL_VERSION``, ``MEDMLOPS_MAX_UPLOAD_BYTES``,
+``MEDMLOPS_MAX_BATCH_SIZE``, ``MEDMLOPS_MAX_LATENCY_MS``, ``MEDMLOPS_BATCHING`` (``0`` turns batching off).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import uuid
+
+import bentoml
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+FAMILY = os.environ.get("MEDMLOPS_FAMILY", "")
+VERSION = os.environ.get("MEDMLOPS_MODEL_VERSION", "")
+MAX_UPLOAD = int(os.environ.get("MEDMLOPS_MAX_UPLOAD_BYTES", str(64 * 1024 * 1024)))
+BATCHING = os.environ.get("MEDMLOPS_BATCHING", "1") != "0"
+MAX_BATCH = int(os.environ.get("MEDMLOPS_MAX_BATCH_SIZE", "16"))
+# BentoML's dispatcher *rejects* (503 "overloaded") requests it predicts will exceed this; the batching window
+# itself adapts far below it. A tight value sheds load on a slow CPU, so it is a generous upper bound.
+MAX_LATENCY_MS = int(os.environ.get("MEDMLOPS_MAX_LATENCY_MS", "10000"))
+FIELD = "image"
+_PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|[\\/]|^[A-Za-z]:")
+
+app = FastAPI(title="medmlops serving", docs_url=None, redoc_url=None)
+
+
+def _error(status: int, error: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+@bentoml.service(name="medmlops-model", traffic={"timeout": 300})
+class Model:
+    """The registered torch module; ``forward`` is batched adaptively across concurrent requests."""
+
+    def __init__(self) -> None:
+        from medmlops.inference import Predictor
+
+        self.predictor = Predictor.from_registry(FAMILY, VERSION)  # version number: an alias move cannot interleave
+
+    @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
+    def forward(self, images: np.ndarray) -> np.ndarray:
+        return self.predictor.forward(images)
+
+
+@bentoml.service(name="medmlops-serving", traffic={"timeout": 300})
+@bentoml.asgi_app(app, path="/")
+class Gateway:
+    """Checks the request, preprocesses with the contract's chain, calls ``Model.forward``, decodes."""
+
+    model = bentoml.depends(Model)
+
+    def __init__(self) -> None:
+        from medmlops.inference import Preprocessor
+        from medmlops.registry.tracking import load_contract
+
+        self.contract = load_contract(FAMILY, VERSION)
+        self.preprocess = Preprocessor(FAMILY, self.contract, MAX_UPLOAD)
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> JSONResponse:
+        from starlette.concurrency import run_in_threadpool
+
+        from medmlops.inference import InputError, decode, split_outputs
+
+        content_type = request.headers.get("content-type", "")
+        if not content_type.startswith("multipart/form-data"):
+            return _error(
+                415,
+                "wrong_content_type",
+                f"send multipart/form-data with the file in field '{FIELD}', not '{content_type or 'no content type'}'",
+            )
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > MAX_UPLOAD + 64 * 1024:
+            return _error(413, "too_large", f"the request has {declared} bytes; the upload limit is {MAX_UPLOAD}")
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as exc:  # noqa: BLE001 - starlette raises several parser errors
+            return _error(
+                400, "bad_multipart", f"the multipart body cannot be parsed ({' '.join(str(exc).split())[:200]})"
+            )
+        upload = form.get(FIELD)
+        if upload is None or isinstance(upload, str):
+            fields = sorted(form.keys())
+            return _error(400, "missing_field", f"no file in field '{FIELD}' (fields sent: {fields or 'none'})")
+        filename = upload.filename or ""
+        if _PATHLIKE.search(filename):
+            return _error(400, "bad_filename", f"file names must not contain a path ({filename!r})")
+        data = await upload.read(MAX_UPLOAD + 1)
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        try:
+            image = await run_in_threadpool(self.preprocess, data)
+        except InputError as err:
+            return _error(err.status, err.error, err.detail)
+        try:
+            logits = await self.model.to_async.forward(image.numpy()[None])
+        except bentoml.exceptions.BentoMLException as exc:  # the model service shed load or is restarting
+            return _error(503, "model_unavailable", f"the model could not take the request now ({exc}); retry")
+        prediction = decode(self.contract, split_outputs(self.contract, np.asarray(logits)))[0]
+        return JSONResponse({
+            "request_id": request_id, "model": FAMILY, "version": VERSION,
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
+            "predictions": prediction,
+        })  # fmt: skip

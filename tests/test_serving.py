@@ -1,0 +1,186 @@
+"""`medmlops serve FAMILY`: the real BentoML server on 127.0.0.1 for registered smoke models, over HTTP: good
+predictions (NIfTI for ich-prognosis; JPEG/PNG/DICOM for cxr-findings), concurrent requests, a corpus of bad
+requests each answered 4xx JSON naming the problem (never 5xx), the server serving good requests afterwards, and
+a clear refusal to start without a model."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO, _free_port
+from .test_inference import _bad_corpus
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+MAX_UPLOAD = 2_000_000
+
+
+def _multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, (filename, data) in fields.items():
+        parts.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n".encode()
+            + data
+            + b"\r\n"
+        )
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _post(url: str, body: bytes, content_type: str | None, headers: dict | None = None) -> tuple[int, dict]:
+    import json
+
+    request = urllib.request.Request(url, data=body, method="POST", headers={**(headers or {})})
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def _predict(url: str, data: bytes, filename: str = "case.bin", field: str = "image") -> tuple[int, dict]:
+    body, content_type = _multipart({field: (filename, data)})
+    return _post(f"{url}/predict", body, content_type)
+
+
+def _start(project: Path, family: str, *extra: str):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"}
+    log = (project / f"serve-{family}.log").open("w")
+    command = [sys.executable, "-m", "medmlops.cli", "serve", family, "--alias", "candidate", "--port", str(port),
+               "--max-upload-bytes", str(MAX_UPLOAD), "--repo", str(REPO), *extra]  # fmt: skip
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    started = time.monotonic()
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() - started > 180:
+            process.kill()
+            raise RuntimeError(
+                f"medmlops serve {family} did not start:\n{(project / f'serve-{family}.log').read_text()[-3000:]}"
+            )
+        time.sleep(1)
+    return process, url
+
+
+def _stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def servers(registered_project):
+    started = {family: _start(registered_project, family) for family in ("ich-prognosis", "cxr-findings")}
+    yield {family: url for family, (_, url) in started.items()}
+    for process, _ in started.values():
+        _stop(process)
+
+
+def test_ct_prediction_over_http(registered_project, servers):
+    data = next((registered_project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()
+    status, body = _predict(servers["ich-prognosis"], data, "case.nii.gz")
+    assert status == 200, body
+    assert body["model"] == "ich-prognosis" and body["version"] == "1" and len(body["request_id"]) == 32
+    assert list(body["predictions"]) == ["prognosis", "gcs_ordinal", "age_binary"]
+    assert body["predictions"]["prognosis"]["label"] in ("good", "poor")
+
+
+def test_xray_predictions_over_http_match_in_process(registered_project, servers):
+    import numpy as np
+    from PIL import Image
+
+    from .test_inference import _png_bytes
+
+    jpg = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
+    dcm = next((registered_project / "data" / "raw" / "aiforcovid").rglob("*.dcm"))
+    for data in (jpg.read_bytes(), _png_bytes(np.asarray(Image.open(jpg))), dcm.read_bytes()):
+        status, body = _predict(servers["cxr-findings"], data)
+        assert status == 200, body
+        assert set(body["predictions"]["findings"]["probabilities"]) == {
+            "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"
+        }  # fmt: skip
+
+
+def test_concurrent_requests_all_succeed(registered_project, servers):
+    files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:6]
+    payloads = [f.read_bytes() for f in files] * 4
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda d: _predict(servers["cxr-findings"], d), payloads))
+    assert [status for status, _ in results] == [200] * len(payloads)
+    assert len({body["request_id"] for _, body in results}) == len(payloads)
+    # Same image → same answer, whatever batch it landed in.
+    by_image = {}
+    for data, (_, body) in zip(payloads, results, strict=True):
+        probs = body["predictions"]["findings"]["probabilities"]
+        by_image.setdefault(data, []).append(probs)
+    for answers in by_image.values():
+        for other in answers[1:]:
+            assert all(abs(other[k] - answers[0][k]) < 1e-4 for k in other)
+
+
+def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(registered_project, servers):
+    problems = []
+    cases = []
+    for name, (family, data, code, text) in _bad_corpus(registered_project).items():
+        cases.append((name, family, lambda f=family, d=data: _predict(servers[f], d), code, text))
+    good = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    url = servers["cxr-findings"]
+    http_cases = [
+        ("empty body", lambda: _post(f"{url}/predict", b"", None), "wrong_content_type", "multipart"),
+        ("json body", lambda: _post(f"{url}/predict", b"{}", "application/json"), "wrong_content_type", "application/json"),
+        ("wrong field name", lambda: _predict(url, good, field="file"), "missing_field", "fields sent: ['file']"),
+        ("path-like filename", lambda: _predict(url, good, filename="../../etc/passwd"), "bad_filename", "etc/passwd"),
+        ("absolute filename", lambda: _predict(url, good, filename="/etc/passwd"), "bad_filename", "path"),
+        ("broken multipart", lambda: _post(f"{url}/predict", b"--x\r\ngarbage", "multipart/form-data; boundary=x"), None, ""),
+        ("oversized body", lambda: _predict(url, b"\x89PNG\r\n\x1a\n" + b"\0" * (MAX_UPLOAD + 100_000)), "too_large", "limit"),
+    ]  # fmt: skip
+    cases += [(name, "cxr-findings", call, code, text) for name, call, code, text in http_cases]
+    for name, _family, call, code, text in cases:
+        status, body = call()
+        if not 400 <= status < 500:
+            problems.append(f"{name}: status {status} {body}")
+        elif set(body) != {"error", "detail"}:
+            problems.append(f"{name}: body {body}")
+        elif code is not None and (body["error"] != code or text.lower() not in body["detail"].lower()):
+            problems.append(f"{name}: {body}")
+    assert not problems, "\n".join(problems)
+    assert len(cases) >= 15
+    for family, data in (
+        ("cxr-findings", good),
+        ("ich-prognosis", next((registered_project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()),
+    ):
+        status, _ = _predict(servers[family], data)
+        assert status == 200, f"{family} stopped serving after the bad requests"
+
+
+def test_refuses_to_start_without_the_model(registered_project):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registered_project / '.medmlops' / 'mlflow.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--alias", "champion", "--repo", str(REPO)],
+        cwd=registered_project, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip().splitlines()[-1]
+        == "medmlops: error: registered model 'cxr-findings' has no version with alias 'champion'"
+    )
