@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -61,7 +62,7 @@ def _start(project: Path, family: str, *extra: str):
     log = (project / f"serve-{family}.log").open("w")
     command = [sys.executable, "-m", "medmlops.cli", "serve", family, "--alias", "candidate", "--port", str(port),
                "--max-upload-bytes", str(MAX_UPLOAD), "--repo", str(REPO), *extra]  # fmt: skip
-    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     while True:
@@ -80,12 +81,26 @@ def _start(project: Path, family: str, *extra: str):
     return process, url
 
 
-def _stop(process) -> None:
-    process.terminate()
+def _group_alive(pgid: int) -> bool:
     try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop(process) -> bool:
+    """SIGTERM the server; True when it and every worker it started exited on their own within 30 s."""
+    pgid = process.pid  # start_new_session: the server leads its own process group
+    process.terminate()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (process.poll() is None or _group_alive(pgid)):
+        time.sleep(0.5)
+    clean = process.poll() is not None and not _group_alive(pgid)
+    if not clean:
+        os.killpg(pgid, signal.SIGKILL)
+        process.wait(timeout=10)
+    return clean
 
 
 @pytest.fixture(scope="module")
@@ -94,6 +109,13 @@ def servers(registered_project):
     yield {family: url for family, (_, url) in started.items()}
     for process, _ in started.values():
         _stop(process)
+
+
+def test_sigterm_stops_the_server_and_all_its_workers(registered_project):
+    process, url = _start(registered_project, "cxr-findings", "--no-batching")
+    data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    assert _predict(url, data)[0] == 200  # unbatched path works too
+    assert _stop(process), "workers outlived the server after SIGTERM"
 
 
 def test_ct_prediction_over_http(registered_project, servers):

@@ -289,9 +289,6 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Resolve ``FAMILY@ALIAS`` once, check its model and contract, then run the BentoML server in the foreground."""
-    import signal
-    import subprocess
-
     from medmlops import registry
     from medmlops.registry import tracking
 
@@ -308,12 +305,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", "serving.service:Gateway", "--host", args.host, "--port", str(args.port)]
     print(f"serving {args.family} version {version} (alias {args.alias}) on http://{args.host}:{args.port}", flush=True)
-    with subprocess.Popen(command, cwd=code_root, env=env) as proc:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGTERM)
-            return proc.wait(timeout=30)
+    # Become the BentoML server (exec): SIGTERM / Ctrl-C reach its process manager, which stops every worker.
+    # (A parent that waits would die on SIGTERM and leave the workers running.)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.chdir(code_root)
+    os.execve(command[0], command, env)
 
 
 def _code_root(repo: Path, marker: str) -> Path:
