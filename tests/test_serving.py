@@ -62,7 +62,9 @@ def _start(project: Path, family: str, *extra: str):
     log = (project / f"serve-{family}.log").open("w")
     command = [sys.executable, "-m", "medmlops.cli", "serve", family, "--alias", "candidate", "--port", str(port),
                "--max-upload-bytes", str(MAX_UPLOAD), "--repo", str(REPO), *extra]  # fmt: skip
-    process = subprocess.Popen(command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        command, cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
     while True:
@@ -206,3 +208,22 @@ def test_refuses_to_start_without_the_model(registered_project):
         result.stderr.strip().splitlines()[-1]
         == "medmlops: error: registered model 'cxr-findings' has no version with alias 'champion'"
     )
+
+
+def test_bento_builds_offline(tmp_path):
+    """`bentoml build` packages the service (serving + core source, pinned requirements) without the network."""
+    import json
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    build = subprocess.run([bentoml, "build", "-f", "serving/bentofile.yaml", "."], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
+    listed = json.loads(
+        subprocess.run([bentoml, "list", "-o", "json"], env=env, capture_output=True, text=True, check=True).stdout
+    )
+    assert [b["tag"].split(":")[0] for b in listed] == ["medmlops-serving"]
+    (bento,) = (tmp_path / "bentoml" / "bentos" / "medmlops-serving").glob("*/")
+    assert (bento / "src" / "serving" / "service.py").is_file()
+    assert (bento / "src" / "src" / "medmlops" / "inference.py").is_file()
+    assert "torch==2.14.1" in (bento / "env" / "python" / "requirements.txt").read_text()
