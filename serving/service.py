@@ -6,12 +6,20 @@ concurrent requests share one batched forward). Both load the same model version
 ``medmlops serve`` and passed as ``MEDMLOPS_MODEL_VERSION`` (MLflow from ``MLFLOW_TRACKING_URI``).
 
 Environment: ``MEDMLOPS_FAMILY``, ``MEDMLOPS_MODEL_VERSION``, ``MEDMLOPS_MAX_UPLOAD_BYTES``,
-``MEDMLOPS_MAX_BATCH_SIZE``, ``MEDMLOPS_MAX_LATENCY_MS``, ``MEDMLOPS_BATCHING`` (``0`` turns batching off).
+``MEDMLOPS_MAX_BATCH_SIZE``, ``MEDMLOPS_MAX_LATENCY_MS``, ``MEDMLOPS_BATCHING`` (``0`` turns batching off),
+``MONITORING_URL`` (empty: no forwarding), ``MEDMLOPS_SPOOL_DIR``, ``MEDMLOPS_MONITORING_TOKEN``.
+
+Every prediction is forwarded to monitoring with its request id, model version, the upload itself (base64, with
+its sha256: monitoring re-runs the same preprocessing from the contract), outputs and timestamp, through a disk
+spool and a background sender (``medmlops.forwarding``): off the request path, retried with backoff while
+monitoring is down, idempotent by request id.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import os
 import re
 import uuid
@@ -29,6 +37,9 @@ MAX_BATCH = int(os.environ.get("MEDMLOPS_MAX_BATCH_SIZE", "16"))
 # BentoML's dispatcher *rejects* (503 "overloaded") requests it predicts will exceed this; the batching window
 # itself adapts far below it. A tight value sheds load on a slow CPU, so it is a generous upper bound.
 MAX_LATENCY_MS = int(os.environ.get("MEDMLOPS_MAX_LATENCY_MS", "10000"))
+MONITORING_URL = os.environ.get("MONITORING_URL", "")
+SPOOL_DIR = os.environ.get("MEDMLOPS_SPOOL_DIR", "")
+MONITORING_TOKEN = os.environ.get("MEDMLOPS_MONITORING_TOKEN", "")
 FIELD = "image"
 _PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|[\\/]|^[A-Za-z]:")
 
@@ -66,6 +77,14 @@ class Gateway:
 
         self.contract = load_contract(FAMILY, VERSION)
         self.preprocess = Preprocessor(FAMILY, self.contract, MAX_UPLOAD)
+        self.forwarder = None
+        if MONITORING_URL:
+            from medmlops.forwarding import Forwarder
+
+            self.forwarder = Forwarder(
+                MONITORING_URL, SPOOL_DIR or f".medmlops/spool/{FAMILY}", token=MONITORING_TOKEN or None
+            )
+            self.forwarder.start()
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -98,6 +117,8 @@ class Gateway:
             return _error(400, "bad_filename", f"file names must not contain a path ({filename!r})")
         data = await upload.read(MAX_UPLOAD + 1)
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        if not re.fullmatch(r"[A-Za-z0-9_.-]{1,128}", request_id):
+            return _error(400, "bad_request_id", "X-Request-ID must be 1-128 letters, digits, '.', '_' or '-'")
         try:
             image = await run_in_threadpool(self.preprocess, data)
         except InputError as err:
@@ -107,8 +128,21 @@ class Gateway:
         except bentoml.exceptions.BentoMLException as exc:  # the model service shed load or is restarting
             return _error(503, "model_unavailable", f"the model could not take the request now ({exc}); retry")
         prediction = decode(self.contract, split_outputs(self.contract, np.asarray(logits)))[0]
-        return JSONResponse({
+        answer = {
             "request_id": request_id, "model": FAMILY, "version": VERSION,
-            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            "predictions": prediction,
-        })  # fmt: skip
+            "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "predictions": prediction,
+        }  # fmt: skip
+        if self.forwarder is not None:
+            from medmlops.forwarding import SpoolError
+
+            record = {
+                **answer, "logits": np.asarray(logits)[0].tolist(),
+                "input": {"sha256": hashlib.sha256(data).hexdigest(), "bytes_b64": base64.b64encode(data).decode()},
+            }  # fmt: skip
+            try:
+                await run_in_threadpool(self.forwarder.submit, record)
+            except (SpoolError, ValueError) as exc:  # never drop a record silently
+                return _error(
+                    503, "spool_unavailable", f"the prediction was made but cannot be recorded for monitoring: {exc}"
+                )
+        return JSONResponse(answer)

@@ -227,3 +227,44 @@ def test_bento_builds_offline(tmp_path):
     assert (bento / "src" / "serving" / "service.py").is_file()
     assert (bento / "src" / "src" / "medmlops" / "inference.py").is_file()
     assert "torch==2.14.1" in (bento / "env" / "python" / "requirements.txt").read_text()
+
+
+def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_project, tmp_path):
+    """N requests while the monitoring endpoint is down: all answered; once it is up, exactly N records arrive,
+    each with its request id, version, outputs and the upload (sha256 checked)."""
+    import base64
+    import hashlib
+
+    from .test_forwarding import Receiver, wait_for
+
+    monitoring_port = _free_port()
+    process, url = _start(
+        registered_project, "cxr-findings", "--monitoring-url", f"http://127.0.0.1:{monitoring_port}",
+        "--spool-dir", str(tmp_path / "spool"),
+    )  # fmt: skip
+    receiver = None
+    try:
+        files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:4]
+        sent = {}
+        for i in range(12):
+            data = files[i % len(files)].read_bytes()
+            status, body = _predict(url, data)
+            assert status == 200, body
+            sent[body["request_id"]] = (data, body)
+        assert len(list((tmp_path / "spool" / "cxr-findings").glob("*.json"))) == 12  # kept on disk meanwhile
+        receiver = Receiver(monitoring_port)
+        assert wait_for(lambda: len(receiver.records) == 12, timeout_s=90), f"{len(receiver.records)} of 12 arrived"
+        time.sleep(1.0)
+        assert sorted(receiver.records) == sorted(sent) and receiver.posts == 12
+        for request_id, record in receiver.records.items():
+            data, body = sent[request_id]
+            assert record["version"] == "1" and record["model"] == "cxr-findings"
+            assert record["predictions"] == body["predictions"]
+            assert record["input"]["sha256"] == hashlib.sha256(data).hexdigest()
+            assert base64.b64decode(record["input"]["bytes_b64"]) == data
+            assert len(record["logits"]) == 5
+        assert not list((tmp_path / "spool" / "cxr-findings").glob("*.json"))
+    finally:
+        _stop(process)
+        if receiver is not None:
+            receiver.close()

@@ -300,7 +300,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = {
         **os.environ, "MLFLOW_TRACKING_URI": uri, "MEDMLOPS_FAMILY": args.family, "MEDMLOPS_MODEL_VERSION": version,
         "MEDMLOPS_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "MEDMLOPS_BATCHING": "0" if args.no_batching else "1",
-        "BENTOML_DO_NOT_TRACK": "true", "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
+        "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": args.monitoring_url or os.environ.get("MONITORING_URL", ""),
+        "MEDMLOPS_SPOOL_DIR": str((Path(args.spool_dir) / args.family).resolve()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
     }  # fmt: skip
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", "serving.service:Gateway", "--host", args.host, "--port", str(args.port)]
@@ -466,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--no-batching", action="store_true", help="turn BentoML's adaptive batching off")
+    serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
+    serve.add_argument("--spool-dir", default=".medmlops/spool", help="records waiting for monitoring (per family)")
     serve.add_argument("--repo", default=".", help="project root (holds serving/)")
     _add_params_args(serve)
     serve.set_defaults(func=cmd_serve)
