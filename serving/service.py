@@ -20,8 +20,11 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
+import threading
+import time
 import uuid
 
 import bentoml
@@ -37,10 +40,13 @@ MAX_BATCH = int(os.environ.get("MEDMLOPS_MAX_BATCH_SIZE", "16"))
 # BentoML's dispatcher *rejects* (503 "overloaded") requests it predicts will exceed this; the batching window
 # itself adapts far below it. A tight value sheds load on a slow CPU, so it is a generous upper bound.
 MAX_LATENCY_MS = int(os.environ.get("MEDMLOPS_MAX_LATENCY_MS", "10000"))
+ALIAS = os.environ.get("MEDMLOPS_ALIAS", "")
+RELOAD_S = float(os.environ.get("MEDMLOPS_RELOAD_S", "30"))
 MONITORING_URL = os.environ.get("MONITORING_URL", "")
 SPOOL_DIR = os.environ.get("MEDMLOPS_SPOOL_DIR", "")
 MONITORING_TOKEN = os.environ.get("MEDMLOPS_MONITORING_TOKEN", "")
 FIELD = "image"
+log = logging.getLogger("medmlops.serving")
 _PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|[\\/]|^[A-Za-z]:")
 
 app = FastAPI(title="medmlops serving", docs_url=None, redoc_url=None)
@@ -52,16 +58,50 @@ def _error(status: int, error: str, detail: str) -> JSONResponse:
 
 @bentoml.service(name="medmlops-model", traffic={"timeout": 300})
 class Model:
-    """The registered torch module; ``forward`` is batched adaptively across concurrent requests."""
+    """The registered torch module; ``forward`` is batched adaptively across concurrent requests.
+
+    Follows ``MEDMLOPS_ALIAS``: every ``MEDMLOPS_RELOAD_S`` seconds it resolves the alias; a new version is loaded
+    beside the serving one and swapped in between two batches (no request is dropped). A version whose input or
+    preprocessing differs is not swapped in (the gateway preprocesses with the serving chain): it is logged and
+    needs a restart. ``forward`` appends the version that computed each row as a last column.
+    """
 
     def __init__(self) -> None:
         from medmlops.inference import Predictor
 
         self.predictor = Predictor.from_registry(FAMILY, VERSION)  # version number: an alias move cannot interleave
+        if ALIAS and RELOAD_S > 0:
+            threading.Thread(target=self._follow_alias, name="medmlops-reload", daemon=True).start()
+
+    def _follow_alias(self) -> None:
+        from medmlops.inference import Predictor
+        from medmlops.registry.tracking import resolve_version
+
+        while True:
+            time.sleep(RELOAD_S)
+            try:
+                version = str(resolve_version(FAMILY, ALIAS).version)
+                if version == self.predictor.version:
+                    continue
+                candidate = Predictor.from_registry(FAMILY, version, device=str(self.predictor.device))
+                current = self.predictor.contract
+                if (
+                    candidate.contract.input != current.input
+                    or candidate.contract.preprocessing != current.preprocessing
+                ):
+                    log.error("%s@%s moved to version %s, whose input/preprocessing differ from version %s: restart "
+                              "the server to serve it", FAMILY, ALIAS, version, self.predictor.version)  # fmt: skip
+                    continue
+                self.predictor = candidate  # one reference swap: a batch uses one version throughout
+                log.info("%s@%s: now serving version %s", FAMILY, ALIAS, version)
+            except Exception:  # noqa: BLE001 - MLflow briefly unreachable: keep serving, try again
+                log.exception("checking %s@%s for a new version failed", FAMILY, ALIAS)
 
     @bentoml.api(batchable=BATCHING, max_batch_size=MAX_BATCH, max_latency_ms=MAX_LATENCY_MS)
     def forward(self, images: np.ndarray) -> np.ndarray:
-        return self.predictor.forward(images)
+        predictor = self.predictor
+        logits = predictor.forward(images)
+        return np.concatenate([logits, np.full((len(logits), 1), float(predictor.version), np.float32)], axis=1)
 
 
 @bentoml.service(name="medmlops-serving", traffic={"timeout": 300})
@@ -76,6 +116,7 @@ class Gateway:
         from medmlops.registry.tracking import load_contract
 
         self.contract = load_contract(FAMILY, VERSION)
+        self.contracts = {VERSION: self.contract}
         self.preprocess = Preprocessor(FAMILY, self.contract, MAX_UPLOAD)
         self.forwarder = None
         if MONITORING_URL:
@@ -85,6 +126,14 @@ class Gateway:
                 MONITORING_URL, SPOOL_DIR or f".medmlops/spool/{FAMILY}", token=MONITORING_TOKEN or None
             )
             self.forwarder.start()
+
+    def _contract(self, version: str):
+        """The contract of ``version`` (thresholds may differ between versions), loaded once."""
+        if version not in self.contracts:
+            from medmlops.registry.tracking import load_contract
+
+            self.contracts[version] = load_contract(FAMILY, version)
+        return self.contracts[version]
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:
@@ -127,16 +176,20 @@ class Gateway:
             logits = await self.model.to_async.forward(image.numpy()[None])
         except bentoml.exceptions.BentoMLException as exc:  # the model service shed load or is restarting
             return _error(503, "model_unavailable", f"the model could not take the request now ({exc}); retry")
-        prediction = decode(self.contract, split_outputs(self.contract, np.asarray(logits)))[0]
+        logits = np.asarray(logits)
+        version = str(int(logits[0, -1]))  # the version that computed it (the alias may have moved)
+        contract = await run_in_threadpool(self._contract, version)
+        logits = logits[:, :-1]
+        prediction = decode(contract, split_outputs(contract, logits))[0]
         answer = {
-            "request_id": request_id, "model": FAMILY, "version": VERSION,
+            "request_id": request_id, "model": FAMILY, "version": version,
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "predictions": prediction,
         }  # fmt: skip
         if self.forwarder is not None:
             from medmlops.forwarding import SpoolError
 
             record = {
-                **answer, "logits": np.asarray(logits)[0].tolist(),
+                **answer, "logits": logits[0].tolist(),
                 "input": {"sha256": hashlib.sha256(data).hexdigest(), "bytes_b64": base64.b64encode(data).decode()},
             }  # fmt: skip
             try:

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -268,3 +269,50 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
         _stop(process)
         if receiver is not None:
             receiver.close()
+
+
+def test_a_moved_alias_is_served_without_dropping_requests(registered_project, monkeypatch):
+    """Requests flow while a new version is registered as @candidate: every answer is 200, and the answers switch
+    from version 1 to the new version (reported with each response). The alias is put back afterwards."""
+    from mlflow import MlflowClient
+
+    from medmlops.cli import main
+
+    uri = f"sqlite:///{registered_project / '.medmlops' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    process, url = _start(registered_project, "cxr-findings", "--reload-s", "1")
+    data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    answers: list[tuple[int, str]] = []
+    stop = threading.Event()
+
+    def traffic():
+        while not stop.is_set():
+            status, body = _predict(url, data)
+            answers.append((status, body.get("version", "")))
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    thread.start()
+    try:
+        time.sleep(2)
+        monkeypatch.chdir(registered_project)
+        monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+        assert (
+            main(["train", "cxr-findings", "--profile", "smoke", "--quiet", "--register"]) == 0
+        )  # resumes: new version
+        new = str(client.get_registered_model("cxr-findings").aliases["candidate"])
+        assert new != "1"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (answers and answers[-1][1] == new):
+            time.sleep(0.5)
+        time.sleep(1)
+    finally:
+        stop.set()
+        thread.join(30)
+        client.set_registered_model_alias("cxr-findings", "candidate", "1")
+        _stop(process)
+    statuses = {status for status, _ in answers}
+    versions = [version for _, version in answers]
+    assert statuses == {200}, answers
+    assert versions[0] == "1" and versions[-1] == new
+    switch = versions.index(new)
+    assert set(versions[switch:]) == {new}, "once switched, the new version serves every request"

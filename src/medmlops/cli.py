@@ -302,6 +302,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "MEDMLOPS_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "MEDMLOPS_BATCHING": "0" if args.no_batching else "1",
         "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": args.monitoring_url or os.environ.get("MONITORING_URL", ""),
         "MEDMLOPS_SPOOL_DIR": str((Path(args.spool_dir) / args.family).resolve()),
+        "MEDMLOPS_ALIAS": "" if args.alias.isdigit() else args.alias, "MEDMLOPS_RELOAD_S": str(args.reload_s),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(code_root), os.environ.get("PYTHONPATH")])),
     }  # fmt: skip
     bentoml = Path(sys.executable).with_name("bentoml")
@@ -468,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--no-batching", action="store_true", help="turn BentoML's adaptive batching off")
+    serve.add_argument("--reload-s", type=float, default=30.0, help="poll the alias this often; 0 = never switch")
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
     serve.add_argument("--spool-dir", default=".medmlops/spool", help="records waiting for monitoring (per family)")
     serve.add_argument("--repo", default=".", help="project root (holds serving/)")
