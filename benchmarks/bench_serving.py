@@ -1,0 +1,176 @@
+"""Serving throughput: requests/s and p50/p99 latency at concurrency 1, 8 and 32 for cxr-findings, with BentoML's
+adaptive batching on vs off, next to the same model's in-process forward (batch 1 vs batch 16). One run, one table.
+
+    .venv/bin/python benchmarks/bench_serving.py [--project DIR] [--requests 96] [--size 128]
+
+Without ``--project`` it trains and registers a smoke ``cxr-findings`` (``--size`` px) in a temporary project.
+Servers listen on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _project(root: Path, size: int) -> Path:
+    from medmlops.cli import main
+    from medmlops.data.simulate import generate
+
+    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    generate(
+        "chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(size, size), progress=False
+    )
+    os.chdir(root)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    sets = ["--set", f"preprocess.chexpert.size={size}"]
+    assert main(["train", "cxr-findings", "--profile", "smoke", "--quiet", "--register", *sets]) == 0
+    return root
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _serve(project: Path, batching: bool):
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"}
+    command = [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--alias", "candidate", "--port", str(port),
+               "--repo", str(REPO), "--reload-s", "0", *([] if batching else ["--no-batching"])]  # fmt: skip
+    process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
+                if response.status == 200:
+                    return process, url
+        except OSError:
+            time.sleep(1)
+    process.kill()
+    raise RuntimeError("server did not start")
+
+
+def _stop(process) -> None:
+    import signal
+
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _request(url: str, data: bytes) -> float:
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'.encode() + data
+            + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
+                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
+    start = time.perf_counter()
+    with urllib.request.urlopen(request, timeout=120) as response:
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"status {response.status}")
+    return time.perf_counter() - start
+
+
+def _load(url: str, payloads: list[bytes], concurrency: int) -> dict:
+    for data in payloads[:4]:
+        _request(url, data)  # warm-up
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        latencies = sorted(pool.map(lambda d: _request(url, d), payloads))
+    elapsed = time.perf_counter() - start
+    return {
+        "rps": len(payloads) / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies),
+        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+    }
+
+
+def _in_process(project: Path, payloads: list[bytes]) -> dict:
+    import mlflow
+    import torch
+
+    from medmlops.inference import Predictor
+
+    uri = f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    predictor = Predictor.from_registry("cxr-findings", "candidate")
+    tensors = torch.stack([predictor.preprocess(d) for d in payloads[:16]])
+    out = {}
+    for batch in (1, 16):
+        predictor.forward(tensors[:batch])
+        start, n = time.perf_counter(), 0
+        while time.perf_counter() - start < 3.0:
+            predictor.forward(tensors[:batch])
+            n += batch
+        out[batch] = n / (time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--project", default=None, help="project with cxr-findings@candidate registered (SQLite)")
+    parser.add_argument("--requests", type=int, default=96)
+    parser.add_argument("--size", type=int, default=128, help="image side when training the smoke model")
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    tmp = None
+    if args.project:
+        project = Path(args.project).resolve()
+    else:
+        tmp = tempfile.mkdtemp(prefix="bench-serving-")
+        print(f"training a smoke cxr-findings at {args.size} px in {tmp} ...", flush=True)
+        project = _project(Path(tmp), args.size)
+    files = sorted((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
+    payloads = [files[i % len(files)].read_bytes() for i in range(args.requests)]
+    rows = []
+    for batching in (True, False):
+        process, url = _serve(project, batching)
+        try:
+            for concurrency in (1, 8, 32):
+                result = _load(url, payloads, concurrency)
+                rows.append((batching, concurrency, result))
+                print(f"  batching {'on ' if batching else 'off'} c={concurrency:<3} {result['rps']:7.1f} req/s  "
+                      f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms", flush=True)  # fmt: skip
+        finally:
+            _stop(process)
+    forward = _in_process(project, payloads)
+    print("\nserving cxr-findings over HTTP (127.0.0.1), one process each")
+    print(
+        f"{'concurrency':>11} | {'batching on req/s':>17} {'p50 ms':>8} {'p99 ms':>8} | {'off req/s':>9} {'p50 ms':>8} {'p99 ms':>8} | on/off"
+    )
+    for concurrency in (1, 8, 32):
+        on = next(r for b, c, r in rows if b and c == concurrency)
+        off = next(r for b, c, r in rows if not b and c == concurrency)
+        print(f"{concurrency:>11} | {on['rps']:>17.1f} {on['p50_ms']:>8.1f} {on['p99_ms']:>8.1f} | {off['rps']:>9.1f} "
+              f"{off['p50_ms']:>8.1f} {off['p99_ms']:>8.1f} | {on['rps'] / off['rps']:.2f}x")  # fmt: skip
+    best = max(r["rps"] for _, _, r in rows)
+    print(f"\nin-process forward: batch 1 {forward[1]:.1f} img/s, batch 16 {forward[16]:.1f} img/s "
+          f"({forward[16] / forward[1]:.2f}x); best HTTP {best:.1f} req/s = {best / forward[16]:.2f} of batched in-process")  # fmt: skip
+    if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
