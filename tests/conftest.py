@@ -136,7 +136,8 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def registered_project(tmp_path_factory):
-    """Smoke ich-mt-ord and cxr-findings trained and registered as @candidate (SQLite registry)."""
+    """Smoke ich-mt-ord, cxr-findings and covid-mdmt (from its two STL backbones) trained and registered as
+    @candidate (SQLite registry): one model per served family."""
     from medmlops.cli import main
     from medmlops.data.simulate import generate
 
@@ -145,13 +146,17 @@ def registered_project(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     generate("ich", root / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
     generate("chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(64, 64), progress=False)
-    generate("aiforcovid", root / "data" / "raw" / "aiforcovid", n=6, seed=0, shape=(64, 64), progress=False)
+    generate("aiforcovid", root / "data" / "raw" / "aiforcovid", n=24, seed=0, shape=(64, 64), progress=False)
+    generate("brixia", root / "data" / "raw" / "brixia", n=24, seed=0, shape=(64, 64), progress=False)
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)
     try:
-        for experiment in ("ich-mt-ord", "cxr-findings"):
-            assert main(["train", experiment, "--profile", "smoke", "--quiet", "--register"]) == 0
+        for experiment in ("ich-mt-ord", "cxr-findings", "covid-stl-prognosis", "covid-stl-severity", "covid-mdmt"):
+            register = (
+                ["--register"] if experiment in ("ich-mt-ord", "cxr-findings", "covid-mdmt") else ["--no-register"]
+            )
+            assert main(["train", experiment, "--profile", "smoke", "--quiet", *register]) == 0
     finally:
         mp.undo()
     return root

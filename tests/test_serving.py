@@ -130,6 +130,20 @@ def test_ct_prediction_over_http(registered_project, servers):
     assert body["predictions"]["prognosis"]["label"] in ("good", "poor")
 
 
+def test_covid_prognosis_over_http(registered_project):
+    """The third family: MDMT with two heads (AIforCOVID prognosis, BRIXIA severity) from a DICOM upload."""
+    process, url = _start(registered_project, "covid-prognosis", "--reload-s", "0")
+    try:
+        data = next((registered_project / "data" / "raw" / "aiforcovid").rglob("*.dcm")).read_bytes()
+        status, body = _predict(url, data, "film.dcm")
+    finally:
+        _stop(process)
+    assert status == 200, body
+    assert body["model"] == "covid-prognosis"
+    assert set(body["predictions"]) == {"prognosis", "severity"}
+    assert body["predictions"]["prognosis"]["label"] in body["predictions"]["prognosis"]["probabilities"]
+
+
 def test_xray_predictions_over_http_match_in_process(registered_project, servers):
     import numpy as np
     from PIL import Image
