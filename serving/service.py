@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 
+import aiohttp
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
@@ -172,10 +173,20 @@ class Gateway:
             image = await run_in_threadpool(self.preprocess, data)
         except InputError as err:
             return _error(err.status, err.error, err.detail)
-        try:
-            logits = await self.model.to_async.forward(image.numpy()[None])
-        except bentoml.exceptions.BentoMLException as exc:  # the model service shed load or is restarting
-            return _error(503, "model_unavailable", f"the model could not take the request now ({exc}); retry")
+        logits = None
+        for _attempt in range(3):
+            try:
+                logits = await self.model.to_async.forward(image.numpy()[None])
+                break
+            except aiohttp.ClientError as exc:
+                # A pooled keep-alive connection the model service was just closing ("Server disconnected"):
+                # forward is pure, so resend (measured: ~4 % of requests at concurrency 8 without this).
+                failure = exc
+            except bentoml.exceptions.BentoMLException as exc:  # the model service shed load or is restarting
+                failure = exc
+                break
+        if logits is None:
+            return _error(503, "model_unavailable", f"the model could not take the request now ({failure}); retry")
         logits = np.asarray(logits)
         version = str(int(logits[0, -1]))  # the version that computed it (the alias may have moved)
         contract = await run_in_threadpool(self._contract, version)
