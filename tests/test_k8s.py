@@ -451,7 +451,11 @@ def test_serving_family_deployment_service_hpa_pdb(family):
     deployment = _find("Deployment", family)
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == params.images.serve
-    assert container["command"] == ["medmlops", "serve", family, "--alias", "champion", "--port", "3000"]
+    assert container["command"] == [
+        "medmlops", "serve", family, "--alias", "champion", "--host", "0.0.0.0", "--port", "3000",
+        "--spool-dir", "/var/spool/medmlops",
+    ]  # fmt: skip
+    assert {"name": "spool", "mountPath": "/var/spool/medmlops"} in container["volumeMounts"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     env = {e["name"]: e for e in container["env"]}
