@@ -181,16 +181,9 @@ def cmd_registry(args: argparse.Namespace) -> int:
 
 def _pipelines_module(repo: Path):
     """``pipelines/run.py`` of the project at ``repo`` (it lives beside the pipelines: the core never imports kfp)."""
-    if not (repo / "pipelines" / "run.py").is_file():
-        # A data project without the code: use the pipelines of the checkout medmlops is installed from.
-        import medmlops
-
-        source = Path(medmlops.__file__).resolve().parents[2]
-        if not (source / "pipelines" / "run.py").is_file():
-            raise UserError(f"{repo / 'pipelines'}: no pipelines here; run from the project root or pass --repo")
-        repo = source
-    if str(repo) not in sys.path:
-        sys.path.insert(0, str(repo))
+    root = _code_root(repo, "pipelines/run.py")
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
     import importlib
 
     return importlib.import_module("pipelines.run")

@@ -12,21 +12,9 @@ import torch
 import torch.nn as nn
 
 from medmlops.config import TrainConfig
+from medmlops.training._ddp_check import TinyDataset
 from medmlops.training.loop import _accumulation_groups, oversample_indices, train_fold
 from medmlops.training.tasks import ICH_TASKS
-
-
-class TinyDataset(torch.utils.data.Dataset):
-    def __init__(self, n: int, seed: int = 0, positive_share: float = 0.25) -> None:
-        rng = np.random.default_rng(seed)
-        self.labels = (rng.random(n) < positive_share).astype(int)
-        self.images = (rng.normal(size=(n, 1, 4, 4, 4)) + self.labels[:, None, None, None, None]).astype(np.float32)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"image": torch.from_numpy(self.images[i]), "sample_id": str(i), "prognosis": int(self.labels[i])}
 
 
 class TinyModel(nn.Module):
