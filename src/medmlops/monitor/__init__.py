@@ -1,0 +1,1 @@
+"""The INFORMER monitoring service's core: durable record store, processing worker, metrics, dashboard."""
