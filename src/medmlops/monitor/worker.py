@@ -86,12 +86,13 @@ class Worker:
         max_attempts: tries of a record the analyser raises on before it is marked failed.
         cache_size: analysers kept loaded.
         on_batch: called after each committed batch with (family, version, seconds, n_done, n_failed).
+        clock: monotonic seconds, for the backoff (tests pass their own).
     """
 
     def __init__(
         self, store: Store, *, factory: AnalyserFactory | None = None, batch_size: int = 8, poll_s: float = 1.0,
         min_backoff_s: float = 1.0, max_backoff_s: float = 300.0, max_attempts: int = 5, cache_size: int = 4,
-        on_batch: BatchHook | None = None,
+        on_batch: BatchHook | None = None, clock: Callable[[], float] = time.monotonic,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -99,7 +100,7 @@ class Worker:
         self.analysers = AnalyserCache(factory or registry_analyser, cache_size)
         self.batch_size, self.poll_s, self.max_attempts = batch_size, poll_s, max_attempts
         self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
-        self.on_batch = on_batch
+        self.on_batch, self.clock = on_batch, clock
         self._backoff: dict[tuple[str, str], tuple[float, float]] = {}  # pair → (retry at, current delay)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -160,13 +161,13 @@ class Worker:
     def _idle_wait(self) -> float:
         if not self._backoff:
             return self.poll_s
-        soonest = min(at for at, _delay in self._backoff.values()) - time.monotonic()
+        soonest = min(at for at, _delay in self._backoff.values()) - self.clock()
         return max(0.05, min(self.poll_s, soonest))
 
     # -- one batch ----------------------------------------------------------------------------------------------------
 
     def _skipped(self) -> set[tuple[str, str]]:
-        now = time.monotonic()
+        now = self.clock()
         return {pair for pair, (at, _delay) in self._backoff.items() if at > now}
 
     def run_once(self) -> int:
@@ -198,7 +199,7 @@ class Worker:
     def _back_off(self, family: str, version: str, batch: list[PendingRecord], exc: BaseException) -> None:
         _at, delay = self._backoff.get((family, version), (0.0, self.min_backoff_s / 2))
         delay = min(max(delay * 2, self.min_backoff_s), self.max_backoff_s)
-        self._backoff[(family, version)] = (time.monotonic() + delay, delay)
+        self._backoff[(family, version)] = (self.clock() + delay, delay)
         message = f"model {family} version {version} cannot be loaded ({_error_text(exc)})"
         log.error("%s; its pending records wait, next try in %.0f s", message, delay)
         self.store.note_retry([r.request_id for r in batch], message)
