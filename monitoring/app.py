@@ -40,7 +40,7 @@ from medmlops.monitor.store import RecordError
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 WRITE_ROUTES = {"/records", "/v1/records", "/v1/labels"}
-OPEN_ROUTES = {"/healthz", "/metrics", "/dashboard", "/", "unmatched"}
+OPEN_ROUTES = {"/healthz", "/metrics", "/dashboard", "/"}
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
 
@@ -49,16 +49,17 @@ def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": error, "detail": detail, **extra}, status_code=status, headers=headers)
 
 
-def _handler(app: FastAPI, scope: dict) -> str:
-    """The route template a request goes to (bounded label values for the request counter)."""
+def _handler(app: FastAPI, scope: dict) -> tuple[str, bool]:
+    """The route template a request goes to (bounded label values for the request counter), and whether its method
+    matches too (when not, the answer is 405 whoever asks)."""
     partial = None
     for route in app.router.routes:
         match, _ = route.matches(scope)
         if match == Match.FULL:
-            return route.path
+            return route.path, True
         if match == Match.PARTIAL and partial is None:
             partial = route.path
-    return partial or "unmatched"
+    return partial or "unmatched", False
 
 
 def _query(request: Request, name: str, default: str | None = None) -> str | None:
@@ -94,8 +95,8 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
-        handler = _handler(app, request.scope)
-        scope = "write" if handler in WRITE_ROUTES else "open" if handler in OPEN_ROUTES else "read"
+        handler, routed = _handler(app, request.scope)
+        scope = "open" if not routed or handler in OPEN_ROUTES else "write" if handler in WRITE_ROUTES else "read"
         if not monitor.allowed(scope, request.headers.get("authorization")):
             given = "a wrong token" if request.headers.get("authorization") else "no token"
             kind = "the write token" if scope == "write" else "a read token"

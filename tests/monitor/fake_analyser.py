@@ -56,10 +56,10 @@ class FakeAnalyser:
             raise RuntimeError("the analyser crashed")
         out: list[Any] = []
         for upload in uploads:
-            time.sleep(self.delay_s)
-            if self.log:
+            if self.log:  # before the work: a test can see a batch in flight
                 with open(self.log, "a", encoding="utf-8") as f:
                     f.write(hashlib.sha256(upload).hexdigest() + "\n")
+            time.sleep(self.delay_s)
             if upload.startswith(b"BAD"):
                 out.append(InputError("unreadable_image", "the upload is not a PNG, JPEG, DICOM or NIfTI file"))
             else:
