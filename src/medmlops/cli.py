@@ -469,6 +469,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(serve)
     serve.set_defaults(func=cmd_serve)
 
+    from medmlops.informer.cli import add_informer_parser
+    from medmlops.monitor.cli import add_monitor_parser
+
+    add_informer_parser(sub, _add_params_args)
+    add_monitor_parser(sub, _add_params_args)
+
     config = sub.add_parser("config", help="inspect the configuration").add_subparsers(
         dest="config_command", required=True
     )

@@ -1,0 +1,312 @@
+"""Fit INFORMER's per-class thresholds for a registered model version and store them with the version.
+
+The calibration uses the validation split of the fold whose weights were registered (the split the model never
+trained on and the prediction thresholds were chosen on, as in Shu et al.). It stores, with the model version:
+
+* ``informer/calibration.json``: per saliency method and per class the threshold τ_c and flag direction; the
+  baselines' (MSR, entropy, TTA) thresholds from the same grid search; the embedding PCA; validation F1 before
+  and after flag-and-swap;
+* ``informer/reference.csv``: the validation set's per-image features (the drift reports' reference);
+* ``contract.json`` rewritten with its ``informer`` field filled (method, direction, τ, baselines' τ), so
+  everything that reads the contract sees the calibration.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medmlops.config import Params
+from medmlops.errors import UserError
+from medmlops.informer import scores
+from medmlops.informer.analyser import N_PCS, compute_outputs, feature_frame
+from medmlops.informer.saliency import METHODS, LogitsModel
+from medmlops.registry.contract import ModelContract
+
+log = logging.getLogger(__name__)
+
+CALIBRATION_FILE = "informer/calibration.json"
+REFERENCE_FILE = "informer/reference.csv"
+SCHEMA = 1
+
+
+class CalibrationError(UserError, ValueError):
+    """The calibration cannot be computed or read; the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Data of a registered version: its fold's validation / test split, preprocessed exactly as in training
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def version_split(
+    params: Params, family: str, version: str, split: str, *, repo: Path = Path("."), progress: bool = False
+) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
+    """The images ``(N, *shape)``, labels by task and sample ids of ``split`` (val | test) of the fold whose weights
+    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag)."""
+    from mlflow import MlflowClient
+
+    from medmlops.data import preprocess as prep
+    from medmlops.registry.tracking import load_contract
+    from medmlops.training.experiment import experiment_sources, plan_experiment
+
+    contract = load_contract(family, version)
+    client = MlflowClient()
+    mv = client.get_model_version(family, str(version))
+    run = client.get_run(mv.run_id)
+    if "best_fold" not in run.data.tags:
+        raise CalibrationError(f"{family} version {version}: its run {mv.run_id} has no best_fold tag")
+    fold = int(run.data.tags["best_fold"])
+    plan = plan_experiment(contract.experiment, params, repo=repo, progress=progress)
+    part = plan.splits[(plan.splits["fold"] == fold) & (plan.splits["split"] == split)]
+    ids = [i for i in part["sample_id"].tolist() if i in plan.items]
+    if not ids:
+        raise CalibrationError(f"{family} version {version}: fold {fold} has no {split} images in this project")
+    dataset = prep.make_dataset(
+        params, experiment_sources(plan.exp)[0], [plan.items[i] for i in ids], augment=False, repo=repo
+    )
+    images = torch.stack([torch.as_tensor(dataset[k]["image"], dtype=torch.float32) for k in range(len(dataset))])
+    if tuple(images.shape[1:]) != tuple(contract.input.shape):
+        raise CalibrationError(
+            f"{family} version {version} takes images of shape {list(contract.input.shape)} but the "
+            f"'{params.profile}' profile preprocesses to {list(images.shape[1:])}: use the profile it was trained with"
+        )
+    labels = {}
+    for task in plan.tasks.values():
+        if task.kind == "multilabel":
+            labels[task.name] = np.stack([np.asarray(plan.items[i][task.name], dtype=np.float64) for i in ids])
+        else:
+            labels[task.name] = np.asarray([plan.items[i][task.column] for i in ids], dtype=np.float64)
+    return images, labels, ids
+
+
+def batched_outputs(
+    model: LogitsModel,
+    contract: ModelContract,
+    images: torch.Tensor,
+    *,
+    methods: tuple[str, ...],
+    tta_samples: int,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "informer",
+) -> dict[str, Any]:
+    """:func:`compute_outputs` over ``images`` in batches, concatenated."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
+        x = images[start : start + batch_size]
+        parts.append(compute_outputs(model, contract, x, methods=methods, tta_samples=tta_samples, seed=seed + start))
+    out: dict[str, Any] = {"d": {m: np.concatenate([p["d"][m] for p in parts]) for m in methods}}
+    for key in ("logits", "probabilities", "predictions", "entropy", "msr", "embedding", "image_stats", "tta"):
+        if key in parts[0]:
+            out[key] = np.concatenate([p[key] for p in parts])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fitting
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def baseline_scores(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The baselines' per-class uncertainty scores: MSR, predictive entropy and (when computed) TTA's std."""
+    out = {"msr": outputs["msr"], "entropy": outputs["entropy"]}
+    if "tta" in outputs:
+        out["tta"] = outputs["tta"]
+    return out
+
+
+def fit_scores(
+    score: np.ndarray, targets: np.ndarray, predictions: np.ndarray, classes: list[str], direction: str, step: float
+) -> dict[str, Any]:
+    """Per class the grid-searched τ (None = never flag) with validation F1 before and after flag-and-swap."""
+    fits = {c: scores.fit_flag_threshold(score[:, j], targets[:, j], predictions[:, j], direction, step)
+            for j, c in enumerate(classes)}  # fmt: skip
+    return {
+        "direction": direction,
+        "tau": {c: f.tau for c, f in fits.items()},
+        "f1_before": {c: f.f1_before for c, f in fits.items()},
+        "f1_after": {c: f.f1_after for c, f in fits.items()},
+        "n_flagged": {c: f.n_flagged for c, f in fits.items()},
+    }
+
+
+def fit_calibration(
+    outputs: dict[str, Any],
+    targets: np.ndarray,
+    contract: ModelContract,
+    *,
+    methods: tuple[str, ...],
+    direction: str = "low",
+    step: float = 0.001,
+    n_pcs: int = N_PCS,
+) -> dict[str, Any]:
+    """The calibration dict from validation outputs (:func:`batched_outputs`) and per-logit targets."""
+    classes = contract.output_names()
+    predictions = outputs["predictions"]
+    fitted = {m: fit_scores(outputs["d"][m], targets, predictions, classes, direction, step) for m in methods}
+    baselines = {
+        name: fit_scores(score, targets, predictions, classes, scores.SCORE_DIRECTIONS[name], step)
+        for name, score in baseline_scores(outputs).items()
+    }
+    emb = outputs["embedding"]
+    mean = emb.mean(axis=0)
+    k = int(min(n_pcs, emb.shape[0] - 1, emb.shape[1]))
+    components = np.linalg.svd(emb - mean, full_matrices=False)[2][:k] if k > 0 else np.zeros((0, emb.shape[1]))
+    return {
+        "schema": SCHEMA, "family": contract.family, "method": methods[0], "direction": direction, "step": step,
+        "classes": classes, "methods": fitted, "baselines": baselines,
+        "pca": {"mean": mean.tolist(), "components": components.tolist()},
+        "n_validation": int(len(targets)),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }  # fmt: skip
+
+
+def contract_summary(calibration: dict[str, Any]) -> dict[str, Any]:
+    """What the model contract carries: the primary method's τ and direction and the baselines' τ."""
+    method = calibration["method"]
+    return {
+        "method": method, "direction": calibration["direction"], "tau": calibration["methods"][method]["tau"],
+        "methods": {m: {"direction": f["direction"], "tau": f["tau"]} for m, f in calibration["methods"].items()},
+        "baselines": {b: {"direction": f["direction"], "tau": f["tau"]} for b, f in calibration["baselines"].items()},
+        "n_validation": calibration["n_validation"], "created_at": calibration["created_at"],
+        "artifact": CALIBRATION_FILE,
+    }  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registry I/O
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def store_calibration(family: str, version: str, calibration: dict[str, Any], reference: pd.DataFrame) -> None:
+    """Log the calibration and reference features with the model version and fill the contract's ``informer``."""
+    from mlflow import MlflowClient
+
+    from medmlops.registry.tracking import CONTRACT_FILE, load_contract
+
+    client = MlflowClient()
+    mv = client.get_model_version(family, str(version))
+    # The SQLite registry leaves ``model_id`` empty; the source is the logged model's ``models:/m-...`` URI.
+    model_id = getattr(mv, "model_id", None) or (
+        mv.source.removeprefix("models:/") if str(mv.source).startswith("models:/m-") else None
+    )
+    if not model_id:
+        raise CalibrationError(f"{family} version {version} has no logged model to store the calibration with")
+    contract = replace(load_contract(family, version), informer=contract_summary(calibration)).validate()
+    with tempfile.TemporaryDirectory(prefix="medmlops-informer-") as tmp:
+        folder = Path(tmp) / "informer"
+        folder.mkdir()
+        (folder / "calibration.json").write_text(json.dumps(calibration, indent=1, allow_nan=False))
+        reference.to_csv(folder / "reference.csv", index=False)
+        client.log_model_artifacts(model_id, str(folder), artifact_path="informer")
+        path = Path(tmp) / CONTRACT_FILE
+        path.write_text(contract.to_json(), encoding="utf-8")
+        client.log_model_artifact(model_id, str(path))
+    client.set_model_version_tag(family, str(version), "informer_method", calibration["method"])
+    client.set_model_version_tag(family, str(version), "informer_calibrated_at", calibration["created_at"])
+
+
+def _download(family: str, version: str, name: str) -> Path | None:
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    tmp = tempfile.mkdtemp(prefix="medmlops-informer-")
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{family}/{version}/{name}", dst_path=tmp)
+        )
+    except (MlflowException, OSError):
+        return None
+
+
+def load_calibration(family: str, version: str, contract: ModelContract | None = None) -> dict[str, Any] | None:
+    """The stored calibration of a version, or None when it was never calibrated."""
+    if contract is not None and not contract.informer:
+        return None  # calibrating fills the contract's informer field: no field, no calibration
+    path = _download(family, str(version), CALIBRATION_FILE)
+    if path is None or not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise CalibrationError(f"{family} version {version}: {CALIBRATION_FILE} is not valid JSON ({exc})") from exc
+    if data.get("schema") != SCHEMA:
+        raise CalibrationError(f"{family} version {version}: calibration schema {data.get('schema')!r} is unknown")
+    return data
+
+
+def load_reference(family: str, version: str) -> pd.DataFrame:
+    """The reference (validation) features of a calibrated version: the drift reports' baseline."""
+    path = _download(family, str(version), REFERENCE_FILE)
+    if path is None or not path.is_file():
+        raise CalibrationError(
+            f"{family} version {version} has no reference features: run `medmlops informer calibrate {family} "
+            f"--version {version}` first"
+        )
+    return pd.read_csv(path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def calibrate_version(
+    params: Params,
+    family: str,
+    alias: str = "candidate",
+    *,
+    methods: tuple[str, ...] = ("ixg", "lrp"),
+    direction: str = "low",
+    tta_samples: int = 8,
+    repo: Path = Path("."),
+    progress: bool = True,
+    store: bool = True,
+) -> dict[str, Any]:
+    """Calibrate ``family@alias`` (or a version number) on its validation split and store the result with it."""
+    from medmlops.registry.tracking import load_model, resolve_version
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise CalibrationError(f"unknown saliency method '{unknown[0]}' (expected one of: {', '.join(METHODS)})")
+    if direction not in scores.DIRECTIONS:
+        raise CalibrationError(f"direction must be low or high, got '{direction}'")
+    version = str(resolve_version(family, alias).version)
+    model, contract, _ = load_model(family, version)
+    if len(contract.output_names()) < 2:
+        raise CalibrationError(f"{family} has one output logit; INFORMER compares the maps of at least two classes")
+    images, labels, _ = version_split(params, family, version, "val", repo=repo, progress=progress)
+    targets = scores.logit_targets(contract, labels)
+    logits_model = LogitsModel(model, contract.task_names()).eval()
+    outputs = batched_outputs(
+        logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
+        desc=f"calibrate {family} v{version}",
+    )  # fmt: skip
+    calibration = fit_calibration(outputs, targets, contract, methods=methods, direction=direction)
+    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples)
+    reference = feature_frame(outputs, contract.output_names(), calibration, methods[0])
+    for j, cls in enumerate(contract.output_names()):
+        reference[f"label:{cls}"] = targets[:, j]
+    if store:
+        store_calibration(family, version, calibration, reference)
+    method = calibration["method"]
+    fit = calibration["methods"][method]
+    log.info(
+        "%s v%s calibrated on %d validation images (%s, direction %s): tau %s",
+        family, version, len(images), method, direction, fit["tau"],
+    )  # fmt: skip
+    return calibration

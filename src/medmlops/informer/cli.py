@@ -1,0 +1,77 @@
+"""``medmlops informer calibrate|evaluate``: argument parsing only; the work is in the core modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _add_common(parser: argparse.ArgumentParser, default_alias: str) -> None:
+    parser.add_argument("family", help="registered model: cxr-findings, ich-prognosis or covid-prognosis")
+    parser.add_argument("--alias", default=default_alias, help=f"alias or version number (default: {default_alias})")
+    parser.add_argument(
+        "--method", dest="methods", action="append", default=None, choices=("ixg", "lrp", "gradcam", "ig"),
+        help="saliency method (repeatable; the first is the one monitoring uses; default: ixg and lrp)",
+    )  # fmt: skip
+    parser.add_argument("--direction", choices=("low", "high"), default="low", help="which side of tau is uncertain")
+    parser.add_argument("--tta", type=int, default=8, help="test-time augmentations for the TTA baseline (0 = off)")
+    parser.add_argument("--repo", default=".", help="project root (params, preprocessed data)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from medmlops.informer.calibrate import calibrate_version
+    from medmlops.registry import tracking
+
+    params = args.load_params(args)
+    tracking.configure(params.registry, cwd=Path(args.repo))
+    calibration = calibrate_version(
+        params, args.family, args.alias, methods=tuple(args.methods or ("ixg", "lrp")), direction=args.direction,
+        tta_samples=args.tta, repo=Path(args.repo), progress=not args.quiet,
+    )  # fmt: skip
+    method = calibration["method"]
+    fit = calibration["methods"][method]
+    print(f"{args.family} v{calibration['version']}: calibrated on {calibration['n_validation']} validation images")
+    for cls, tau in fit["tau"].items():
+        print(f"  {cls:<32} tau {'-' if tau is None else f'{tau:.3f}':>7}  val F1 {fit['f1_before'][cls]:.3f} -> "
+              f"{fit['f1_after'][cls]:.3f}")  # fmt: skip
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medmlops.informer.evaluate import evaluate_version
+    from medmlops.registry import tracking
+
+    params = args.load_params(args)
+    tracking.configure(params.registry, cwd=Path(args.repo))
+    summary = evaluate_version(
+        params, args.family, args.alias, methods=tuple(args.methods or ("ixg", "lrp")), direction=args.direction,
+        tta_samples=args.tta, n_bootstrap=args.bootstrap, shifts=tuple(args.shift or ()), out_dir=Path(args.out),
+        repo=Path(args.repo), progress=not args.quiet,
+    )  # fmt: skip
+    print(json.dumps(summary["mean_f1"], indent=2))
+    print(f"INFORMER vs baselines (mean F1 on test): {summary['informer_vs_baselines_mean_f1']}")
+    print(f"report: {Path(summary['figure']).parent / 'report.html'}")
+    return 0
+
+
+def add_informer_parser(sub: argparse._SubParsersAction, add_params_args: Callable) -> None:
+    from medmlops.cli import _params
+
+    informer = sub.add_parser("informer", help="INFORMER: calibrate flag thresholds, evaluate against baselines")
+    isub = informer.add_subparsers(dest="informer_command", required=True)
+    cal = isub.add_parser(
+        "calibrate", help="fit per-class thresholds on the validation split; store them with the version"
+    )
+    _add_common(cal, "candidate")
+    add_params_args(cal)
+    cal.set_defaults(func=cmd_calibrate, load_params=_params)
+    ev = isub.add_parser("evaluate", help="F1 after flag-and-swap vs baselines, bootstrap, t-test, box plot, AURC")
+    _add_common(ev, "champion")
+    ev.add_argument("--bootstrap", type=int, default=30, help="bootstrap test sets (the paper: 30)")
+    ev.add_argument("--shift", action="append", default=None, help="shifted test set from the simulator (repeatable)")
+    ev.add_argument("--out", default="reports/informer", help="output folder")
+    add_params_args(ev)
+    ev.set_defaults(func=cmd_evaluate, load_params=_params)

@@ -1,0 +1,230 @@
+"""INFORMER's numbers: class distinctiveness, the baselines' uncertainty scores, the threshold search that turns a
+score into flags, and the failure-detection metrics (AURC, E-AURC, AUGRC) used to compare any confidence score.
+
+"Classes" are the model's output logits in contract order (a CheXpert finding, a binary head, one ordinal
+threshold, one class of a softmax head); each has a binary prediction that a flag swaps (Shu et al., Sec. 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medmlops.registry.contract import ModelContract
+
+DIRECTIONS = ("low", "high")
+
+# Which side of the threshold is "uncertain" for each score (INFORMER's is a param; the paper: low distinctiveness
+# = similar class maps = an uncertain model).
+SCORE_DIRECTIONS = {"msr": "low", "entropy": "high", "tta": "high"}
+
+
+def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Class distinctiveness ``d_c = sum_{j != c} (1 - cos(S_c, S_j))`` for every image (Shu et al., Eq. 1-2).
+
+    Args:
+        maps: ``(B, C, ...)`` class-specific saliency maps.
+
+    Returns:
+        ``(B, C)``; each entry in ``[0, 2 (C - 1)]``. A map that is all zeros has cosine 0 with every other map.
+    """
+    s = torch.as_tensor(maps, dtype=torch.float64).flatten(2)
+    unit = s / s.norm(dim=2, keepdim=True).clamp_min(eps)
+    cos = unit @ unit.transpose(1, 2)  # (B, C, C)
+    n_classes = cos.shape[1]
+    off_diagonal = ~torch.eye(n_classes, dtype=torch.bool)
+    return ((1.0 - cos) * off_diagonal).sum(dim=2).numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-logit probabilities, predictions and targets from the contract
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def logit_probabilities(contract: ModelContract, logits: np.ndarray) -> np.ndarray:
+    """``(N, C)`` probability of each logit's positive side: sigmoid, or the softmax within a multiclass head."""
+    logits = np.asarray(logits, dtype=np.float64)
+    out, start = np.empty_like(logits), 0
+    for spec in contract.tasks:
+        block = logits[:, start : start + spec.n_logits]
+        if spec.kind == "multiclass":
+            e = np.exp(block - block.max(axis=1, keepdims=True))
+            out[:, start : start + spec.n_logits] = e / e.sum(axis=1, keepdims=True)
+        else:
+            out[:, start : start + spec.n_logits] = 1.0 / (1.0 + np.exp(-block))
+        start += spec.n_logits
+    return out
+
+
+def logit_predictions(contract: ModelContract, probs: np.ndarray) -> np.ndarray:
+    """``(N, C)`` 0/1 predictions at the contract's thresholds (Youden for the findings classifier): binary and
+    multilabel per logit; ordinal bits from the monotone decoding; multiclass one-hot of the argmax."""
+    probs = np.asarray(probs)
+    out, start = np.zeros(probs.shape, dtype=np.int64), 0
+    for spec in contract.tasks:
+        block = probs[:, start : start + spec.n_logits]
+        if spec.kind == "multiclass":
+            out[np.arange(len(block)), start + block.argmax(axis=1)] = 1
+        elif spec.kind == "ordinal":
+            level = np.cumprod(block >= np.asarray(spec.thresholds), axis=1).sum(axis=1)
+            out[:, start : start + spec.n_logits] = level[:, None] >= np.arange(1, spec.n_logits + 1)[None, :]
+        else:
+            out[:, start : start + spec.n_logits] = block >= np.asarray(spec.thresholds)
+        start += spec.n_logits
+    return out
+
+
+def logit_targets(contract: ModelContract, labels: dict[str, np.ndarray]) -> np.ndarray:
+    """``(N, C)`` 0/1 ground truth per logit (NaN where unknown) from each task's labels as training stores them:
+    an integer class per row (-1 = missing) or, for multilabel, ``(N, K)`` with NaN for U-Ignore."""
+    blocks = []
+    for spec in contract.tasks:
+        y = np.asarray(labels[spec.name], dtype=np.float64)
+        if spec.kind == "multilabel":
+            block = y.reshape(len(y), -1)
+        else:
+            y = y.reshape(-1)
+            missing = ~np.isfinite(y) | (y < 0)
+            if spec.kind == "binary":
+                block = y[:, None].copy()
+            elif spec.kind == "ordinal":
+                block = (y[:, None] >= np.arange(1, spec.n_logits + 1)[None, :]).astype(np.float64)
+            else:
+                block = (y[:, None] == np.arange(spec.n_logits)[None, :]).astype(np.float64)
+            block[missing] = np.nan
+        blocks.append(block)
+    return np.concatenate(blocks, axis=1)
+
+
+def binary_entropy(p: np.ndarray) -> np.ndarray:
+    """Predictive entropy of each binary prediction, log base 2 (Shu et al., Eq. 3): 0 (certain) to 1."""
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-12, 1 - 1e-12)
+    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+
+
+def max_response(p: np.ndarray) -> np.ndarray:
+    """Maximum softmax / sigmoid response of each binary prediction, ``max(p, 1 - p)`` (0.5 to 1)."""
+    p = np.asarray(p, dtype=np.float64)
+    return np.maximum(p, 1 - p)
+
+
+def youden_threshold(y_true: np.ndarray, p: np.ndarray) -> float:
+    """The probability threshold maximising sensitivity + specificity - 1 (0.5 when one class is absent)."""
+    from sklearn.metrics import roc_curve
+
+    keep = np.isfinite(y_true)
+    y, p = np.asarray(y_true)[keep], np.asarray(p)[keep]
+    if len(np.unique(y)) < 2:
+        return 0.5
+    fpr, tpr, thr = roc_curve(y, p)
+    best = int(np.argmax(tpr - fpr))
+    return float(np.clip(thr[best], 0.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flags and the threshold search
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def flag(score: np.ndarray, tau: float | None, direction: str) -> np.ndarray:
+    """Boolean flags: ``score < tau`` (direction ``low``) or ``score > tau`` (``high``); none when ``tau`` is None."""
+    score = np.asarray(score, dtype=np.float64)
+    if tau is None:
+        return np.zeros(score.shape, dtype=bool)
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    return score < tau if direction == "low" else score > tau
+
+
+def swap(predictions: np.ndarray, flags: np.ndarray) -> np.ndarray:
+    """Flag-and-swap: a flagged binary prediction is replaced by its opposite."""
+    return np.where(flags, 1 - np.asarray(predictions), predictions)
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Binary F1 per row of ``y_pred`` ``(G, N)`` against ``y_true`` ``(N,)`` (vectorised; 0 when undefined)."""
+    y = np.asarray(y_true, dtype=bool)[None, :]
+    pred = np.asarray(y_pred, dtype=bool)
+    tp = (pred & y).sum(axis=1)
+    fp = (pred & ~y).sum(axis=1)
+    fn = (~pred & y).sum(axis=1)
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+@dataclass(frozen=True)
+class ThresholdFit:
+    tau: float | None  # None: flagging nothing is best
+    f1_before: float
+    f1_after: float
+    n_flagged: int
+
+
+def fit_flag_threshold(
+    score: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray, direction: str, step: float = 0.001
+) -> ThresholdFit:
+    """The paper's grid search for one class: candidate thresholds every ``step`` over the observed score range;
+    flag, swap the flagged predictions, keep the threshold with the highest F1 — "no flag" included and preferred
+    on ties, as are thresholds that flag fewer cases. Rows with an unknown target (NaN) are left out.
+    """
+    keep = np.isfinite(np.asarray(y_true, dtype=np.float64)) & np.isfinite(np.asarray(score, dtype=np.float64))
+    score = np.asarray(score, dtype=np.float64)[keep]
+    y_true = np.asarray(y_true)[keep].astype(int)
+    y_pred = np.asarray(y_pred)[keep].astype(int)
+    before = float(f1_scores(y_true, y_pred[None, :])[0])
+    if len(score) == 0:
+        return ThresholdFit(None, before, before, 0)
+    lo = np.floor(score.min() / step) * step
+    hi = np.ceil(score.max() / step) * step + step
+    grid = np.arange(lo, hi + step / 2, step)
+    if direction == "high":
+        grid = grid[::-1]  # from flagging nothing towards flagging everything
+    flags = score[None, :] < grid[:, None] if direction == "low" else score[None, :] > grid[:, None]
+    f1 = f1_scores(y_true, np.where(flags, 1 - y_pred[None, :], y_pred[None, :]))
+    best = int(np.argmax(f1))  # first maximum: the fewest flags among the best
+    if f1[best] <= before + 1e-12:
+        return ThresholdFit(None, before, before, 0)
+    return ThresholdFit(float(np.round(grid[best], 6)), before, float(f1[best]), int(flags[best].sum()))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Failure detection (FD-Shifts, Jaeger et al. 2023; AUGRC, Traub et al. 2024)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _risk_steps(confidence: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Coverage, selective risk and generalised risk at every distinct confidence (accept ``conf >= t``)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    errors = np.asarray(errors, dtype=np.float64)
+    order = np.argsort(-confidence, kind="stable")
+    conf, err = confidence[order], errors[order]
+    n = len(conf)
+    cum_errors = np.cumsum(err)
+    # Ends of tie groups: cases with equal confidence are accepted or rejected together.
+    ends = np.r_[np.nonzero(np.diff(conf))[0], n - 1]
+    accepted = ends + 1
+    return accepted / n, cum_errors[ends] / accepted, cum_errors[ends] / n
+
+
+def aurc(confidence: np.ndarray, errors: np.ndarray) -> float:
+    """Area under the risk-coverage curve (selective risk integrated over coverage; step rule over tie groups)."""
+    coverage, risk, _ = _risk_steps(confidence, errors)
+    widths = np.diff(np.r_[0.0, coverage])
+    return float((risk * widths).sum())
+
+
+def eaurc(confidence: np.ndarray, errors: np.ndarray) -> float:
+    """Excess AURC: AURC minus the AURC of a perfect ranking at the same error rate (Geifman et al. 2019)."""
+    errors = np.asarray(errors, dtype=np.float64)
+    n, k = len(errors), int(errors.sum())
+    optimal = np.r_[np.zeros(n - k), np.ones(k)]
+    return aurc(confidence, errors) - aurc(-np.arange(n, dtype=np.float64), optimal)
+
+
+def augrc(confidence: np.ndarray, errors: np.ndarray) -> float:
+    """Area under the generalised risk-coverage curve: the risk of an error that is accepted, over coverage."""
+    coverage, _, generalised = _risk_steps(confidence, errors)
+    widths = np.diff(np.r_[0.0, coverage])
+    return float((generalised * widths).sum())
