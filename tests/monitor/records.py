@@ -89,9 +89,10 @@ class Served:
 
 def start_monitor(
     workdir: Path, *args: str, db_url: str | None = None, env: dict[str, str] | None = None,
-    factory: str | None = FAKE_FACTORY, timeout_s: float = 90.0, name: str = "monitor",
+    factory: str | None = FAKE_FACTORY, timeout_s: float = 90.0, name: str = "monitor", cwd: Path | None = None,
 ) -> Served:  # fmt: skip
-    """``medmlops monitor serve`` as a subprocess on a free port; returns once /healthz answers 200."""
+    """``medmlops monitor serve`` as a subprocess on a free port (log and default database in ``workdir``, run in
+    ``cwd`` or ``workdir``); returns once /healthz answers 200."""
     port = _free_port()
     db_url = db_url or f"sqlite:///{workdir / 'monitoring.db'}"
     log = workdir / f"{name}-{port}.log"
@@ -103,7 +104,7 @@ def start_monitor(
         if key not in (env or {}):
             environment.pop(key, None)
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=workdir, env=environment, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=cwd or workdir, env=environment, stdout=out, stderr=subprocess.STDOUT)
     served = Served(process, f"http://127.0.0.1:{port}", db_url, log)
     started = time.monotonic()
     while True:

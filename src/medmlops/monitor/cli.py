@@ -112,6 +112,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from monitoring.app import create_app
 
+    if settings.analyser_factory is None:  # the registry's analyser: MLflow as `medmlops` resolves it elsewhere
+        os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path.cwd() / '.medmlops' / 'mlflow.db'}")
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.getLogger("medmlops").setLevel(args.log_level.upper())
     monitor = Monitor(settings)
     app = create_app(monitor)
@@ -122,7 +126,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(config)
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     database = make_url(settings.db_url).render_as_string(hide_password=True)
-    print(f"monitoring on http://{host}:{settings.port} (dashboard /dashboard, database {database})", flush=True)
+    registry = "" if settings.analyser_factory else f", models from {os.environ['MLFLOW_TRACKING_URI']}"
+    print(
+        f"monitoring on http://{host}:{settings.port} (dashboard /dashboard, database {database}{registry})", flush=True
+    )
     previous = signal.signal(signal.SIGTERM, _stopped)
     try:
         server.run()
