@@ -178,7 +178,8 @@ def fit_flag_threshold(
         return ThresholdFit(None, before, before, 0)
     lo = np.floor(score.min() / step) * step
     hi = np.ceil(score.max() / step) * step + step
-    grid = np.arange(lo, hi + step / 2, step)
+    # Rounded before use: the stored τ must flag exactly what it flagged in the search (0.1 + 0.2 != 0.3).
+    grid = np.round(np.arange(lo, hi + step / 2, step), 6)
     if direction == "high":
         grid = grid[::-1]  # from flagging nothing towards flagging everything
     flags = score[None, :] < grid[:, None] if direction == "low" else score[None, :] > grid[:, None]
@@ -186,7 +187,7 @@ def fit_flag_threshold(
     best = int(np.argmax(f1))  # first maximum: the fewest flags among the best
     if f1[best] <= before + 1e-12:
         return ThresholdFit(None, before, before, 0)
-    return ThresholdFit(float(np.round(grid[best], 6)), before, float(f1[best]), int(flags[best].sum()))
+    return ThresholdFit(float(grid[best]), before, float(f1[best]), int(flags[best].sum()))
 
 
 # ---------------------------------------------------------------------------------------------------------------
