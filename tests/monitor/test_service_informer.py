@@ -100,9 +100,11 @@ def test_real_informer_results_by_the_version_that_predicted(registered_project,
         result = _finished(service.url, record["request_id"])
         assert result["status"] == "done", result
         assert result["version"] == predictors["cxr-findings"].version and result["model"] == "cxr-findings"
-        assert set(result["classes"]) == CXR_CLASSES
+        assert result["classes"] == predictors["cxr-findings"].contract.output_names()  # one class per logit
+        assert {name.split("/")[-1] for name in result["classes"]} == CXR_CLASSES
         for name in result["classes"]:  # INFORMER's probabilities are the serving model's
-            served = record["predictions"]["findings"]["probabilities"][name]
+            task, _, finding = name.partition("/")
+            served = record["predictions"][task]["probabilities"][finding]
             assert result["probabilities"][name] == pytest.approx(served, abs=1e-4)
             assert np.isfinite(result["distinctiveness"][name]) and result["distinctiveness"][name] >= 0
             assert isinstance(result["flags"][name], bool)
@@ -120,7 +122,7 @@ def test_real_informer_results_by_the_version_that_predicted(registered_project,
     status, summary, _ = call(f"{service.url}/v1/summary?family=cxr-findings")
     assert status == 200 and summary["counts"]["done"] >= 2
     status, text, _ = call(f"{service.url}/metrics")
-    assert b'medmlops_informer_flag_rate{class_name="Edema",family="cxr-findings"}' in text
+    assert b'medmlops_informer_flag_rate{class_name="findings/Edema",family="cxr-findings"}' in text
 
 
 def test_an_unreadable_upload_fails_and_an_unknown_version_waits_while_the_service_serves(predictors, service):
