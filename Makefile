@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install demo test test-fast lint format data validate clean help
+.PHONY: install browser demo test test-fast lint format data validate clean help
 
 help:
 	@echo "make demo   - install and run the demo (data -> validation -> DVC check)"
@@ -31,13 +31,19 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
+# Debian's Chromium for the dashboard test (Playwright drives /usr/bin/chromium; it never downloads a browser).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium (apt-get; needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 demo: install
 	$(BIN)/medmlops demo --profile $(PROFILE)
 
-test: install tools
+test: install tools browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: install tools
+test-fast: install tools browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: install

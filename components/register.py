@@ -1,4 +1,4 @@
-"""Register: ``FAMILY@candidate`` with its contract, then the promotion gates of ``params.yaml``."""
+"""Register: ``FAMILY@candidate`` with its model contract (calibration and promotion follow)."""
 
 from kfp import dsl
 
@@ -17,15 +17,15 @@ def register(
     report: dsl.Input[dsl.HTML],
     model: dsl.Output[dsl.Model],
 ) -> str:
-    """Register the best fold's model with its contract (data version, metrics, thresholds) as a candidate and let
-    the core's gates decide promotion to champion; return the gates' message. Never cached."""
+    """Register the best fold's model with its contract (data version, metrics, thresholds) as a candidate; the
+    ``model`` artifact points at the version (the weights live in MLflow). Returns the version ("" if none)."""
     import json
 
     from medmlops.pipeline_steps import StepContext, register_step
 
     out = register_step(StepContext(workdir, profile, overrides, mlflow_uri), pipeline, experiment, job_id)
     out["model_uri"] = f"models:/{out['family']}/{out['version']}" if out["version"] else ""
-    with open(model.path, "w") as f:  # a pointer to the registered version (the weights live in MLflow)
+    with open(model.path, "w") as f:
         json.dump(out, f)
     model.metadata.update(out)
-    return out["message"]
+    return out["version"]

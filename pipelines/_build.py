@@ -2,7 +2,8 @@
 
     validate_data → preprocess → for each experiment (dsl.ParallelFor):
         make_splits → for each fold (dsl.ParallelFor, one GPU node each): train_fold
-                    → aggregate (from MLflow) → evaluate → register (+ promotion gates in the core)
+                    → aggregate (from MLflow) → evaluate → register (candidate) → calibrate (INFORMER τ)
+                    → promote (the core's gates)
 
 Shaped around kfp 2.16's local runner, which runs the same pipelines on one machine (DESIGN.md, LIBRARY-NOTES.md):
 the root holds a ParallelFor (so the local runner takes its DAG orchestrator), every fan-out sits in its own
@@ -17,9 +18,11 @@ from kfp import dsl, kubernetes
 
 from components import BASE_IMAGE
 from components.aggregate import aggregate
+from components.calibrate import calibrate
 from components.evaluate import evaluate
 from components.make_splits import make_splits
 from components.preprocess import preprocess
+from components.promote import promote
 from components.register import register
 from components.train_fold import train_fold
 from components.validate_data import validate_data
@@ -87,7 +90,12 @@ def experiment_dag(
         evaluate(pipeline=pipeline, experiment=experiment, job_id=job, aggregated=aggregated.outputs["metrics"], **ctx),
         image,
     )
-    _step(register(pipeline=pipeline, experiment=experiment, job_id=job, report=report.outputs["report"], **ctx), image)
+    registered = _step(
+        register(pipeline=pipeline, experiment=experiment, job_id=job, report=report.outputs["report"], **ctx), image
+    )
+    calibrated = _step(calibrate(pipeline=pipeline, job_id=job, model=registered.outputs["model"], **ctx), image)
+    _step(promote(pipeline=pipeline, job_id=job, model=registered.outputs["model"],
+                  calibration=calibrated.outputs["metrics"], **ctx), image)  # fmt: skip
 
 
 def build(name: str):
@@ -96,7 +104,7 @@ def build(name: str):
 
     @dsl.pipeline(
         name=f"medmlops-{name}",
-        description=f"medmlops {name}: validate → preprocess → splits → folds (GPU) → aggregate → evaluate → register.",
+        description=f"medmlops {name}: validate → preprocess → splits → folds (GPU) → aggregate → evaluate → register → calibrate → promote.",
     )
     def pipeline(
         profile: str = PARAMS.profile,

@@ -188,6 +188,18 @@ class CovidProtocolConfig:
 
 
 @dataclass(frozen=True)
+class InformerConfig:
+    """INFORMER (Shu et al.): calibration and evaluation of the flag thresholds (see medmlops.informer)."""
+
+    methods: tuple[str, ...] = ("ixg", "lrp")  # saliency methods calibrated; the first is the one monitoring runs
+    direction: str = "low"  # which side of tau is "uncertain": low distinctiveness (the paper) or high
+    step: float = 0.001  # the threshold grid (the paper: 0.001)
+    tta_samples: int = 8  # test-time augmentations of the TTA baseline (0 = off)
+    n_bootstrap: int = 30  # bootstrap test sets of the evaluation (the paper: 30)
+    shifts: tuple[str, ...] = ("intensity", "noise")  # simulator shifts for FD-Shifts' shifted test sets
+
+
+@dataclass(frozen=True)
 class GatesConfig:
     """Promotion gates for one registered family: ``candidate`` becomes ``champion`` only when all pass."""
 
@@ -282,6 +294,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     covid_protocol: CovidProtocolConfig = field(default_factory=CovidProtocolConfig)
+    informer: InformerConfig = field(default_factory=InformerConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)

@@ -393,40 +393,96 @@ def evaluate_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], j
 
 
 def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str) -> dict[str, str]:
-    """Register the aggregated experiment as ``FAMILY@candidate`` (contract with the data version) and run the
-    promotion gates; return the family, version, whether it became champion and the gates' message."""
+    """Register the aggregated experiment as ``FAMILY@candidate`` (contract with the data version); return the family
+    and the version ("" when the experiment is not registered). Calibration and promotion are the next steps."""
     from mlflow import MlflowClient
 
-    from medmlops import registry
     from medmlops.training.experiment import load_experiment_result, plan_experiment
     from medmlops.training.register import register_experiment
 
     params = ctx.enter()
     exp = params.experiment(experiment)
     if not exp.register:
-        return {
-            "family": exp.family,
-            "version": "",
-            "promoted": "false",
-            "message": f"{experiment} is not registered (register: false)",
-        }
+        return {"family": exp.family, "version": "", "message": f"{experiment} is not registered (register: false)"}
     plan = plan_experiment(experiment, params, progress=False)
     run_id = experiment_run(params, experiment, job_id)
     result = load_experiment_result(plan, run_id)
     version = register_experiment(result, params)
-    gates = params.registry.gates.get(exp.family)
-    if gates is None:
-        outcome = {"promoted": "false", "message": f"params.yaml has no registry.gates.{exp.family}: left as candidate"}
+    MlflowClient().set_tag(pipeline_run(params, pipeline, job_id), f"registered.{exp.family}", version)
+    message = f"registered {exp.family} version {version} as @candidate"
+    print(message)
+    return {"family": exp.family, "version": version, "message": message}
+
+
+def calibrate_step(ctx: StepContext, pipeline: str, family: str, version: str, job_id: str, report_html: str) -> dict:
+    """INFORMER calibration of the registered candidate on its validation split, before any promotion (serving and
+    monitoring of a champion always find its thresholds); params ``informer:`` settings. Returns validation metrics
+    (mean F1 before / after flag-and-swap); a family with one output logit, or no registered version, is skipped."""
+    from mlflow import MlflowClient
+
+    from medmlops.informer.calibrate import calibrate_version
+    from medmlops.registry.tracking import load_contract
+
+    params = ctx.enter()
+    if not version:
+        _write_html(report_html, f"INFORMER calibration — {family}", "<p>Nothing was registered.</p>")
+        return {}
+    classes = load_contract(family, version).output_names()
+    if len(classes) < 2:
+        _write_html(report_html, f"INFORMER calibration — {family} v{version}",
+                    "<p>One output logit: INFORMER needs at least two class maps. Not calibrated.</p>")  # fmt: skip
+        return {}
+    cfg = params.informer
+    calibration = calibrate_version(
+        params, family, version, methods=tuple(cfg.methods), direction=cfg.direction, tta_samples=cfg.tta_samples,
+        step=cfg.step, progress=False,
+    )  # fmt: skip
+    rows = []
+    for method, fit in {**calibration["methods"], **calibration["baselines"]}.items():
+        for cls in classes:
+            tau = fit["tau"][cls]
+            rows.append(f"<tr><td>{_escape(method)}</td><td>{_escape(cls)}</td><td>{'-' if tau is None else f'{tau:.3f}'}"
+                        f"</td><td>{fit['f1_before'][cls]:.3f}</td><td>{fit['f1_after'][cls]:.3f}</td></tr>")  # fmt: skip
+    _write_html(
+        report_html, f"INFORMER calibration — {family} v{version}",
+        f"<p>{calibration['n_validation']} validation images; flag direction {calibration['direction']}; monitoring "
+        f"uses {calibration['method']}.</p><table border=1 cellpadding=3><tr><th>score</th><th>class</th><th>tau</th>"
+        f"<th>val F1 before</th><th>val F1 after flag-and-swap</th></tr>{''.join(rows)}</table>",
+    )  # fmt: skip
+    method = calibration["methods"][calibration["method"]]
+    metrics = {
+        "val_f1_before_mean": float(sum(method["f1_before"].values()) / len(classes)),
+        "val_f1_after_mean": float(sum(method["f1_after"].values()) / len(classes)),
+        "classes_with_threshold": float(sum(t is not None for t in method["tau"].values())),
+    }
+    client = MlflowClient()
+    parent = pipeline_run(params, pipeline, job_id)
+    client.set_tag(parent, f"calibrated.{family}", version)
+    client.log_artifact(parent, report_html, artifact_path=f"steps/informer-{family}")
+    return metrics
+
+
+def promote_step(ctx: StepContext, pipeline: str, family: str, version: str, job_id: str) -> dict[str, str]:
+    """The promotion gates of params.yaml on the calibrated candidate; tags and closes the pipeline run."""
+    from mlflow import MlflowClient
+
+    from medmlops import registry
+
+    params = ctx.enter()
+    if not version:
+        outcome = {"promoted": "false", "message": f"{family}: nothing registered, nothing to promote"}
+    elif (gates := params.registry.gates.get(family)) is None:
+        outcome = {"promoted": "false", "message": f"params.yaml has no registry.gates.{family}: left as candidate"}
     else:
-        promoted = registry.promote(exp.family, gates)
+        promoted = registry.promote(family, gates)
         outcome = {"promoted": str(promoted.promoted).lower(), "message": promoted.message}
     print(outcome["message"])
     client = MlflowClient()
     parent = pipeline_run(params, pipeline, job_id)
-    client.set_tag(parent, f"registered.{exp.family}", version)
-    client.set_tag(parent, f"promoted.{exp.family}", outcome["promoted"])
+    if version:
+        client.set_tag(parent, f"promoted.{family}", outcome["promoted"])
     client.set_terminated(parent, status="FINISHED")
-    return {"family": exp.family, "version": version, **outcome}
+    return {"family": family, "version": version, **outcome}
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def test_ich_pipeline_registers_a_candidate_with_the_data_version(ich_run):
         "gcs_ordinal",
         "age_binary",
     ]
+    # Calibrated inside the pipeline, before the gates: the contract carries INFORMER's thresholds (smoke: ixg).
+    assert contract.informer["method"] == "ixg" and set(contract.informer["tau"]) == set(contract.output_names())
 
 
 def test_ich_pipeline_logs_one_tree_of_runs(ich_run):
@@ -126,7 +128,8 @@ def test_ich_pipeline_logs_one_tree_of_runs(ich_run):
     assert sorted(int(r.data.tags["fold"]) for r in folds) == [0, 1]
     assert all(r.info.status == "FINISHED" and "test_prognosis_auc" in r.data.metrics for r in folds)
     steps = {a.path for a in client.list_artifacts(pipeline.info.run_id, "steps")}
-    assert steps == {"steps/validation", "steps/preprocess"}
+    assert steps == {"steps/validation", "steps/preprocess", "steps/informer-ich-prognosis"}
+    assert pipeline.data.tags["calibrated.ich-prognosis"] == pipeline.data.tags["registered.ich-prognosis"]
     (evaluation,) = [r for r in children if r.data.tags.get("kind") == "evaluation"]
     assert any(a.path == "report/index.html" for a in client.list_artifacts(evaluation.info.run_id, "report"))
 
@@ -138,6 +141,10 @@ def test_ich_pipeline_outputs_typed_artifacts(ich_run):
     assert model["family"] == "ich-prognosis" and model["model_uri"] == f"models:/ich-prognosis/{model['version']}"
     assert "<h1>Data validation — ich</h1>" in next(run_root.rglob("validate-data/report")).read_text()
     assert "ich-mt-ord" in next(run_root.rglob("evaluate/report")).read_text()
+    calibration = next(run_root.rglob("calibrate/report")).read_text()
+    assert (
+        f"INFORMER calibration — ich-prognosis v{model['version']}" in calibration and "prognosis/poor" in calibration
+    )
     header = next(run_root.rglob("make-splits/splits")).read_text().splitlines()[0].split(",")
     assert {"sample_id", "fold", "split"} <= set(header)
 

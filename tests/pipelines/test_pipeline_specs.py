@@ -68,13 +68,14 @@ def test_compiled_yaml_parses_as_pipeline_and_platform_spec(name):
 @pytest.mark.parametrize("name", PIPELINES)
 def test_steps_and_fan_outs(name):
     """validate → preprocess → ParallelFor(experiments) { splits → ParallelFor(folds) { train } → aggregate → evaluate →
-    register }, with no dsl.Collected and no dsl.If anywhere."""
+    register → calibrate → promote }, with no dsl.Collected and no dsl.If anywhere."""
     spec, _ = _docs(name)
     executors = set(spec["deploymentSpec"]["executors"])
     assert executors == {
         f"exec-{s}"
-        for s in ("validate-data", "preprocess", "make-splits", "train-fold", "aggregate", "evaluate", "register")
-    }
+        for s in ("validate-data", "preprocess", "make-splits", "train-fold", "aggregate", "evaluate", "register",
+                  "calibrate", "promote")
+    }  # fmt: skip
     root = spec["root"]["dag"]["tasks"]
     assert root["preprocess"]["dependentTasks"] == ["validate-data"]
     loop = root["for-loop-1"]
@@ -82,6 +83,11 @@ def test_steps_and_fan_outs(name):
     experiment = spec["components"]["comp-experiment"]["dag"]["tasks"]
     assert experiment["aggregate"]["dependentTasks"] == ["train-folds"]
     assert experiment["register"]["dependentTasks"] == ["evaluate"]
+    assert experiment["calibrate"]["dependentTasks"] == ["register"]
+    assert sorted(experiment["promote"]["dependentTasks"]) == [
+        "calibrate",
+        "register",
+    ]  # gates see a calibrated version
     folds = spec["components"]["comp-train-folds"]["dag"]["tasks"]
     (fold_loop,) = folds.values()
     assert fold_loop["iteratorPolicy"]["parallelismLimit"] == PARAMS.kubeflow.fold_parallelism

@@ -273,6 +273,7 @@ def calibrate_version(
     methods: tuple[str, ...] = ("ixg", "lrp"),
     direction: str = "low",
     tta_samples: int = 8,
+    step: float = 0.001,
     repo: Path = Path("."),
     progress: bool = True,
     store: bool = True,
@@ -296,7 +297,7 @@ def calibrate_version(
         logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
         desc=f"calibrate {family} v{version}",
     )  # fmt: skip
-    calibration = fit_calibration(outputs, targets, contract, methods=methods, direction=direction)
+    calibration = fit_calibration(outputs, targets, contract, methods=methods, direction=direction, step=step)
     calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples)
     reference = feature_frame(outputs, contract.output_names(), calibration, methods[0])
     for j, cls in enumerate(contract.output_names()):

@@ -13,12 +13,22 @@ def _add_common(parser: argparse.ArgumentParser, default_alias: str) -> None:
     parser.add_argument("--alias", default=default_alias, help=f"alias or version number (default: {default_alias})")
     parser.add_argument(
         "--method", dest="methods", action="append", default=None, choices=("ixg", "lrp", "gradcam", "ig"),
-        help="saliency method (repeatable; the first is the one monitoring uses; default: ixg and lrp)",
+        help="saliency method (repeatable; the first is the one monitoring uses; default: params informer.methods)",
     )  # fmt: skip
-    parser.add_argument("--direction", choices=("low", "high"), default="low", help="which side of tau is uncertain")
-    parser.add_argument("--tta", type=int, default=8, help="test-time augmentations for the TTA baseline (0 = off)")
+    parser.add_argument("--direction", choices=("low", "high"), default=None, help="which side of tau is uncertain")
+    parser.add_argument("--tta", type=int, default=None, help="test-time augmentations of the TTA baseline (0 = off)")
     parser.add_argument("--repo", default=".", help="project root (params, preprocessed data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _settings(args: argparse.Namespace, params) -> dict:
+    """Command-line values over params.yaml ``informer:``."""
+    cfg = params.informer
+    return {
+        "methods": tuple(args.methods or cfg.methods),
+        "direction": args.direction or cfg.direction,
+        "tta_samples": cfg.tta_samples if args.tta is None else args.tta,
+    }
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
@@ -28,8 +38,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     params = args.load_params(args)
     tracking.configure(params.registry, cwd=Path(args.repo))
     calibration = calibrate_version(
-        params, args.family, args.alias, methods=tuple(args.methods or ("ixg", "lrp")), direction=args.direction,
-        tta_samples=args.tta, repo=Path(args.repo), progress=not args.quiet,
+        params, args.family, args.alias, **_settings(args, params), step=params.informer.step, repo=Path(args.repo),
+        progress=not args.quiet,
     )  # fmt: skip
     method = calibration["method"]
     fit = calibration["methods"][method]
@@ -47,8 +57,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     params = args.load_params(args)
     tracking.configure(params.registry, cwd=Path(args.repo))
     summary = evaluate_version(
-        params, args.family, args.alias, methods=tuple(args.methods or ("ixg", "lrp")), direction=args.direction,
-        tta_samples=args.tta, n_bootstrap=args.bootstrap, shifts=tuple(args.shift or ()), out_dir=Path(args.out),
+        params, args.family, args.alias, **_settings(args, params),
+        n_bootstrap=params.informer.n_bootstrap if args.bootstrap is None else args.bootstrap,
+        shifts=tuple(params.informer.shifts if args.shift is None else args.shift), out_dir=Path(args.out),
         repo=Path(args.repo), progress=not args.quiet,
     )  # fmt: skip
     print(json.dumps(summary["mean_f1"], indent=2))
@@ -70,7 +81,7 @@ def add_informer_parser(sub: argparse._SubParsersAction, add_params_args: Callab
     cal.set_defaults(func=cmd_calibrate, load_params=_params)
     ev = isub.add_parser("evaluate", help="F1 after flag-and-swap vs baselines, bootstrap, t-test, box plot, AURC")
     _add_common(ev, "champion")
-    ev.add_argument("--bootstrap", type=int, default=30, help="bootstrap test sets (the paper: 30)")
+    ev.add_argument("--bootstrap", type=int, default=None, help="bootstrap test sets (default: params; the paper: 30)")
     ev.add_argument("--shift", action="append", default=None, help="shifted test set from the simulator (repeatable)")
     ev.add_argument("--out", default="reports/informer", help="output folder")
     add_params_args(ev)
