@@ -23,7 +23,8 @@ def calibrate(
 
     from medmlops.pipeline_steps import StepContext, calibrate_step
 
-    pointer = json.loads(open(model.path).read())
+    with open(model.path) as f:
+        pointer = json.load(f)
     ctx = StepContext(workdir, profile, overrides, mlflow_uri)
     values = calibrate_step(ctx, pipeline, pointer["family"], pointer["version"], job_id, report.path)
     for name, value in values.items():

@@ -22,6 +22,7 @@ def promote(
 
     from medmlops.pipeline_steps import StepContext, promote_step
 
-    pointer = json.loads(open(model.path).read())
+    with open(model.path) as f:
+        pointer = json.load(f)
     ctx = StepContext(workdir, profile, overrides, mlflow_uri)
     return promote_step(ctx, pipeline, pointer["family"], pointer["version"], job_id)["message"]
