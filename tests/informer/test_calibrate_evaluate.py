@@ -33,7 +33,8 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
     from medmlops.informer.calibrate import load_calibration, load_reference
     from medmlops.registry.tracking import load_contract, resolve_version
 
-    assert main(["informer", "calibrate", "cxr-findings", "--profile", "smoke", "--tta", "2", "--quiet"]) == 0
+    assert main(["informer", "calibrate", "cxr-findings", "--profile", "smoke", "--method", "ixg", "--method", "lrp",
+                 "--tta", "2", "--quiet"]) == 0  # fmt: skip
     assert "calibrated on" in capsys.readouterr().out
     _configure(in_project)
     version = str(resolve_version("cxr-findings", "candidate").version)
@@ -47,7 +48,10 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
         for cls in classes:
             assert fit["f1_after"][cls] >= fit["f1_before"][cls]  # the search never picks a worse threshold
     reference = load_reference("cxr-findings", version)
-    assert len(reference) == calibration["n_validation"] > 0
+    # Reference = the fold's held-out images (validation + test), thresholds from validation alone.
+    assert len(reference) == calibration["n_reference"] > calibration["n_validation"] > 0
+    assert sorted(reference["split"].unique()) == ["test", "val"]
+    assert (reference["split"] == "val").sum() == calibration["n_validation"]
     for cls in classes:
         assert {f"p.{cls}", f"d.{cls}", f"flag.{cls}", f"entropy.{cls}", f"label:{cls}"} <= set(reference.columns)
     assert {"img.mean", "img.std", "emb.pc1"} <= set(reference.columns)

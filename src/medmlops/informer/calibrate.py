@@ -6,7 +6,8 @@ trained on and the prediction thresholds were chosen on, as in Shu et al.). It s
 * ``informer/calibration.json``: per saliency method and per class the threshold τ_c and flag direction; the
   baselines' (MSR, entropy, TTA) thresholds from the same grid search; the embedding PCA; validation F1 before
   and after flag-and-swap;
-* ``informer/reference.csv``: the validation set's per-image features (the drift reports' reference);
+* ``informer/reference.csv``: the per-image features of the fold's held-out images, validation and test split
+  (the drift reports' reference; see :func:`reference_features`);
 * ``contract.json`` rewritten with its ``informer`` field filled (method, direction, τ, baselines' τ), so
   everything that reads the contract sees the calibration.
 """
@@ -260,6 +261,37 @@ def load_reference(family: str, version: str) -> pd.DataFrame:
     return pd.read_csv(path)
 
 
+def reference_features(
+    params: Params,
+    family: str,
+    version: str,
+    model: LogitsModel,
+    contract: ModelContract,
+    calibration: dict[str, Any],
+    val_outputs: dict[str, Any],
+    val_targets: np.ndarray,
+    *,
+    repo: Path = Path("."),
+    progress: bool = False,
+) -> pd.DataFrame:
+    """The drift reports' reference: per-image features of every held-out image of the registered fold, validation
+    and test split (the thresholds are fitted on validation only). The validation split alone is 10 % of the
+    training fold, too few rows for Evidently's tests; the test split is the same unseen, i.i.d. distribution."""
+    method = calibration["method"]
+    frames = []
+    test_images, test_labels, _ = version_split(params, family, version, "test", repo=repo)
+    test_outputs = batched_outputs(model, contract, test_images, methods=(method,), tta_samples=0, progress=progress,
+                                   desc=f"reference {family} v{version}")  # fmt: skip
+    for outputs, targets, split in ((val_outputs, val_targets, "val"),
+                                    (test_outputs, scores.logit_targets(contract, test_labels), "test")):  # fmt: skip
+        frame = feature_frame(outputs, contract.output_names(), calibration, method)
+        for j, cls in enumerate(contract.output_names()):
+            frame[f"label:{cls}"] = targets[:, j]
+        frame["split"] = split
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,9 +331,10 @@ def calibrate_version(
     )  # fmt: skip
     calibration = fit_calibration(outputs, targets, contract, methods=methods, direction=direction, step=step)
     calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples)
-    reference = feature_frame(outputs, contract.output_names(), calibration, methods[0])
-    for j, cls in enumerate(contract.output_names()):
-        reference[f"label:{cls}"] = targets[:, j]
+    reference = reference_features(
+        params, family, version, logits_model, contract, calibration, outputs, targets, repo=repo, progress=progress
+    )
+    calibration["n_reference"] = int(len(reference))
     if store:
         store_calibration(family, version, calibration, reference)
     method = calibration["method"]
