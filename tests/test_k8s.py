@@ -482,7 +482,12 @@ def test_serving_family_deployment_service_hpa_pdb(family):
 
 def test_platform_commands():
     commands = {d["metadata"]["name"]: _pod_spec(d)["containers"][0].get("command") for d in _workloads()}
-    assert commands["monitoring"] == ["medmlops", "monitor", "serve", "--port", "8080"]
+    assert commands["monitoring"] == ["medmlops", "monitor", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    # Beyond loopback the service refuses to start without a write token; serving sends the same one.
+    for name in ("monitoring", "cxr-findings", "ich-prognosis", "covid-prognosis"):
+        env = {e["name"]: e for e in _pod_spec(_find("Deployment", name))["containers"][0]["env"]}
+        ref = env["MEDMLOPS_MONITORING_TOKEN"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "medmlops-monitoring-token", "key": "token"}, name
     assert commands["evidently-ui"] == [
         "evidently",
         "ui",

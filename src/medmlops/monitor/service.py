@@ -23,7 +23,8 @@ from medmlops.monitor.worker import AnalyserFactory, Worker
 log = logging.getLogger(__name__)
 TOKEN_ENV = "MEDMLOPS_MONITORING_TOKEN"
 READ_TOKEN_ENV = "MEDMLOPS_MONITORING_READ_TOKEN"
-DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+# A record carries the upload base64-encoded (4/3 of its size) plus JSON: serving's 64 MiB upload limit needs ~86 MiB.
+DEFAULT_MAX_BODY_BYTES = 96 * 1024 * 1024
 
 
 @dataclass(frozen=True)
