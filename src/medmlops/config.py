@@ -196,7 +196,7 @@ class InformerConfig:
     step: float = 0.001  # the threshold grid (the paper: 0.001)
     tta_samples: int = 8  # test-time augmentations of the TTA baseline (0 = off)
     n_bootstrap: int = 30  # bootstrap test sets of the evaluation (the paper: 30)
-    shifts: tuple[str, ...] = ("intensity", "noise")  # simulator shifts for FD-Shifts' shifted test sets
+    shifts: tuple[str, ...] = ("scanner", "corruption")  # simulator shifts for FD-Shifts' shifted test sets
 
 
 @dataclass(frozen=True)

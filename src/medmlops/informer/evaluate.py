@@ -227,7 +227,7 @@ def evaluate_version(
     direction: str = "low",
     tta_samples: int = 8,
     n_bootstrap: int = 30,
-    shifts: tuple[str, ...] = ("intensity", "noise"),
+    shifts: tuple[str, ...] = ("scanner", "corruption"),
     out_dir: Path = Path("reports/informer"),
     repo: Path = Path("."),
     progress: bool = True,

@@ -143,6 +143,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from medmlops.cli import _params
     from medmlops.drift import report_command
+    from medmlops.registry import tracking
 
+    tracking.configure(_params(args).registry)  # the reference features live with the model version in MLflow
     return int(report_command(args) or 0)

@@ -1,0 +1,161 @@
+"""Serving → monitoring → drift, all real processes on 127.0.0.1: ``medmlops serve cxr-findings`` forwards every
+prediction to ``medmlops monitor serve`` (write token), which computes INFORMER with the exact model version that
+predicted; ``medmlops monitor report`` compares the window with the version's reference features (Evidently):
+clean simulated traffic raises no alarm, the simulator's ``scanner`` shift is detected within 24 records, and the
+monitoring service exports the report's drift share."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from medmlops.cli import main
+
+from .conftest import REPO, _free_port
+from .monitor.records import call, start_monitor, wait_for
+from .test_serving import MAX_UPLOAD, _predict, _stop
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
+TOKEN = "system-test-token"
+N = 24
+
+
+def _ready(url: str) -> bool:
+    try:
+        return call(f"{url}/readyz")[0] == 200
+    except OSError:  # not listening yet
+        return False
+
+
+def _traffic(shift: str | None, seed: int) -> list[bytes]:
+    """``N`` fresh simulated frontal CXRs (never seen in training) at the smoke size, optionally shifted."""
+    from medmlops.data.readers import read_chexpert
+    from medmlops.data.simulate import generate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate("chexpert", tmp, n=N + 4, n_valid=1, seed=seed, shape=(64, 64), shift=shift, progress=False)
+        paths = list(read_chexpert(tmp)["image_path"])[:N]
+        return [Path(p).read_bytes() for p in paths]
+
+
+@pytest.fixture(scope="module")
+def platform(registered_project, tmp_path_factory):
+    root = registered_project
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+    try:
+        assert main(["informer", "calibrate", "cxr-findings", "--profile", "smoke", "--method", "ixg", "--tta", "0",
+                     "--quiet"]) == 0  # fmt: skip
+    finally:
+        mp.undo()
+    work = tmp_path_factory.mktemp("system")
+    mlflow_uri = f"sqlite:///{root / '.medmlops' / 'mlflow.db'}"
+    env = {"MLFLOW_TRACKING_URI": mlflow_uri, "MEDMLOPS_MONITORING_TOKEN": TOKEN}
+    monitor = start_monitor(work, "--batch-size", "8", env=env, factory=None, cwd=root, name="system-monitor")
+    port = _free_port()
+    log = (work / "serve.log").open("w")
+    serving = subprocess.Popen(
+        [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--alias", "candidate", "--port", str(port),
+         "--max-upload-bytes", str(MAX_UPLOAD), "--repo", str(REPO), "--monitoring-url", monitor.url,
+         "--spool-dir", str(work / "spool")],
+        cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_for(lambda: _ready(url), timeout_s=180, every_s=1.0), (work / "serve.log").read_text()[-3000:]
+        yield {"root": root, "serving": url, "monitor": monitor, "work": work, "env": env}
+    finally:
+        _stop(serving)
+        monitor.stop()
+
+
+def _send(platform, images: list[bytes]) -> list[dict]:
+    answers = []
+    for data in images:
+        status, body = _predict(platform["serving"], data)
+        assert status == 200, body
+        answers.append(body)
+    monitor = platform["monitor"].url
+
+    def all_done() -> bool:
+        return all(call(f"{monitor}/v1/records/{a['request_id']}")[1].get("status") == "done" for a in answers)
+
+    assert wait_for(all_done, timeout_s=300, every_s=1.0), platform["monitor"].log_text()[-3000:]
+    return answers
+
+
+def _report(platform, capsys) -> dict:
+    from medmlops.monitor.store import Store
+
+    workspace = platform["work"] / "workspace"
+    old = os.environ.get("MLFLOW_TRACKING_URI")
+    os.environ["MLFLOW_TRACKING_URI"] = platform["env"]["MLFLOW_TRACKING_URI"]
+    try:
+        code = main(["monitor", "report", "--family", "cxr-findings", "--workspace", str(workspace), "--db-url",
+                     platform["monitor"].db_url, "--last", str(N), "--params", str(platform["root"] / "params.yaml"),
+                     "--profile", "smoke"])  # fmt: skip
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
+    assert code == 0, capsys.readouterr().err
+    store = Store(platform["monitor"].db_url)
+    try:
+        return store.latest_drift("cxr-findings")
+    finally:
+        store.close()
+
+
+def test_every_prediction_gets_informer_results_from_the_version_that_made_it(platform, capsys):
+    from medmlops.informer.calibrate import load_calibration
+    from medmlops.registry import tracking
+    from medmlops.registry.tracking import load_contract
+
+    answers = _send(platform, _traffic(None, seed=101))
+    prev = tracking.mlflow.get_tracking_uri(), tracking.mlflow.get_registry_uri()
+    tracking.mlflow.set_tracking_uri(platform["env"]["MLFLOW_TRACKING_URI"])
+    tracking.mlflow.set_registry_uri(platform["env"]["MLFLOW_TRACKING_URI"])
+    try:
+        version = answers[0]["version"]
+        contract = load_contract("cxr-findings", version)
+        calibration = load_calibration("cxr-findings", version, contract)
+    finally:
+        tracking.mlflow.set_tracking_uri(prev[0])
+        tracking.mlflow.set_registry_uri(prev[1])
+    tau = calibration["methods"]["ixg"]["tau"]
+    monitor = platform["monitor"].url
+    for answer in answers:
+        status, record, _ = call(f"{monitor}/v1/records/{answer['request_id']}")
+        assert status == 200 and record["version"] == answer["version"] == version
+        result = record.get("result", record)
+        assert set(result["distinctiveness"]) == set(contract.output_names())
+        for cls, d in result["distinctiveness"].items():
+            assert result["flags"][cls] == (tau[cls] is not None and d < tau[cls])
+        # The monitoring side's probabilities are the serving answer's (same version, same preprocessing).
+        for finding, p in answer["predictions"]["findings"]["probabilities"].items():
+            assert abs(result["probabilities"][f"findings/{finding}"] - p) < 1e-4
+    status, png, headers = call(f"{monitor}/v1/records/{answers[0]['request_id']}/saliency.png")
+    assert status == 200 and png.startswith(b"\x89PNG")
+    summary = call(f"{monitor}/v1/summary?family=cxr-findings")[1]
+    assert summary
+    clean = _report(platform, capsys)
+    assert clean["detected"] is False, clean
+    assert clean["n_current"] == N
+
+
+def test_shifted_traffic_is_detected_and_exported(platform, capsys):
+    _send(platform, _traffic("scanner", seed=202))
+    shifted = _report(platform, capsys)
+    assert shifted["detected"] is True and shifted["drift_share"] >= 0.5, shifted
+    assert Path(shifted["html_path"]).is_file()
+    metrics = call(f"{platform['monitor'].url}/metrics")[1].decode()
+    line = next(ln for ln in metrics.splitlines() if ln.startswith('medmlops_drift_share{family="cxr-findings"}'))
+    assert abs(float(line.split()[-1]) - shifted["drift_share"]) < 1e-9
+    assert "medmlops_informer_flag_rate{" in metrics
