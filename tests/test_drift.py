@@ -268,9 +268,9 @@ def _store_record(store, request_id: str, version: str, created_at: float, row: 
 
 
 def test_report_command_reads_the_store_and_keeps_the_summary(reference, tmp_path, monkeypatch, capsys):
-    store_module = pytest.importorskip("medmlops.monitor.store")
     import time
 
+    import medmlops.monitor.store as store_module
     from medmlops.drift import report_command
 
     url = f"sqlite:///{tmp_path / 'monitoring.db'}"
@@ -315,7 +315,6 @@ def test_report_command_reads_the_store_and_keeps_the_summary(reference, tmp_pat
 
 
 def test_report_command_empty_window_is_a_user_error(tmp_path, monkeypatch):
-    pytest.importorskip("medmlops.monitor.store")
     from medmlops.drift import report_command
 
     monkeypatch.setitem(
