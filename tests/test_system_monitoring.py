@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,55 @@ def test_shifted_traffic_is_detected_and_exported(platform, capsys):
     line = next(ln for ln in metrics.splitlines() if ln.startswith('medmlops_drift_share{family="cxr-findings"}'))
     assert abs(float(line.split()[-1]) - shifted["drift_share"]) < 1e-9
     assert "medmlops_informer_flag_rate{" in metrics
+
+
+def test_load_concurrency_16_for_60_s_no_5xx_no_lost_records(platform):
+    """Bounded load on loopback: 16 clients for 60 s against serving (forwarding to monitoring). Every request is
+    answered 200, and every answered request id reaches the monitoring store exactly once and is processed."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from medmlops.monitor.store import Store
+
+    images = _traffic(None, seed=303)
+    answered: list[str] = []
+    statuses: dict[int, int] = {}
+    lock = threading.Lock()
+    stop = time.monotonic() + 60.0
+
+    def client(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            status, body = _predict(platform["serving"], images[i % len(images)])
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    answered.append(body["request_id"])
+            i += 16
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert statuses == {200: len(answered)}, statuses
+    print(f"\nload: {len(answered)} requests in 60 s at concurrency 16 ({len(answered) / 60:.1f} req/s), all 200")
+    store = Store(platform["monitor"].db_url)
+    try:
+        engine = sa.create_engine(platform["monitor"].db_url)
+
+        def stored() -> dict[str, str]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.text("SELECT request_id, status FROM records")).all()
+            return {r[0]: r[1] for r in rows}
+
+        assert wait_for(lambda: set(answered) <= set(stored()), timeout_s=300, every_s=2.0), "records lost"
+        assert wait_for(lambda: all(stored()[i] == "done" for i in answered), timeout_s=900, every_s=5.0)
+        with engine.connect() as conn:
+            results = conn.execute(sa.text("SELECT count(*) FROM results WHERE request_id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)), {"ids": answered}).scalar()  # fmt: skip
+        assert results == len(answered) == len(set(answered)), "each record processed exactly once"
+        engine.dispose()
+    finally:
+        store.close()
