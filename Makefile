@@ -16,10 +16,11 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo test test-fast lint format data validate clean help
+.PHONY: install browser demo demo-stop test test-fast lint format data validate clean help
 
 help:
-	@echo "make demo   - install and run the demo (data -> validation -> DVC check)"
+	@echo "make demo   - install and run the whole platform here (pipelines, serving, monitoring, drift)"
+	@echo "make demo-stop - stop the servers the demo left running"
 	@echo "make test   - install and run the test suite"
 	@echo "make lint   - ruff"
 
@@ -39,6 +40,9 @@ browser:
 
 demo: install
 	$(BIN)/medmlops demo --profile $(PROFILE)
+
+demo-stop: install
+	$(BIN)/medmlops demo --stop --profile $(PROFILE)
 
 test: install tools browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

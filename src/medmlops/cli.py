@@ -332,9 +332,11 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from medmlops.demo import run_demo
+    from medmlops.demo import run_demo, stop_demo
 
-    return run_demo(_params(args), repo=Path(args.repo), progress=not args.quiet)
+    if args.stop:
+        return stop_demo(_params(args), repo=Path(args.repo))
+    return run_demo(_params(args), repo=Path(args.repo), progress=not args.quiet, fresh=args.fresh)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -483,9 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(show)
     show.set_defaults(func=cmd_config_show)
 
-    demo = sub.add_parser("demo", help="the front door: data → validation → DVC check (more stages as they land)")
+    demo = sub.add_parser(
+        "demo", help="the whole platform here: data, validation, MLflow, pipelines, serving, monitoring, drift"
+    )
     demo.add_argument("--repo", default=".", help="project root holding params.yaml, data.dvc, dvc.yaml")
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--stop", action="store_true", help="stop every process a demo started")
+    demo.add_argument("--fresh", action="store_true", help="re-run the pipelines even when their models are there")
     _add_params_args(demo)
     demo.set_defaults(func=cmd_demo)
     return parser

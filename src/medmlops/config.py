@@ -200,6 +200,23 @@ class InformerConfig:
 
 
 @dataclass(frozen=True)
+class DemoConfig:
+    """``make demo``: the whole platform on one machine (see medmlops.demo)."""
+
+    workdir: str = ".medmlops/demo"  # logs, pid files, the token, the MLflow and monitoring databases, Evidently
+    pipelines: tuple[str, ...] = ("ich", "cxr")  # Kubeflow local runs; add covid when there is time
+    overrides: tuple[str, ...] = ("train.n_folds=2", "train.epochs=3")  # on top of the profile: ~20 min on 2 cores
+    host: str = "127.0.0.1"
+    mlflow_port: int = 5000
+    monitoring_port: int = 8080
+    serving_ports: dict[str, int] = field(
+        default_factory=lambda: {"ich-prognosis": 3001, "cxr-findings": 3002, "covid-prognosis": 3003}
+    )
+    traffic: int = 40  # simulated production requests per family, clean and then again shifted
+    shift: str = "scanner"  # the simulator's shift knob for the drifted traffic
+
+
+@dataclass(frozen=True)
 class GatesConfig:
     """Promotion gates for one registered family: ``candidate`` becomes ``champion`` only when all pass."""
 
@@ -295,6 +312,7 @@ class Params:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     covid_protocol: CovidProtocolConfig = field(default_factory=CovidProtocolConfig)
     informer: InformerConfig = field(default_factory=InformerConfig)
+    demo: DemoConfig = field(default_factory=DemoConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)

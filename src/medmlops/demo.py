@@ -1,19 +1,47 @@
-"""``medmlops demo``: the front door, run by ``make demo``.
+"""``medmlops demo``: the front door, run by ``make demo``. The whole platform on one machine:
 
-Stage 1 (this module so far): get the demo datasets — reuse them when they already match ``data.dvc``, else pull
-them from the DVC remote, else generate them — check them against the hashes recorded in ``data.dvc``, and
-validate each with Great Expectations. Later stages (MLflow, pipelines, serving, monitoring) append here.
+1. the demo datasets: reused when they match ``data.dvc``, else pulled from the DVC remote, else generated;
+2. Great Expectations validation of each;
+3. a real MLflow server on 127.0.0.1 (SQLite + local artifacts under ``demo.workdir``);
+4. the Kubeflow pipelines of ``demo.pipelines`` with Kubeflow's local runner (validate → preprocess → train folds →
+   aggregate → evaluate → register → INFORMER calibration → promotion gates), skipped for a family whose calibrated
+   candidate already matches the data version (``--fresh`` re-runs them);
+5. the monitoring service and one BentoML service per family (serving forwards every prediction to monitoring);
+6. simulated production traffic: clean, then shifted with the simulator's ``demo.shift`` knob; INFORMER flags;
+7. an Evidently drift report of each window into the Evidently workspace;
+8. a summary: the champions' metrics, flag rates, drift, and the URLs and files to open.
+
+The servers keep running after the demo so their UIs can be browsed; ``medmlops demo --stop`` (``make demo-stop``)
+or Ctrl-C during the demo stops every process it started. A second run reuses running servers and finished
+pipelines. Everything it writes lives under ``demo.workdir`` (logs in ``logs/``).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
+import os
+import secrets
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
+import uuid
+from argparse import Namespace
 from pathlib import Path
 
 from medmlops.config import Params
 from medmlops.data import versioning
 from medmlops.data.simulate import DATASETS, generate_from_params
+from medmlops.errors import UserError
+
+FAMILY_DATASET = {"ich-prognosis": "ich", "cxr-findings": "chexpert", "covid-prognosis": "aiforcovid"}
+PRIMARY_METRIC = {"ich-prognosis": "prognosis_auc_mean", "cxr-findings": "mean_auroc_mean",
+                  "covid-prognosis": "prognosis_f1_mean"}  # fmt: skip
 
 
 def _step(title: str) -> None:
@@ -40,16 +68,289 @@ def ensure_demo_data(params: Params, repo: Path, progress: bool = True) -> tuple
     return True, f"generated; matches data.dvc; pushed to the DVC remote '{remote}'"
 
 
-def run_demo(params: Params, repo: Path = Path("."), progress: bool = True) -> int:
+# ---------------------------------------------------------------------------------------------------------------
+# Processes: started in their own session, pid files under workdir/pids, reused when alive and healthy
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _http_status(url: str, timeout_s: float = 2.0) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+class Processes:
+    """The demo's long-running servers."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.pids = workdir / "pids"
+        self.logs = workdir / "logs"
+        self.pids.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.started: list[str] = []
+
+    def _pid(self, name: str) -> int | None:
+        path = self.pids / f"{name}.pid"
+        try:
+            pid = int(path.read_text().strip())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def ensure(self, name: str, command: list[str], health: str, *, env: dict, cwd: Path, timeout_s: float = 240.0):
+        """Start ``command`` unless ``name`` already runs and ``health`` answers 200; wait until it does."""
+        if self._pid(name) is not None and _http_status(health) == 200:
+            print(f"{name}: reused (already running, {health})")
+            return
+        if _http_status(health) == 200:
+            raise UserError(f"{name}: {health} is answered by a process this demo did not start; free the port "
+                            "or set another in params.yaml demo:")  # fmt: skip
+        log = self.logs / f"{name}.log"
+        with log.open("a") as out:
+            process = subprocess.Popen(
+                command, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        (self.pids / f"{name}.pid").write_text(str(process.pid))
+        self.started.append(name)
+        started = time.monotonic()
+        while _http_status(health) != 200:
+            if process.poll() is not None or time.monotonic() - started > timeout_s:
+                self.stop(name)
+                tail = log.read_text(errors="replace")[-2000:]
+                raise UserError(f"{name} did not start (see {log}):\n{tail}")
+            time.sleep(1.0)
+        print(f"{name}: started in {time.monotonic() - started:.0f} s ({health}; log {log})")
+
+    def stop(self, name: str, timeout_s: float = 30.0) -> bool:
+        """SIGTERM the process group, SIGKILL after ``timeout_s``; True when it was running."""
+        pid = self._pid(name)
+        (self.pids / f"{name}.pid").unlink(missing_ok=True)
+        if pid is None:
+            return False
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return False
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.3)
+        os.killpg(pid, signal.SIGKILL)
+        return True
+
+    def stop_all(self) -> list[str]:
+        names = sorted(p.stem for p in self.pids.glob("*.pid"))
+        return [n for n in names if self.stop(n)]
+
+
+def stop_demo(params: Params, repo: Path = Path(".")) -> int:
+    stopped = Processes((repo / params.demo.workdir).resolve()).stop_all()
+    print(f"stopped: {', '.join(stopped)}" if stopped else "no demo process was running")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Stages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _mlflow(procs: Processes, params: Params, workdir: Path, repo: Path) -> str:
+    cfg = params.demo
+    url = f"http://{cfg.host}:{cfg.mlflow_port}"
+    exe = Path(sys.executable).with_name("mlflow")
+    command = [
+        str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else ["-m", "mlflow"]), "server",
+        "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}", "--artifacts-destination",
+        str(workdir / "mlartifacts"), "--serve-artifacts", "--host", cfg.host, "--port", str(cfg.mlflow_port),
+        "--workers", "1", "--allowed-hosts", f"{cfg.host}:{cfg.mlflow_port},localhost:{cfg.mlflow_port}",
+    ]  # fmt: skip
+    procs.ensure("mlflow", command, f"{url}/health", env={"MLFLOW_DISABLE_TELEMETRY": "true"}, cwd=workdir)
+    return url
+
+
+def _ready_family(family: str, data_version: str) -> str | None:
+    """The version of ``family@candidate`` when it is calibrated and trained on ``data_version``, else None."""
+    from medmlops.registry.tracking import ModelNotFoundError, load_contract, resolve_version
+
+    try:
+        version = str(resolve_version(family, "candidate").version)
+        contract = load_contract(family, version)
+    except ModelNotFoundError:
+        return None
+    return version if contract.informer and contract.data_version == data_version else None
+
+
+def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict[str, float]:
+    from medmlops.cli import _pipelines_module
+    from medmlops.pipeline_steps import PIPELINE_EXPERIMENTS, PIPELINE_FAMILY
+
+    runner = _pipelines_module(repo)
+    data_version = versioning.recorded_hash(repo)
+    seconds = {}
+    for name in params.demo.pipelines:
+        family = PIPELINE_FAMILY[name]
+        ready = None if fresh else _ready_family(family, data_version)
+        if ready:
+            print(f"{name}: reused ({family} version {ready} is calibrated on data version {data_version})")
+            continue
+        arguments = {
+            "profile": params.profile, "experiments": list(PIPELINE_EXPERIMENTS[name]), "data_rev": "",
+            "data_remote": "", "mlflow_uri": mlflow_url, "workdir": str(repo),
+            "overrides": list(params.demo.overrides), "nproc": 1,
+        }  # fmt: skip
+        print(f"{name}: Kubeflow local run, profile {params.profile}, overrides {list(params.demo.overrides)}",
+              flush=True)  # fmt: skip
+        seconds[name] = runner.run_local(name, arguments, repo / ".medmlops" / "kfp")
+        print(f"{name}: pipeline finished in {seconds[name]:.0f} s")
+    return seconds
+
+
+def _served_alias(family: str) -> str:
+    from medmlops.registry.tracking import ModelNotFoundError, resolve_version
+
+    try:
+        resolve_version(family, "champion")
+        return "champion"
+    except ModelNotFoundError:
+        return "candidate"
+
+
+def _services(procs: Processes, params: Params, workdir: Path, repo: Path, mlflow_url: str, families: list[str]):
+    cfg = params.demo
+    token_file = workdir / "monitoring-token"
+    if not token_file.is_file():
+        token_file.write_text(secrets.token_urlsafe(24))
+        token_file.chmod(0o600)
+    env = {"MLFLOW_TRACKING_URI": mlflow_url, "MEDMLOPS_MONITORING_TOKEN": token_file.read_text().strip()}
+    monitoring = f"http://{cfg.host}:{cfg.monitoring_port}"
+    cli = [sys.executable, "-m", "medmlops.cli"]
+    procs.ensure(
+        "monitoring",
+        [*cli, "monitor", "serve", "--host", cfg.host, "--port", str(cfg.monitoring_port), "--db-url",
+         f"sqlite:///{workdir / 'monitoring.db'}", "--repo", str(repo)],
+        f"{monitoring}/healthz", env=env, cwd=repo,
+    )  # fmt: skip
+    urls = {}
+    for family in families:
+        port = cfg.serving_ports.get(family)
+        if port is None:
+            raise UserError(f"params.yaml demo.serving_ports has no port for {family}")
+        alias = _served_alias(family)
+        url = f"http://{cfg.host}:{port}"
+        procs.ensure(
+            f"serve-{family}",
+            [*cli, "serve", family, "--alias", alias, "--host", cfg.host, "--port", str(port), "--monitoring-url",
+             monitoring, "--spool-dir", str(workdir / "spool"), "--repo", str(repo), "--params",
+             str(repo / "params.yaml")],
+            f"{url}/readyz", env=env, cwd=repo,
+        )  # fmt: skip
+        urls[family] = (url, alias)
+    return monitoring, urls
+
+
+def _traffic_files(params: Params, family: str, n: int, shift: str | None, seed: int, out: Path) -> list[Path]:
+    """``n`` fresh simulated uploads for ``family`` (the profile's image size), optionally shifted."""
+    from medmlops.data.readers import read_manifest
+    from medmlops.data.simulate import generate
+
+    dataset = FAMILY_DATASET[family]
+    cfg = getattr(params.data, dataset)
+    extra = {"n_valid": 1} if dataset == "chexpert" else {}
+    generate(dataset, out, n=n + 2, seed=seed, shape=cfg.shape, shift=shift, progress=False, **extra)
+    return [Path(p) for p in read_manifest(dataset, out, params)["image_path"]][:n]
+
+
+def _predict(url: str, path: Path) -> dict:
+    boundary = uuid.uuid4().hex
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{path.name}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + path.read_bytes() + f"\r\n--{boundary}--\r\n".encode()  # fmt: skip
+    request = urllib.request.Request(f"{url}/predict", data=body, method="POST")
+    request.add_header("Content-Type", f"multipart/form-data; boundary={boundary}")
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())
+
+
+def _replay(url: str, monitoring: str, files: list[Path], progress: bool) -> list[str]:
+    """POST every file to serving (4 clients), then wait until monitoring has processed every record."""
+    from tqdm.auto import tqdm
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        answers = list(tqdm(pool.map(lambda p: _predict(url, p), files), total=len(files), desc="requests",
+                            disable=not progress, unit="req"))  # fmt: skip
+    ids = [a["request_id"] for a in answers]
+    pending = set(ids)
+    bar = tqdm(total=len(ids), desc="INFORMER (monitoring)", disable=not progress, unit="rec")
+    deadline = time.monotonic() + 1800
+    while pending and time.monotonic() < deadline:
+        for request_id in list(pending):
+            try:
+                with urllib.request.urlopen(f"{monitoring}/v1/records/{request_id}", timeout=10) as response:
+                    state = json.loads(response.read()).get("status")
+            except (urllib.error.HTTPError, OSError):
+                state = None
+            if state in ("done", "failed"):
+                pending.discard(request_id)
+                bar.update(1)
+        time.sleep(1.0)
+    bar.close()
+    if pending:
+        raise UserError(f"monitoring did not process {len(pending)} of {len(ids)} records within 30 min")
+    return ids
+
+
+def _report(params: Params, workdir: Path, family: str, n: int) -> dict:
+    from medmlops.drift import report_command
+    from medmlops.monitor.store import Store
+
+    db_url = f"sqlite:///{workdir / 'monitoring.db'}"
+    args = Namespace(family=family, workspace=str(workdir / "evidently"), db_url=db_url, version=None,
+                     since_hours=None, last=n, out=None)  # fmt: skip
+    report_command(args)
+    store = Store(db_url)
+    try:
+        return store.latest_drift(family) or {}
+    finally:
+        store.close()
+
+
+def _flag_rate(workdir: Path, family: str, n: int) -> float:
+    from medmlops.monitor.store import Store
+
+    store = Store(f"sqlite:///{workdir / 'monitoring.db'}")
+    try:
+        frame = store.results_frame(family, limit=n)
+    finally:
+        store.close()
+    return float(frame["flagged"].mean()) if len(frame) else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def run_demo(params: Params, repo: Path = Path("."), progress: bool = True, *, fresh: bool = False) -> int:
     from medmlops.validation import validate_dataset
 
     repo = repo.resolve()
     started = time.monotonic()
-    _step(f"1/2 demo data ({params.profile} profile) in {params.data.raw_dir}")
+    total = 8
+    _step(f"1/{total} demo data ({params.profile} profile) in {params.data.raw_dir}")
     matches, how = ensure_demo_data(params, repo, progress=progress)
     print(f"data: {how}")
+    if not matches:
+        raise UserError(f"the data in {params.data.raw_dir} does not match data.dvc: {how}")
 
-    _step("2/2 validating with Great Expectations")
+    _step(f"2/{total} validating with Great Expectations")
     reports_dir = repo / params.validation.reports_dir
     results = {}
     for dataset in DATASETS:
@@ -58,15 +359,80 @@ def run_demo(params: Params, repo: Path = Path("."), progress: bool = True) -> i
         report.write(reports_dir / f"{dataset}.html")
         results[dataset] = report
         print(report.summary())
+    if not all(r.success for r in results.values()):
+        raise UserError(f"validation failed; see {reports_dir}/<dataset>.html")
 
-    elapsed = time.monotonic() - started
-    print("\n==> summary")
-    print(f"{'dataset':<12} {'rows':>6} {'images':>7} {'validation':>11}")
-    for dataset, report in results.items():
-        print(
-            f"{dataset:<12} {report.rows:>6} {report.images_checked:>7} {'passed' if report.success else 'FAILED':>11}"
+    workdir = (repo / params.demo.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    procs = Processes(workdir)
+    try:
+        return _platform(params, repo, workdir, procs, progress, fresh, started, total)
+    except KeyboardInterrupt:
+        print("\ninterrupted: stopping the demo's processes", file=sys.stderr)
+        procs.stop_all()
+        return 130
+
+
+def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> int:
+    import mlflow
+
+    from medmlops.pipeline_steps import PIPELINE_FAMILY
+    from medmlops.registry import tracking
+    from medmlops.registry.tracking import load_contract, resolve_version
+
+    _step(f"3/{total} MLflow server")
+    mlflow_url = _mlflow(procs, params, workdir, repo)
+    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
+    mlflow.set_tracking_uri(mlflow_url)
+    mlflow.set_registry_uri(mlflow_url)
+    tracking.configure(params.registry, cwd=repo)
+
+    _step(f"4/{total} Kubeflow pipelines (local runner): {', '.join(params.demo.pipelines)}")
+    _pipelines(params, repo, mlflow_url, fresh)
+    families = [PIPELINE_FAMILY[name] for name in params.demo.pipelines]
+
+    _step(f"5/{total} monitoring and serving")
+    monitoring, serving = _services(procs, params, workdir, repo, mlflow_url, families)
+
+    cfg = params.demo
+    windows: dict[str, dict[str, dict]] = {}
+    for step, (label, shift, seed) in ((6, ("clean", None, 1001)), (7, ("shifted", cfg.shift, 2002))):
+        _step(
+            f"{step}/{total} {label} traffic: {cfg.traffic} requests per family"
+            + (f" (shift: {shift})" if shift else "")
         )
-    print(f"data matches data.dvc: {'yes' if matches else 'NO'}")
-    print(f"reports: {reports_dir}/<dataset>.html")
-    print(f"finished in {elapsed:.0f} s")
-    return 0 if matches and all(r.success for r in results.values()) else 1
+        for family in families:
+            with tempfile.TemporaryDirectory(prefix=f"medmlops-demo-{family}-") as tmp:
+                files = _traffic_files(params, family, cfg.traffic, shift, seed, Path(tmp))
+                _replay(serving[family][0], monitoring, files, progress)
+            drift = _report(params, workdir, family, cfg.traffic)
+            windows.setdefault(family, {})[label] = {
+                "drift": drift,
+                "flag_rate": _flag_rate(workdir, family, cfg.traffic),
+            }
+
+    _step(f"8/{total} summary")
+    print(f"{'family':<16}{'served':>14}{'primary metric':>36}{'flag rate':>22}{'drift detected':>24}")
+    for family in families:
+        url, alias = serving[family]
+        version = str(resolve_version(family, alias).version)
+        metrics = load_contract(family, version).metrics
+        metric = PRIMARY_METRIC.get(family, "")
+        value = metrics.get(metric, float("nan"))
+        clean, shifted = windows[family]["clean"], windows[family]["shifted"]
+        drift = " / ".join("yes" if w["drift"].get("detected") else "no" for w in (clean, shifted))
+        flags = " / ".join(f"{w['flag_rate']:.0%}" for w in (clean, shifted))
+        served, primary = f"v{version} @{alias}", f"{metric} {value:.3f}"
+        print(f"{family:<16}{served:>14}{primary:>36}{flags:>22}{drift:>24}")
+    print("(flag rate and drift: clean / shifted traffic)")
+    print("\nopen:")
+    print(f"  MLflow UI            {mlflow_url}")
+    print(f"  monitoring dashboard {monitoring}/dashboard")
+    for family in families:
+        print(f"  serving {family:<13}{serving[family][0]}/predict  (docs {serving[family][0]}/docs)")
+    for family in families:
+        print(f"  drift report         {windows[family]['shifted']['drift'].get('html_path', '-')}")
+    print(f"  Evidently UI         evidently ui --workspace {workdir / 'evidently'} --host 127.0.0.1 --port 8000")
+    print(f"  logs                 {workdir / 'logs'}")
+    print(f"\nfinished in {time.monotonic() - started:.0f} s; the servers keep running: `make demo-stop` stops them")
+    return 0
