@@ -112,7 +112,10 @@ def test_uneven_epoch_is_padded_so_no_rank_waits_forever(tmp_path):
 
 @pytest.mark.slow  # real torchrun launches: ~10-20 s each
 def test_a_failing_rank_fails_the_launch_with_its_error(tmp_path):
-    with pytest.raises(UserError, match=r"rank 1 failed \(exit code 1\) with RuntimeError: rank 1 fails on purpose"):
+    # Exit code 1, or -15 when torchrun stops the failing rank before its own exit is recorded (seen under load).
+    with pytest.raises(
+        UserError, match=r"rank 1 failed \(exit code (1|-15)\) with RuntimeError: rank 1 fails on purpose"
+    ):
         ddp.launch([WORKER, str(tmp_path), "--fail-rank", "1"], nproc=2, env={"OMP_NUM_THREADS": "1"})
     assert not (tmp_path / "result.json").exists()
 
