@@ -40,8 +40,6 @@ from medmlops.data.simulate import DATASETS, generate_from_params
 from medmlops.errors import UserError
 
 FAMILY_DATASET = {"ich-prognosis": "ich", "cxr-findings": "chexpert", "covid-prognosis": "aiforcovid"}
-PRIMARY_METRIC = {"ich-prognosis": "prognosis_auc_mean", "cxr-findings": "mean_auroc_mean",
-                  "covid-prognosis": "prognosis_f1_mean"}  # fmt: skip
 
 
 def _step(title: str) -> None:
@@ -190,7 +188,7 @@ def _ready_family(family: str, data_version: str) -> str | None:
 
 
 def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict[str, float]:
-    from medmlops.cli import _pipelines_module
+    from medmlops.cli import _pipeline_summary, _pipelines_module
     from medmlops.pipeline_steps import PIPELINE_EXPERIMENTS, PIPELINE_FAMILY
 
     runner = _pipelines_module(repo)
@@ -211,6 +209,8 @@ def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict
               flush=True)  # fmt: skip
         seconds[name] = runner.run_local(name, arguments, repo / ".medmlops" / "kfp")
         print(f"{name}: pipeline finished in {seconds[name]:.0f} s")
+        for line in _pipeline_summary(params, name, repo):
+            print(f"{name}: {line}")
     return seconds
 
 
@@ -417,7 +417,8 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
         url, alias = serving[family]
         version = str(resolve_version(family, alias).version)
         metrics = load_contract(family, version).metrics
-        metric = PRIMARY_METRIC.get(family, "")
+        gates = params.registry.gates.get(family)
+        metric = gates.primary_metric if gates else ""
         value = metrics.get(metric, float("nan"))
         clean, shifted = windows[family]["clean"], windows[family]["shifted"]
         drift = " / ".join("yes" if w["drift"].get("detected") else "no" for w in (clean, shifted))
@@ -429,7 +430,7 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
     print(f"  MLflow UI            {mlflow_url}")
     print(f"  monitoring dashboard {monitoring}/dashboard")
     for family in families:
-        print(f"  serving {family:<13}{serving[family][0]}/predict  (docs {serving[family][0]}/docs)")
+        print(f"  serving              {serving[family][0]}/predict  ({family}; API docs at /docs)")
     for family in families:
         print(f"  drift report         {windows[family]['shifted']['drift'].get('html_path', '-')}")
     print(f"  Evidently UI         evidently ui --workspace {workdir / 'evidently'} --host 127.0.0.1 --port 8000")
