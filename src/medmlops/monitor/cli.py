@@ -69,19 +69,6 @@ def add_monitor_parser(sub: argparse._SubParsersAction, add_params_args: Callabl
     report.set_defaults(func=cmd_report)
 
 
-def _code_root(repo: Path) -> Path:
-    """``repo`` when it holds monitoring/app.py, else the checkout medmlops is installed from."""
-    marker = Path("monitoring") / "app.py"
-    if (repo / marker).is_file():
-        return repo
-    import medmlops
-
-    source = Path(medmlops.__file__).resolve().parents[2]
-    if not (source / marker).is_file():
-        raise UserError(f"{repo / marker}: not found; run from the project root or pass --repo")
-    return source
-
-
 class _Stopped(Exception):
     """SIGTERM after uvicorn's graceful shutdown (it re-raises the signal once it has finished)."""
 
@@ -105,7 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         analyser_factory=args.analyser_factory,
     )  # fmt: skip
     check_exposure(settings.host, settings.token)
-    root = _code_root(Path(args.repo).resolve())
+    from medmlops.cli import _code_root
+
+    root = _code_root(Path(args.repo).resolve(), "monitoring/app.py")
     if str(root) not in sys.path:
         sys.path.insert(0, str(root))
     import uvicorn
