@@ -297,6 +297,18 @@ def reference_features(
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def informer_model(family: str, alias: str) -> tuple[str, ModelContract, LogitsModel]:
+    """``family@alias`` (or a version number) as (version, contract, eval-mode logits model); a model with one
+    output logit is refused: INFORMER compares the maps of at least two classes."""
+    from medmlops.registry.tracking import load_model, resolve_version
+
+    version = str(resolve_version(family, alias).version)
+    model, contract, _ = load_model(family, version)
+    if len(contract.output_names()) < 2:
+        raise CalibrationError(f"{family} has one output logit; INFORMER compares the maps of at least two classes")
+    return version, contract, LogitsModel(model, contract.task_names()).eval()
+
+
 def calibrate_version(
     params: Params,
     family: str,
@@ -311,20 +323,14 @@ def calibrate_version(
     store: bool = True,
 ) -> dict[str, Any]:
     """Calibrate ``family@alias`` (or a version number) on its validation split and store the result with it."""
-    from medmlops.registry.tracking import load_model, resolve_version
-
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise CalibrationError(f"unknown saliency method '{unknown[0]}' (expected one of: {', '.join(METHODS)})")
     if direction not in scores.DIRECTIONS:
         raise CalibrationError(f"direction must be low or high, got '{direction}'")
-    version = str(resolve_version(family, alias).version)
-    model, contract, _ = load_model(family, version)
-    if len(contract.output_names()) < 2:
-        raise CalibrationError(f"{family} has one output logit; INFORMER compares the maps of at least two classes")
+    version, contract, logits_model = informer_model(family, alias)
     images, labels, _ = version_split(params, family, version, "val", repo=repo, progress=progress)
     targets = scores.logit_targets(contract, labels)
-    logits_model = LogitsModel(model, contract.task_names()).eval()
     outputs = batched_outputs(
         logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
         desc=f"calibrate {family} v{version}",

@@ -27,14 +27,13 @@ import torch
 from medmlops.config import Params
 from medmlops.informer import scores
 from medmlops.informer.calibrate import (
-    CalibrationError,
     baseline_scores,
     batched_outputs,
     fit_calibration,
+    informer_model,
     load_calibration,
     version_split,
 )
-from medmlops.informer.saliency import LogitsModel
 from medmlops.registry.contract import ModelContract
 
 log = logging.getLogger(__name__)
@@ -195,7 +194,6 @@ def shifted_test_set(
     from medmlops.data.readers import read_manifest
     from medmlops.data.simulate import generate
     from medmlops.inference import Preprocessor
-    from medmlops.training.tasks import TaskDef
 
     source = (contract.preprocessing.get("sources") or [contract.preprocessing["dataset"]])[0]
     cfg = getattr(params.data, source)
@@ -208,13 +206,11 @@ def shifted_test_set(
         images = torch.stack([preprocess(Path(item["image"]).read_bytes()) for item in items])
     labels = {}
     for spec in contract.tasks:
-        task = TaskDef(spec.name, spec.name, spec.kind, spec.classes)
         if spec.kind == "multilabel":
             labels[spec.name] = np.stack([np.asarray(item["findings"], dtype=np.float64) for item in items])
         else:
             column = spec.name if spec.name in items[0] else None
             labels[spec.name] = np.asarray([item[column] if column else -1 for item in items], dtype=np.float64)
-        del task
     return images, labels
 
 
@@ -235,14 +231,8 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Run both protocols on ``family@alias``; write tables (CSV, Markdown, HTML), the box plot and a JSON summary
     into ``out_dir``, log them to an MLflow run of the family's experiment, and return the summary."""
-    from medmlops.registry.tracking import load_model, resolve_version
-
-    version = str(resolve_version(family, alias).version)
-    model, contract, _ = load_model(family, version)
+    version, contract, logits_model = informer_model(family, alias)
     classes = contract.output_names()
-    if len(classes) < 2:
-        raise CalibrationError(f"{family} has one output logit; INFORMER compares the maps of at least two classes")
-    logits_model = LogitsModel(model, contract.task_names()).eval()
     run = lambda images, desc: batched_outputs(  # noqa: E731
         logits_model,
         contract,
