@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -160,3 +161,19 @@ def registered_project(tmp_path_factory):
     finally:
         mp.undo()
     return root
+
+
+@contextlib.contextmanager
+def project_registry(root: Path) -> Iterator[str]:
+    """Point this process's MLflow tracking and registry at ``root``'s SQLite registry, then put them back."""
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    uri = f"sqlite:///{root / '.medmlops' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield uri
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])

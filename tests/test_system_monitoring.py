@@ -16,7 +16,7 @@ import pytest
 
 from medmlops.cli import main
 
-from .conftest import REPO, _free_port
+from .conftest import REPO, _free_port, project_registry
 from .monitor.records import call, start_monitor, wait_for
 from .test_serving import MAX_UPLOAD, _predict, _stop
 
@@ -115,20 +115,13 @@ def _report(platform, capsys) -> dict:
 
 def test_every_prediction_gets_informer_results_from_the_version_that_made_it(platform, capsys):
     from medmlops.informer.calibrate import load_calibration
-    from medmlops.registry import tracking
     from medmlops.registry.tracking import load_contract
 
     answers = _send(platform, _traffic(None, seed=101))
-    prev = tracking.mlflow.get_tracking_uri(), tracking.mlflow.get_registry_uri()
-    tracking.mlflow.set_tracking_uri(platform["env"]["MLFLOW_TRACKING_URI"])
-    tracking.mlflow.set_registry_uri(platform["env"]["MLFLOW_TRACKING_URI"])
-    try:
+    with project_registry(platform["root"]):
         version = answers[0]["version"]
         contract = load_contract("cxr-findings", version)
         calibration = load_calibration("cxr-findings", version, contract)
-    finally:
-        tracking.mlflow.set_tracking_uri(prev[0])
-        tracking.mlflow.set_registry_uri(prev[1])
     tau = calibration["methods"]["ixg"]["tau"]
     monitor = platform["monitor"].url
     for answer in answers:

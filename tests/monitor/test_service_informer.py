@@ -14,6 +14,7 @@ import uuid
 import numpy as np
 import pytest
 
+from ..conftest import project_registry
 from .records import call, start_monitor, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -22,19 +23,10 @@ CXR_CLASSES = {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural
 
 @pytest.fixture(scope="module")
 def predictors(registered_project):
-    import mlflow
-
     from medmlops.inference import Predictor
 
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    uri = f"sqlite:///{registered_project / '.medmlops' / 'mlflow.db'}"
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
+    with project_registry(registered_project):
         return {f: Predictor.from_registry(f, "candidate", device="cpu") for f in ("cxr-findings", "ich-prognosis")}
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
 
 
 @pytest.fixture(scope="module")
