@@ -85,11 +85,11 @@ def _get(url: str) -> int:
         return 0
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its http:// URI."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """``mlflow server`` on 127.0.0.1 (SQLite backend and proxied artifacts under ``root``, log in
+    ``root/server.log``), on ``port`` or a free one; returns once its REST API answers. Restarting on the same root
+    and port brings the same store back."""
+    port = port or _free_port()
     exe = Path(sys.executable).with_name("mlflow")
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", "mlflow"]
     log_path = root / "server.log"
@@ -109,7 +109,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.monotonic()
-    with log_path.open("w") as log_file:
+    with log_path.open("a") as log_file:
         process = subprocess.Popen(args, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
@@ -123,15 +123,31 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             raise RuntimeError(
                 f"mlflow server answers {status} to the REST API; its log:\n{log_path.read_text()[-3000:]}"
             )
-        print(f"\nmlflow server ready in {time.monotonic() - started:.1f} s at {uri}")
+    except BaseException:
+        stop_process(process)
+        raise
+    print(f"\nmlflow server ready in {time.monotonic() - started:.1f} s at {uri}")
+    return process, uri
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its http:// URI."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    process, uri = start_mlflow_server(root)
+    try:
         yield uri
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
+        stop_process(process)
         shutil.rmtree(root / "artifacts", ignore_errors=True)
 
 

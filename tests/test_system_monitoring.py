@@ -67,12 +67,14 @@ def platform(registered_project, tmp_path_factory):
         cwd=root, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    served = {"root": root, "serving": url, "monitor": monitor, "work": work, "env": env}
     try:
         assert wait_for(lambda: _ready(url), timeout_s=180, every_s=1.0), (work / "serve.log").read_text()[-3000:]
-        yield {"root": root, "serving": url, "monitor": monitor, "work": work, "env": env}
+        yield served
     finally:
         _stop(serving)
         monitor.stop()
+        served["monitor"].stop()  # the load test restarts it
 
 
 def _send(platform, images: list[bytes]) -> list[dict]:
@@ -152,3 +154,76 @@ def test_shifted_traffic_is_detected_and_exported(platform, capsys):
     line = next(ln for ln in metrics.splitlines() if ln.startswith('medmlops_drift_share{family="cxr-findings"}'))
     assert abs(float(line.split()[-1]) - shifted["drift_share"]) < 1e-9
     assert "medmlops_informer_flag_rate{" in metrics
+
+
+def test_load_for_60_s_with_monitoring_killed_and_restarted_loses_nothing(platform):
+    """The bounded load test of the serving and front-door issues, on loopback: 16 clients for 60 s against
+    serving, which forwards every prediction to monitoring (computing INFORMER on the same 2 cores, at lower CPU
+    priority). 20 s in, monitoring is SIGKILLed; 15 s later it is restarted on the same port and database. Every
+    request is answered 200, and every answered request id reaches the monitoring store exactly once."""
+    import signal
+    import threading
+    import time
+    from urllib.parse import urlsplit
+
+    import sqlalchemy as sa
+
+    images = _traffic(None, seed=303)
+    answered: list[str] = []
+    statuses: dict[int, int] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+    start = time.monotonic()
+    stop = start + 60.0
+
+    def client(k: int) -> None:
+        i = k
+        while time.monotonic() < stop:
+            status, body = _predict(platform["serving"], images[i % len(images)])
+            with lock:
+                statuses[status] = statuses.get(status, 0) + 1
+                if status == 200:
+                    answered.append(body["request_id"])
+                elif len(failures) < 5:
+                    failures.append(f"{status}: {body}")
+            i += 16
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    monitor = platform["monitor"]
+    time.sleep(max(0.0, start + 20.0 - time.monotonic()))
+    monitor.process.send_signal(signal.SIGKILL)  # no shutdown: whatever it had not committed is gone
+    monitor.process.wait(timeout=10)
+    at_kill = len(answered)
+    time.sleep(max(0.0, start + 35.0 - time.monotonic()))
+    restarted = start_monitor(
+        platform["work"], "--batch-size", "8", db_url=monitor.db_url, env=platform["env"], factory=None,
+        cwd=platform["root"], name="system-monitor-restarted", port=urlsplit(monitor.url).port,
+    )  # fmt: skip
+    platform["monitor"] = restarted
+    for t in threads:
+        t.join(timeout=400)
+    assert statuses == {200: len(answered)}, (statuses, failures)
+    assert 0 < at_kill < len(answered)
+    print(f"\nload: {len(answered)} requests in 60 s at concurrency 16 ({len(answered) / 60:.1f} req/s), all 200; "
+          f"monitoring killed after {at_kill} and restarted")  # fmt: skip
+    engine = sa.create_engine(restarted.db_url)
+    try:
+
+        def stored() -> list[str]:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    sa.text("SELECT request_id FROM records WHERE request_id IN :ids").bindparams(
+                        sa.bindparam("ids", expanding=True)
+                    ),
+                    {"ids": answered},
+                ).all()
+            return [r[0] for r in rows]
+
+        assert wait_for(lambda: set(stored()) == set(answered), timeout_s=300, every_s=2.0), (
+            f"{len(set(answered) - set(stored()))} records not delivered"
+        )
+        assert sorted(stored()) == sorted(answered), "a record was stored twice"
+    finally:
+        engine.dispose()

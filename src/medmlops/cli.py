@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from medmlops.config import PROFILES, load_params, save_resolved
-from medmlops.errors import UserError
+from medmlops.errors import UserError, tracking_unreachable
 
 log = logging.getLogger("medmlops")
 
@@ -293,6 +293,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     env = {
         **os.environ, "MLFLOW_TRACKING_URI": uri, "MEDMLOPS_FAMILY": args.family, "MEDMLOPS_MODEL_VERSION": version,
         "MEDMLOPS_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "MEDMLOPS_BATCHING": "0" if args.no_batching else "1",
+        "MEDMLOPS_MAX_BATCH_SIZE": str(args.max_batch_size), "MEDMLOPS_MAX_LATENCY_MS": str(args.max_latency_ms),
         "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": args.monitoring_url or os.environ.get("MONITORING_URL", ""),
         "MEDMLOPS_SPOOL_DIR": str((Path(args.spool_dir) / args.family).resolve()),
         "MEDMLOPS_ALIAS": "" if args.alias.isdigit() else args.alias, "MEDMLOPS_RELOAD_S": str(args.reload_s),
@@ -464,6 +465,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=3000)
     serve.add_argument("--max-upload-bytes", type=int, default=64 * 1024 * 1024)
     serve.add_argument("--no-batching", action="store_true", help="turn BentoML's adaptive batching off")
+    serve.add_argument("--max-batch-size", type=int, default=16, help="largest adaptive batch")
+    serve.add_argument(
+        "--max-latency-ms", type=int, default=60_000,
+        help="BentoML sheds (503, retry) requests it predicts to wait longer than this; the batching window adapts "
+        "far below it",
+    )  # fmt: skip
     serve.add_argument("--reload-s", type=float, default=30.0, help="poll the alias this often; 0 = never switch")
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
     serve.add_argument("--spool-dir", default=".medmlops/spool", help="records waiting for monitoring (per family)")
@@ -513,6 +520,12 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except UserError as exc:
         print(f"medmlops: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        unreachable = tracking_unreachable(exc)
+        if unreachable is None:
+            raise
+        print(f"medmlops: error: {unreachable}", file=sys.stderr)
         return 1
 
 

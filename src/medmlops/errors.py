@@ -9,3 +9,41 @@ class UserError(Exception):
 
 class DataError(UserError, ValueError):
     """Unreadable, inconsistent or out-of-range data; the message names the file, column or row."""
+
+
+class TrackingUnavailableError(UserError, ConnectionError):
+    """The MLflow tracking server could not be reached (after MLflow's own retries)."""
+
+
+_CONNECTION_FAILURES = {
+    "Connection refused": "connection refused",
+    "timed out": "timed out",
+    "Failed to establish a new connection": "no connection",
+    "Max retries exceeded": "no answer after retries",
+    "RemoteDisconnected": "the server closed the connection",
+    "Connection aborted": "the connection was aborted",
+    "Name or service not known": "unknown host",
+}
+
+
+def tracking_unreachable(exc: BaseException | None) -> TrackingUnavailableError | None:
+    """The one-sentence error for ``exc`` when it (or an exception it came from) is a failed HTTP call from MLflow's
+    client to the tracking server; None for anything else. MLflow wraps the ``requests`` failure in an
+    ``MlflowException("API request to <url> failed with exception ...")``, so the text is what identifies it."""
+    import re
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module, text = type(exc).__module__, str(exc)
+        if module.split(".")[0] in ("mlflow", "requests", "urllib3"):
+            reasons = [reason for marker, reason in _CONNECTION_FAILURES.items() if marker in text]
+            if reasons:
+                found = re.search(r"https?://[^/\s'\"]+", text)
+                server = found.group(0) if found else "the configured address"
+                return TrackingUnavailableError(
+                    f"the MLflow tracking server at {server} cannot be reached ({reasons[0]}); checkpoints and "
+                    "results written so far are kept: run the same command again to resume once it is back"
+                )
+        exc = exc.__cause__ or exc.__context__
+    return None

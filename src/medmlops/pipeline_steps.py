@@ -18,18 +18,20 @@ not by ``dsl.If``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from medmlops.config import Params, load_params
-from medmlops.errors import DataError, UserError
+from medmlops.errors import DataError, UserError, tracking_unreachable
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,27 @@ PIPELINE_FAMILY = {"ich": "ich-prognosis", "covid": "covid-prognosis", "cxr": "c
 JOB_TAG = "medmlops.pipeline_job"
 KIND_TAG = "medmlops.run_kind"
 _MD5 = re.compile(r"^[0-9a-f]{32}(\.dir)?$")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _names_tracking_outages(step: Callable[P, R]) -> Callable[P, R]:
+    """A step that loses the MLflow tracking server raises one sentence naming it (TrackingUnavailableError, after
+    MLflow's own retries) instead of a requests traceback; what it wrote to the data volume stays for the retry."""
+
+    @functools.wraps(step)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return step(*args, **kwargs)
+        except UserError:
+            raise
+        except Exception as exc:
+            unreachable = tracking_unreachable(exc)
+            if unreachable is None:
+                raise
+            raise unreachable from exc
+
+    return wrapper
 
 
 @dataclass(frozen=True)
@@ -183,6 +206,7 @@ def validate_step(
     return md5
 
 
+@_names_tracking_outages
 def preprocess_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], manifest_csv: str) -> dict[str, int]:
     """Preprocess every source dataset into the cache (reused when already there); return samples per dataset."""
     import pandas as pd
@@ -249,6 +273,7 @@ def experiment_run(params: Params, experiment: str, job_id: str) -> str:
     return found.info.run_id
 
 
+@_names_tracking_outages
 def prepare_step(
     ctx: StepContext,
     pipeline: str,
@@ -291,6 +316,7 @@ def prepare_step(
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@_names_tracking_outages
 def train_fold_step(ctx: StepContext, experiment: str, fold: int, job_id: str, nproc: int = 1) -> dict[str, float]:
     """Train and test one fold as a nested MLflow run of the experiment run; return its test metrics.
 
@@ -361,6 +387,7 @@ def _fold_metrics(ctx: StepContext, experiment: str, fold: int) -> dict[str, flo
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+@_names_tracking_outages
 def aggregate_step(ctx: StepContext, experiment: str, job_id: str) -> dict[str, float]:
     """Aggregate the experiment's folds from MLflow (they may have trained on other nodes); return mean ± SD."""
     from medmlops.training.experiment import aggregate_experiment, plan_experiment
@@ -371,6 +398,7 @@ def aggregate_step(ctx: StepContext, experiment: str, job_id: str) -> dict[str, 
     return {k: float(v) for k, v in result.summary.items()}
 
 
+@_names_tracking_outages
 def evaluate_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], job_id: str, report_html: str) -> str:
     """The cross-experiment report (tables, box plots, bootstrap CIs; tabular models and saliency maps for ICH),
     logged under the pipeline run; its index.html is copied to ``report_html``. Returns the report folder."""
@@ -392,6 +420,7 @@ def evaluate_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], j
     return str(out)
 
 
+@_names_tracking_outages
 def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str) -> dict[str, str]:
     """Register the aggregated experiment as ``FAMILY@candidate`` (contract with the data version); return the family
     and the version ("" when the experiment is not registered). Calibration and promotion are the next steps."""
@@ -414,6 +443,7 @@ def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str)
     return {"family": exp.family, "version": version, "message": message}
 
 
+@_names_tracking_outages
 def calibrate_step(ctx: StepContext, pipeline: str, family: str, version: str, job_id: str, report_html: str) -> dict:
     """INFORMER calibration of the registered candidate on its validation split, before any promotion (serving and
     monitoring of a champion always find its thresholds); params ``informer:`` settings. Returns validation metrics
@@ -462,6 +492,7 @@ def calibrate_step(ctx: StepContext, pipeline: str, family: str, version: str, j
     return metrics
 
 
+@_names_tracking_outages
 def promote_step(ctx: StepContext, pipeline: str, family: str, version: str, job_id: str) -> dict[str, str]:
     """The promotion gates of params.yaml on the calibrated candidate; tags and closes the pipeline run."""
     from mlflow import MlflowClient

@@ -90,10 +90,11 @@ class Served:
 def start_monitor(
     workdir: Path, *args: str, db_url: str | None = None, env: dict[str, str] | None = None,
     factory: str | None = FAKE_FACTORY, timeout_s: float = 90.0, name: str = "monitor", cwd: Path | None = None,
+    port: int | None = None,
 ) -> Served:  # fmt: skip
-    """``medmlops monitor serve`` as a subprocess on a free port (log and default database in ``workdir``, run in
-    ``cwd`` or ``workdir``); returns once /healthz answers 200."""
-    port = _free_port()
+    """``medmlops monitor serve`` as a subprocess on ``port`` or a free one (log and default database in
+    ``workdir``, run in ``cwd`` or ``workdir``); returns once /healthz answers 200."""
+    port = port or _free_port()
     db_url = db_url or f"sqlite:///{workdir / 'monitoring.db'}"
     log = workdir / f"{name}-{port}.log"
     command = [sys.executable, "-m", "medmlops.cli", "monitor", "serve", "--port", str(port), "--db-url", db_url,

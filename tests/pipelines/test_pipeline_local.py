@@ -170,6 +170,59 @@ def test_a_fold_trains_with_ddp_from_the_pipeline_step(ich_run, tmp_path):
     assert sorted(p.name for p in fold_dir.glob("*.pt")) == ["best.pt", "last.pt"]
 
 
+def test_mlflow_down_mid_fold_is_one_sentence_and_the_rerun_resumes(ich_run, tmp_path):
+    """Fault: the tracking server dies while a fold trains. The step fails with one sentence naming the server
+    (after MLflow's retries, shortened here); its checkpoint stays on the data volume. With the server back on the
+    same store and port, the same command resumes from that checkpoint instead of starting over, and finishes."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from ..conftest import start_mlflow_server, stop_process
+
+    (server_root := tmp_path / "mlflow").mkdir()
+    server, uri = start_mlflow_server(server_root)
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "medmlops.cli", "pipeline", "step", "train-fold", "ich-mt-ord", "--fold", "0",
+               "--job-id", "fault-job", "--workdir", str(ich_run["project"]), "--profile", "smoke",
+               "--set", f"train.runs_dir={runs}", "--set", "train.epochs=4", "--set", "train.patience=10"]  # fmt: skip
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
+           "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}  # fmt: skip
+    try:
+        step = subprocess.Popen(
+            command, cwd=ich_run["project"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        deadline = time.monotonic() + 300
+        while not list(runs.rglob("fold-0/last.pt")):  # the first epoch is trained and logged
+            assert step.poll() is None and time.monotonic() < deadline, step.communicate()
+            time.sleep(0.1)
+        server.send_signal(signal.SIGKILL)
+        server.wait(timeout=10)
+        out, err = step.communicate(timeout=300)
+        assert step.returncode == 1, err[-3000:]
+        sentence = err.strip().splitlines()[-1]
+        assert sentence.startswith(f"medmlops: error: the MLflow tracking server at {uri} cannot be reached ("), err
+        assert sentence.endswith("run the same command again to resume once it is back")
+        (fold_dir,) = {p.parent for p in runs.rglob("fold-0/last.pt")}
+        assert not (fold_dir / "done.json").exists()  # it stopped mid-training
+
+        server, _ = start_mlflow_server(server_root, int(uri.rsplit(":", 1)[1]))
+        rerun = subprocess.run(command, cwd=ich_run["project"], env=env, capture_output=True, text=True, timeout=600)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        assert "fold fold-0: resuming after epoch" in rerun.stderr
+        assert "prognosis_auc" in json.loads(rerun.stdout.strip().splitlines()[-1])
+        history = json.loads((fold_dir / "done.json").read_text())["history"]
+        assert [h["epoch"] for h in history] == [0, 1, 2, 3]  # one history: the resumed epochs follow the first
+
+        client = _client(uri)
+        (experiment,) = client.search_experiments(filter_string="name LIKE '%ich-prognosis%'")
+        folds = client.search_runs([experiment.experiment_id], "tags.fold = '0' and attributes.status = 'FINISHED'")
+        assert len(folds) == 1  # the killed attempt never finished; the resumed one did
+    finally:
+        stop_process(server)
+
+
 @pytest.mark.parametrize(
     ("name", "datasets", "family"),
     # cxr's local run is tested end to end by tests/test_demo.py (the demo runs it): one run keeps CI in budget.

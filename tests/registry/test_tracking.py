@@ -207,3 +207,57 @@ def test_load_model_refuses_a_contract_inconsistent_with_the_model(sqlite_regist
     sqlite_registry.client.log_model_artifact(model_id, str(tmp_path / CONTRACT_FILE))
     with pytest.raises(ModelNotFoundError, match="missing key 'tasks'"):
         load_model("ich-prognosis", "candidate")
+
+
+def test_a_corrupt_weights_file_is_refused_in_one_sentence_and_serve_does_not_start(sqlite_registry, tmp_path):
+    """Fault: the registered model's weights file is truncated in the artifact store (a half-finished upload, a
+    bad disk). Loading names the version and the problem, and ``medmlops serve`` exits 1 with that one sentence."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    version = sqlite_registry.register("ich-prognosis")
+    weights = [p for p in (tmp_path / "artifacts").rglob("*.pth") if p.is_file()]
+    assert weights, sorted(str(p) for p in (tmp_path / "artifacts").rglob("*"))
+    for path in weights:
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated
+    with pytest.raises(ModelNotFoundError, match=rf"'ich-prognosis@candidate' \(version {version.version}\): its "
+                       r"model weights cannot be loaded \("):  # fmt: skip
+        load_model("ich-prognosis", "candidate")
+    result = subprocess.run(
+        [sys.executable, "-m", "medmlops.cli", "serve", "ich-prognosis", "--alias", "candidate", "--repo", str(REPO),
+         "--params", str(REPO / "params.yaml")],
+        cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"},
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("medmlops: error: 'ich-prognosis@"), result.stderr
+    assert "model weights cannot be loaded (PytorchStreamReader failed reading zip archive" in lines[0]
+
+
+def test_an_unreachable_tracking_server_is_named_in_one_sentence(monkeypatch):
+    """The real MLflow client against a closed port: the error names the server and the cause; other errors that
+    merely mention a connection are not taken for it."""
+    from medmlops.errors import TrackingUnavailableError, tracking_unreachable
+    from tests.conftest import _free_port
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(MlflowException) as info:
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments()
+    error = tracking_unreachable(info.value)
+    assert isinstance(error, TrackingUnavailableError)
+    assert str(error).startswith(f"the MLflow tracking server at {uri} cannot be reached (")
+    assert "\n" not in str(error)
+    try:  # found through the chain, as when a step's own code wraps it
+        try:
+            raise info.value
+        except MlflowException as exc:
+            raise RuntimeError("logging the fold failed") from exc
+    except RuntimeError as wrapped:
+        assert isinstance(tracking_unreachable(wrapped), TrackingUnavailableError)
+    assert tracking_unreachable(ValueError("Connection refused by the user")) is None
+    assert tracking_unreachable(MlflowException("RESOURCE_DOES_NOT_EXIST: no run")) is None

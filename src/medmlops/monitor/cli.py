@@ -45,6 +45,10 @@ def add_monitor_parser(sub: argparse._SubParsersAction, add_params_args: Callabl
         "--flag-window", default="500",
         help="window of medmlops_informer_flag_rate: the last N records per family (500) or hours (24h)",
     )  # fmt: skip
+    serve.add_argument(
+        "--worker-nice", type=int, default=10,
+        help="CPU niceness added to the INFORMER worker thread (0: none), so serving on the same node comes first",
+    )  # fmt: skip
     serve.add_argument("--log-level", default="info", choices=LOG_LEVELS)
     serve.add_argument(
         "--analyser-factory", default=None, metavar="MODULE:CALLABLE",
@@ -89,7 +93,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         read_token=args.read_token or os.environ.get(READ_TOKEN_ENV) or None,
         batch_size=args.batch_size, max_body_bytes=args.max_body_bytes, flag_window=args.flag_window,
-        analyser_factory=args.analyser_factory,
+        analyser_factory=args.analyser_factory, worker_nice=args.worker_nice,
     )  # fmt: skip
     check_exposure(settings.host, settings.token)
     from medmlops.cli import _code_root

@@ -41,6 +41,7 @@ class Settings:
     flag_window: str = "500"
     analyser_factory: str | None = None
     poll_s: float = 1.0
+    worker_nice: int = 10
 
 
 def is_loopback(host: str) -> bool:
@@ -136,7 +137,7 @@ class Monitor:
         self.metrics = MonitoringMetrics(self.store, self.window)
         self.worker = Worker(
             self.store, factory=factory, batch_size=settings.batch_size, poll_s=settings.poll_s,
-            on_batch=self.metrics.observe_batch,
+            on_batch=self.metrics.observe_batch, nice=settings.worker_nice,
         )  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ Failures:
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -87,12 +88,15 @@ class Worker:
         cache_size: analysers kept loaded.
         on_batch: called after each committed batch with (family, version, seconds, n_done, n_failed).
         clock: monotonic seconds, for the backoff (tests pass their own).
+        nice: added to the worker thread's CPU niceness on Linux (0: unchanged). INFORMER costs several forward
+            passes per record and can wait; on a node it shares with serving, request latency comes first.
+            Torch's intra-op threads started from this thread inherit it.
     """
 
     def __init__(
         self, store: Store, *, factory: AnalyserFactory | None = None, batch_size: int = 8, poll_s: float = 1.0,
         min_backoff_s: float = 1.0, max_backoff_s: float = 300.0, max_attempts: int = 5, cache_size: int = 4,
-        on_batch: BatchHook | None = None, clock: Callable[[], float] = time.monotonic,
+        on_batch: BatchHook | None = None, clock: Callable[[], float] = time.monotonic, nice: int = 0,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
@@ -100,7 +104,7 @@ class Worker:
         self.analysers = AnalyserCache(factory or registry_analyser, cache_size)
         self.batch_size, self.poll_s, self.max_attempts = batch_size, poll_s, max_attempts
         self.min_backoff_s, self.max_backoff_s = min_backoff_s, max_backoff_s
-        self.on_batch, self.clock = on_batch, clock
+        self.on_batch, self.clock, self.nice = on_batch, clock, nice
         self._backoff: dict[tuple[str, str], tuple[float, float]] = {}  # pair → (retry at, current delay)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -135,7 +139,17 @@ class Worker:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def _lower_priority(self) -> None:
+        if self.nice <= 0 or not hasattr(os, "setpriority"):
+            return
+        tid = threading.get_native_id()  # Linux: niceness is per thread, and setpriority takes a thread id
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + self.nice))
+        except OSError as exc:
+            log.warning("monitoring worker: cannot lower its CPU priority (%s)", exc)
+
     def _run(self) -> None:
+        self._lower_priority()
         pause = self.min_backoff_s
         log.info("monitoring worker started (%d records pending)", self._pending_or_zero())
         while not self._stop.is_set():

@@ -436,8 +436,8 @@ def load_model(
     pair one version's weights with another's contract.
 
     Raises:
-        ModelNotFoundError: model, alias or contract missing; contract invalid; or the logged signature or input
-            example disagrees with the contract.
+        ModelNotFoundError: model, alias or contract missing; contract invalid; the logged signature or input
+            example disagrees with the contract; or the weights file is corrupt.
     """
     client = MlflowClient()
     version = str(resolve_version(family, alias, client).version)
@@ -455,7 +455,11 @@ def load_model(
         except ContractError as exc:
             raise ModelNotFoundError(f"{where}: {exc}") from exc
         _check_logged_model(Path(local), contract, where)
-        module = mlflow.pytorch.load_model(local, map_location=device)
+        try:
+            module = mlflow.pytorch.load_model(local, map_location=device)
+        except Exception as exc:  # noqa: BLE001 - a truncated or corrupt file: torch, pickle and zip all raise
+            reason = " ".join(str(exc).split()).split(". ")[0][:200] or type(exc).__name__  # its first sentence
+            raise ModelNotFoundError(f"{where}: its model weights cannot be loaded ({reason})") from exc
     if not isinstance(module, torch.nn.Module):
         raise ModelNotFoundError(f"{where} did not load as a torch module (got {type(module).__name__})")
     return module.eval(), contract, version
