@@ -16,12 +16,13 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo demo-stop test test-fast lint format data validate clean help
+.PHONY: install browser demo demo-stop test test-fast reliability lint format data validate clean help
 
 help:
 	@echo "make demo   - install and run the whole platform here (pipelines, serving, monitoring, drift)"
 	@echo "make demo-stop - stop the servers the demo left running"
 	@echo "make test   - install and run the test suite"
+	@echo "make reliability - the load, fault, bad-input and security tests, as a table (reports/reliability.md)"
 	@echo "make lint   - ruff"
 
 $(STAMP): pyproject.toml requirements.lock
@@ -49,6 +50,11 @@ test: install tools browser
 
 test-fast: install tools browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# The system-reliability table (load, faults, bad input, security): runs those tests, prints what was tried and
+# what held, and writes reports/reliability.md (the README keeps the same table).
+reliability: install tools browser
+	$(BIN)/python -m pytest -m reliability --reliability-table=reports/reliability.md $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks components pipelines

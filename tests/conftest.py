@@ -139,6 +139,25 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
         process.wait(timeout=timeout_s)
 
 
+@contextlib.contextmanager
+def small_disk(path: Path, size: str = "64k") -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted at ``path``: writes past it fail with ENOSPC, and after
+    :func:`make_read_only` with EROFS, as a full or read-only disk does, even for root (whom file modes do not
+    stop). Mounting needs root, which CI has; elsewhere the test is skipped with that reason."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"mounting a tmpfs needs root: {done.stderr.decode(errors='replace').strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def make_read_only(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True, capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, proxied artifacts); yields its http:// URI."""
@@ -193,3 +212,47 @@ def project_registry(root: Path) -> Iterator[str]:
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
+
+
+# ---- the system-reliability table (tests/reliability.py) --------------------------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-table", default=None, metavar="PATH",
+        help="also write the system-reliability table (tests marked reliability) here as Markdown",
+    )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from tests.reliability import Table
+
+    config.stash[_TABLE] = Table()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[_TABLE].collect(session.items)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    report = yield
+    item.config.stash[_TABLE].record(item, report)
+    return report
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    table = config.stash[_TABLE]
+    if not table.rows:
+        return
+    terminalreporter.section("system reliability: what was tried, what held")
+    terminalreporter.write(table.markdown())
+    terminalreporter.write_line(table.summary())
+    path = config.getoption("--reliability-table")
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(table.markdown(), encoding="utf-8")
+        terminalreporter.write_line(f"written to {path}")
+
+
+_TABLE = pytest.StashKey["object"]()

@@ -73,6 +73,11 @@ def test_records_spooled_while_down_are_delivered_exactly_once(tmp_path):
         forwarder.stop()
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "serving's sender restarted with records still spooled, one of them already delivered",
+    "the spool is delivered; the duplicate is not stored twice",
+)
 def test_a_restarted_sender_picks_up_the_spool_and_duplicates_count_as_delivered(tmp_path):
     port = _free_port()
     first = Forwarder(f"http://127.0.0.1:{port}", tmp_path / "spool")  # never started: as if killed
@@ -89,6 +94,11 @@ def test_a_restarted_sender_picks_up_the_spool_and_duplicates_count_as_delivered
         receiver.close()
 
 
+@pytest.mark.reliability(
+    "Security",
+    "a request id such as ../../etc/passwd reaching the spool",
+    "refused with an error naming the id",
+)
 def test_unsafe_ids_and_unusable_spools_are_errors(tmp_path):
     forwarder = Forwarder("http://127.0.0.1:9", tmp_path / "spool")
     with pytest.raises(ValueError, match="not a safe identifier"):

@@ -114,11 +114,37 @@ def servers(registered_project):
         _stop(process)
 
 
-def test_sigterm_stops_the_server_and_all_its_workers(registered_project):
-    process, url = _start(registered_project, "cxr-findings", "--no-batching")
+@pytest.mark.reliability(
+    "Faults",
+    "the spool's disk full (48 KiB tmpfs) while monitoring is down; then SIGTERM",
+    "503 naming the spool and the cause; every 200 has its record, no partial file; every worker stops",
+)
+def test_a_full_spool_is_a_503_never_a_silent_drop_and_sigterm_stops_every_worker(registered_project, tmp_path):
+    """Fault: monitoring is down and the disk holding the spool fills up (a real 48 KiB tmpfs). Each prediction is
+    either answered 200 with its record durable in the spool, or refused 503 naming the spool and the cause — never
+    answered without its record. Then SIGTERM stops the server and all its workers (unbatched path)."""
+    import json
+
+    from .conftest import small_disk
+
     data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
-    assert _predict(url, data)[0] == 200  # unbatched path works too
-    assert _stop(process), "workers outlived the server after SIGTERM"
+    with small_disk(tmp_path / "spool", "48k") as spool:
+        process, url = _start(registered_project, "cxr-findings", "--no-batching", "--spool-dir", str(spool),
+                              "--monitoring-url", f"http://127.0.0.1:{_free_port()}")  # fmt: skip
+        try:
+            answers = [_predict(url, data) for _ in range(3 + 48 * 1024 // len(data))]
+            ok = [body["request_id"] for status, body in answers if status == 200]
+            refused = [body for status, body in answers if status != 200]
+            assert ok and refused, [status for status, _ in answers]
+            assert {status for status, _ in answers} == {200, 503}
+            for body in refused:
+                assert body["error"] == "spool_unavailable", body
+                assert "No space left on device" in body["detail"] and str(spool) in body["detail"], body
+            kept = {json.loads(p.read_text())["request_id"] for p in (spool / "cxr-findings").glob("*.json")}
+            assert kept == set(ok)  # every 200 has its record; no partial file of a refused one is left
+            assert not list((spool / "cxr-findings").glob(".*.tmp"))
+        finally:
+            assert _stop(process), "workers outlived the server after SIGTERM"
 
 
 def test_ct_prediction_over_http(registered_project, servers):
@@ -160,6 +186,11 @@ def test_xray_predictions_over_http_match_in_process(registered_project, servers
         }  # fmt: skip
 
 
+@pytest.mark.reliability(
+    "Load",
+    "24 requests from 8 concurrent clients to the adaptively batched service",
+    "all 200; the same image gets the same answer whatever batch it lands in",
+)
 def test_concurrent_requests_all_succeed(registered_project, servers):
     files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:6]
     payloads = [f.read_bytes() for f in files] * 4
@@ -177,6 +208,11 @@ def test_concurrent_requests_all_succeed(registered_project, servers):
             assert all(abs(other[k] - answers[0][k]) < 1e-4 for k in other)
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "the bad-request corpus: truncated or corrupt NIfTI, PNG, JPEG, DICOM; 2D to the 3D model and back; NaN/Inf voxels; absurd shapes; empty body; wrong field; wrong content type; oversized upload; path-like file names",
+    "a 4xx JSON {error, detail} naming the problem for each, never a 5xx; the server keeps serving",
+)
 def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(registered_project, servers):
     problems = []
     cases = []
@@ -212,6 +248,11 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(registered_proje
         assert status == 200, f"{family} stopped serving after the bad requests"
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "serving an alias no version has",
+    "refuses to start with one sentence",
+)
 def test_refuses_to_start_without_the_model(registered_project):
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{registered_project / '.medmlops' / 'mlflow.db'}"}
     result = subprocess.run(
@@ -244,6 +285,11 @@ def test_bento_builds_offline(tmp_path):
     assert "torch==2.14.1" in (bento / "env" / "python" / "requirements.txt").read_text()
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "N predictions while the monitoring service is down, then it starts",
+    "exactly N records delivered (disk spool, retries with backoff, idempotent by request id)",
+)
 def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_project, tmp_path):
     """N requests while the monitoring endpoint is down: all answered; once it is up, exactly N records arrive,
     each with its request id, version, outputs and the upload (sha256 checked)."""
@@ -285,6 +331,11 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
             receiver.close()
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the served alias moved to a new version while requests flow",
+    "no request dropped; each answer names the version that computed it",
+)
 def test_a_moved_alias_is_served_without_dropping_requests(registered_project, monkeypatch):
     """Requests flow while a new version is registered as @candidate: every answer is 200, and the answers switch
     from version 1 to the new version (reported with each response). The alias is put back afterwards."""

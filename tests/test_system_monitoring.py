@@ -156,6 +156,11 @@ def test_shifted_traffic_is_detected_and_exported(platform, capsys):
     assert "medmlops_informer_flag_rate{" in metrics
 
 
+@pytest.mark.reliability(
+    "Load",
+    "16 clients for 60 s through serving, which forwards to monitoring (INFORMER on the same 2 cores); monitoring SIGKILLed at 20 s, restarted at 35 s",
+    "every request answered 200; every answered record stored exactly once",
+)
 def test_load_for_60_s_with_monitoring_killed_and_restarted_loses_nothing(platform):
     """The bounded load test of the serving and front-door issues, on loopback: 16 clients for 60 s against
     serving, which forwards every prediction to monitoring (computing INFORMER on the same 2 cores, at lower CPU

@@ -7,6 +7,7 @@ exit code; bugs keep their traceback.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -521,12 +522,28 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"medmlops: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRNOS:
+            unreachable = tracking_unreachable(exc)
+            if unreachable is None:
+                raise
+            print(f"medmlops: error: {unreachable}", file=sys.stderr)
+            return 1
+        # A failed write() carries no file name: name what the command was writing to.
+        where = exc.filename or getattr(args, "out", None) or getattr(args, "report", None)
+        print(f"medmlops: error: {f'{where}: ' if where else ''}{exc.strerror or exc}; files already written are "
+              "kept: make room or fix the permissions, then run the command again", file=sys.stderr)  # fmt: skip
+        return 1
     except Exception as exc:
         unreachable = tracking_unreachable(exc)
         if unreachable is None:
             raise
         print(f"medmlops: error: {unreachable}", file=sys.stderr)
         return 1
+
+
+# A full or read-only disk, a quota, a file size limit, missing permissions: the environment, not a bug.
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM}
 
 
 if __name__ == "__main__":

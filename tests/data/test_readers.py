@@ -206,6 +206,11 @@ def test_png_16bit_and_jpeg(tmp_path):
         (b"DICM" * 50, "cannot be read"),
     ],
 )
+@pytest.mark.reliability(
+    "Bad input",
+    "corrupt X-ray files given to the readers",
+    "the error names the file",
+)
 def test_corrupt_xrays_name_the_file(payload, message):
     with pytest.raises(DataError, match=message):
         load_xray_bytes(payload, "upload.png")

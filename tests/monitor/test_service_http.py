@@ -121,6 +121,11 @@ def test_summary_timeseries_flagged_families_and_labels(served):
     assert status == 404 and body["error"] == "unknown_request_id"
 
 
+@pytest.mark.reliability(
+    "Security",
+    "monitoring writes with no token, a wrong one, the read token",
+    "401 with WWW-Authenticate: Bearer; nothing stored",
+)
 def test_writes_need_the_token_reads_are_open(served):
     record = make_record("auth-1")
     for token in (None, "wrong", READ):
@@ -135,6 +140,11 @@ def test_writes_need_the_token_reads_are_open(served):
         assert call(f"{served.url}{path}")[0] == 200, path
 
 
+@pytest.mark.reliability(
+    "Security",
+    "monitoring reads without the read token, or with a wrong one",
+    "401; probes and metrics stay open",
+)
 def test_a_read_token_guards_reads_but_not_probes(tmp_path):
     server = start_monitor(tmp_path, "--token", WRITE, "--read-token", READ)
     try:
@@ -156,6 +166,11 @@ def _raw(url: str, body: bytes, content_type: str | None):
     return call(f"{url}/records", method="POST", raw=body, token=WRITE, content_type=content_type)
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "malformed records posted to monitoring",
+    "a 4xx JSON naming the problem for each; the service stays up",
+)
 def test_bad_requests_get_a_4xx_json_naming_the_problem_and_the_server_stays_up(served):
     good = make_record("bad-corpus-good")
     too_big = make_record("big", data=os.urandom(MAX_BODY))
@@ -306,6 +321,11 @@ def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_p
     print(f"dashboard screenshot: {shot}")
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "SIGTERM to the monitoring service",
+    "the worker stops and the process exits 0",
+)
 def test_sigterm_stops_the_worker_and_exits_cleanly(tmp_path):
     server = start_monitor(tmp_path)
     assert _post(server.url, make_record("term-1"), token=None)[0] == 202  # loopback without a token: open
@@ -316,6 +336,11 @@ def test_sigterm_stops_the_worker_and_exits_cleanly(tmp_path):
     assert f"monitoring on {server.url}" in log
 
 
+@pytest.mark.reliability(
+    "Security",
+    "monitoring asked to listen on 0.0.0.0 without a write token",
+    "refuses in one sentence; no database created",
+)
 def test_it_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MEDMLOPS_MONITORING_TOKEN"}
     run = subprocess.run(
@@ -336,6 +361,11 @@ def _sqlite_counts(db_path: Path) -> dict[str, int]:
     return counts
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "monitoring SIGKILLed mid-batch with 40 records queued, then restarted",
+    "every record processed exactly once; results committed before the kill kept",
+)
 def test_sigkill_mid_processing_then_restart_processes_every_record_exactly_once(tmp_path):
     n = 40
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"

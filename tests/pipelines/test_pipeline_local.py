@@ -170,6 +170,11 @@ def test_a_fold_trains_with_ddp_from_the_pipeline_step(ich_run, tmp_path):
     assert sorted(p.name for p in fold_dir.glob("*.pt")) == ["best.pt", "last.pt"]
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "MLflow server SIGKILLed while a pipeline fold trains, then restarted",
+    "the step fails with one sentence naming the server; the same command resumes from the fold's checkpoint",
+)
 def test_mlflow_down_mid_fold_is_one_sentence_and_the_rerun_resumes(ich_run, tmp_path):
     """Fault: the tracking server dies while a fold trains. The step fails with one sentence naming the server
     (after MLflow's retries, shortened here); its checkpoint stays on the data volume. With the server back on the
@@ -243,6 +248,11 @@ def test_chest_xray_pipelines_register_their_family(name, datasets, family, tmp_
         assert len(runs) == 4  # 2 prerequisites x 2 folds
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "a pipeline run on data that fails validation",
+    "the run stops at the validation step, naming the dataset and the failure",
+)
 def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, capsys):
     project = _project(tmp_path, ("ich",))
     table = project / "data" / "raw" / "ich" / "CLINICAL_DATA_ICH.csv"

@@ -94,6 +94,11 @@ def test_output_names_follow_task_order_and_encoding():
         (lambda c: dataclasses.replace(c, preprocessing={"f": object()}), "JSON cannot store"),
     ],
 )
+@pytest.mark.reliability(
+    "Bad input",
+    "model contracts with invalid fields",
+    "refused, naming the field",
+)
 def test_invalid_field_is_named(mutate, field):
     with pytest.raises(ContractError) as info:
         mutate(make_contract()).validate()

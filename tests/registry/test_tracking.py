@@ -209,6 +209,11 @@ def test_load_model_refuses_a_contract_inconsistent_with_the_model(sqlite_regist
         load_model("ich-prognosis", "candidate")
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the registered model's weights file truncated in the artifact store",
+    "`medmlops serve` refuses to start with one sentence naming the version and the problem",
+)
 def test_a_corrupt_weights_file_is_refused_in_one_sentence_and_serve_does_not_start(sqlite_registry, tmp_path):
     """Fault: the registered model's weights file is truncated in the artifact store (a half-finished upload, a
     bad disk). Loading names the version and the problem, and ``medmlops serve`` exits 1 with that one sentence."""

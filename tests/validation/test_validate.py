@@ -145,6 +145,11 @@ ICH_DEFECTS = [
 
 
 @pytest.mark.parametrize("plant", ICH_DEFECTS, ids=lambda f: f.__name__.removeprefix("plant_"))
+@pytest.mark.reliability(
+    "Bad input",
+    "defects planted in the ICH dataset, through `data validate`",
+    "each defect caught and named",
+)
 def test_ich_defects_are_caught_and_named(smoke_copy, plant):
     root = smoke_copy("ich")
     expected = plant(root)
@@ -155,6 +160,11 @@ def test_ich_defects_are_caught_and_named(smoke_copy, plant):
         assert fragment in text, f"{fragment!r} not in:\n{text}"
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "defects planted in the BrixIA dataset, through `data validate`",
+    "each defect caught and named",
+)
 def test_brixia_defects(smoke_copy):
     root = smoke_copy("brixia")
     table = pd.read_csv(root / "metadata_global_v2.csv", sep=";", dtype={"BrixiaScore": str})
@@ -170,6 +180,11 @@ def test_brixia_defects(smoke_copy):
     assert len(report.failures) == 2, text
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "defects planted in the CheXpert dataset, through `data validate`",
+    "each defect caught and named",
+)
 def test_chexpert_defects(smoke_copy):
     root = smoke_copy("chexpert")
     csv = root / "CheXpert-v1.0-small" / "train.csv"
@@ -184,6 +199,11 @@ def test_chexpert_defects(smoke_copy):
     assert "every image must open" in text and victim.split("/")[-3] in text, text
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "defects planted in the AIforCOVID dataset, through `data validate`",
+    "each defect caught and named",
+)
 def test_aiforcovid_defects(smoke_copy):
     root = smoke_copy("aiforcovid")
     table = pd.read_csv(root / "AIforCOVID.csv")
