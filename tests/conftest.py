@@ -139,6 +139,21 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
         process.wait(timeout=timeout_s)
 
 
+@pytest.fixture(autouse=True)
+def _keep_the_working_directory() -> Iterator[None]:
+    """Pipeline steps called in-process enter their workdir (``StepContext.enter``: a component owns its process),
+    and a passing test's ``tmp_path`` is deleted (tmp_path_retention_policy = "failed"): put the cwd back, so no
+    later test runs in a deleted directory."""
+    cwd = os.getcwd()
+    yield
+    try:
+        unchanged = os.getcwd() == cwd
+    except FileNotFoundError:  # the directory it moved to is gone already
+        unchanged = False
+    if not unchanged:
+        os.chdir(cwd)
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str = "64k") -> Iterator[Path]:
     """A real tmpfs of ``size`` mounted at ``path``: writes past it fail with ENOSPC, and after
