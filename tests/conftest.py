@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -110,7 +111,10 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
     env.pop("MLFLOW_TRACKING_URI", None)
     started = time.monotonic()
     with log_path.open("a") as log_file:
-        process = subprocess.Popen(args, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+        # Its own process group: `mlflow server` runs uvicorn as a child, which must go down with it.
+        process = subprocess.Popen(
+            args, cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+        )
     uri = f"http://127.0.0.1:{port}"
     try:
         while _get(f"{uri}/health") != 200:
@@ -130,12 +134,16 @@ def start_mlflow_server(root: Path, port: int | None = None) -> tuple[subprocess
     return process, uri
 
 
-def stop_process(process: subprocess.Popen, timeout_s: float = 15) -> None:
-    process.terminate()
+def stop_process(process: subprocess.Popen, timeout_s: float = 15, sig: int = signal.SIGTERM) -> None:
+    """Signal the process group ``process`` leads (started with ``start_new_session``); SIGKILL it after
+    ``timeout_s``."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, sig)
     try:
         process.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=timeout_s)
 
 
