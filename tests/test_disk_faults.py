@@ -12,11 +12,19 @@ import pytest
 
 from .conftest import REPO, make_read_only, small_disk
 
+PARAMS = str(REPO / "params.yaml")
+
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``medmlops ARGS --quiet --params <repo params>`` in a subprocess."""
     return subprocess.run(
-        [sys.executable, "-m", "medmlops.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
+        [sys.executable, "-m", "medmlops.cli", *args, "--quiet", "--params", PARAMS],
+        cwd=cwd, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def _generate(dataset: str, out: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return _cli("data", "generate", dataset, "--out", str(out), "--profile", "smoke", cwd=cwd)
 
 
 def _one_sentence(done: subprocess.CompletedProcess[str]) -> str:
@@ -37,75 +45,21 @@ def _digest(folder: Path) -> dict[str, str]:
     "one sentence naming the path and the cause; the data on the disk unchanged",
 )
 def test_a_full_disk_and_a_read_only_disk_are_one_sentence_each_and_keep_the_data(tmp_path):
-    params = str(REPO / "params.yaml")
     with small_disk(tmp_path / "full", "64k") as full:
-        sentence = _one_sentence(
-            _cli(
-                "data",
-                "generate",
-                "ich",
-                "--out",
-                str(full / "ich"),
-                "--profile",
-                "smoke",
-                "--quiet",
-                "--params",
-                params,
-                cwd=tmp_path,
-            )  # fmt: skip
-        )
+        sentence = _one_sentence(_generate("ich", full / "ich", tmp_path))
         assert str(full / "ich") in sentence and "No space left on device" in sentence, sentence
         assert sentence.endswith("make room or fix the permissions, then run the command again")
 
     with small_disk(tmp_path / "ro", "16m") as disk:
-        assert (
-            _cli(
-                "data",
-                "generate",
-                "aiforcovid",
-                "--out",
-                str(disk / "aiforcovid"),
-                "--profile",
-                "smoke",
-                "--quiet",
-                "--params",
-                params,
-                cwd=tmp_path,
-            ).returncode
-            == 0  # fmt: skip
-        )
+        assert _generate("aiforcovid", disk / "aiforcovid", tmp_path).returncode == 0
         before = _digest(disk)
         make_read_only(disk)
-        sentence = _one_sentence(
-            _cli(
-                "data",
-                "generate",
-                "brixia",
-                "--out",
-                str(disk / "brixia"),
-                "--profile",
-                "smoke",
-                "--quiet",
-                "--params",
-                params,
-                cwd=tmp_path,
-            )  # fmt: skip
-        )
+        sentence = _one_sentence(_generate("brixia", disk / "brixia", tmp_path))
         assert str(disk / "brixia") in sentence and "Read-only file system" in sentence, sentence
         # Validation reads the read-only data fine; only its report cannot be written there.
+        report = disk / "reports" / "aiforcovid.json"
         sentence = _one_sentence(
-            _cli(
-                "data",
-                "validate",
-                "aiforcovid",
-                str(disk / "aiforcovid"),
-                "--report",
-                str(disk / "reports" / "aiforcovid.json"),
-                "--quiet",
-                "--params",
-                params,
-                cwd=tmp_path,
-            )  # fmt: skip
+            _cli("data", "validate", "aiforcovid", str(disk / "aiforcovid"), "--report", str(report), cwd=tmp_path)
         )
         assert "Read-only file system" in sentence and str(disk / "reports") in sentence, sentence
         assert _digest(disk) == before

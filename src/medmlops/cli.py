@@ -522,24 +522,24 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"medmlops: error: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
-        if exc.errno not in _DISK_ERRNOS:
-            unreachable = tracking_unreachable(exc)
-            if unreachable is None:
-                raise
-            print(f"medmlops: error: {unreachable}", file=sys.stderr)
-            return 1
+    except Exception as exc:
+        message = _environment_error(exc, args)
+        if message is None:
+            raise
+        print(f"medmlops: error: {message}", file=sys.stderr)
+        return 1
+
+
+def _environment_error(exc: Exception, args: argparse.Namespace) -> str | None:
+    """One sentence for a failure of the environment rather than of the code (a full or read-only disk, an
+    unreachable MLflow server); None for anything else (a bug keeps its traceback)."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         # A failed write() carries no file name: name what the command was writing to.
         where = exc.filename or getattr(args, "out", None) or getattr(args, "report", None)
-        print(f"medmlops: error: {f'{where}: ' if where else ''}{exc.strerror or exc}; files already written are "
-              "kept: make room or fix the permissions, then run the command again", file=sys.stderr)  # fmt: skip
-        return 1
-    except Exception as exc:
-        unreachable = tracking_unreachable(exc)
-        if unreachable is None:
-            raise
-        print(f"medmlops: error: {unreachable}", file=sys.stderr)
-        return 1
+        return (f"{f'{where}: ' if where else ''}{exc.strerror or exc}; files already written are kept: make room or "
+                "fix the permissions, then run the command again")  # fmt: skip
+    unreachable = tracking_unreachable(exc)
+    return None if unreachable is None else str(unreachable)
 
 
 # A full or read-only disk, a quota, a file size limit, missing permissions: the environment, not a bug.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class UserError(Exception):
     """Something the user can fix (a file, a column, a key); the message names it."""
@@ -30,8 +32,6 @@ def tracking_unreachable(exc: BaseException | None) -> TrackingUnavailableError 
     """The one-sentence error for ``exc`` when it (or an exception it came from) is a failed HTTP call from MLflow's
     client to the tracking server; None for anything else. MLflow wraps the ``requests`` failure in an
     ``MlflowException("API request to <url> failed with exception ...")``, so the text is what identifies it."""
-    import re
-
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
