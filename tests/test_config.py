@@ -101,3 +101,15 @@ def test_experiment_init_sources_exist(params_file):
         for source in exp.init_from:
             assert source in params.experiments, f"{name}: init_from {source} is not an experiment"
             assert params.experiments[source].family == exp.family
+
+
+@pytest.mark.parametrize("key", ["demo.pipelines=[ich, ihc]", "demo.overrides.ihc=[train.epochs=1]"])
+def test_demo_refuses_a_pipeline_name_it_does_not_know(key, params_file, tmp_path):
+    """A typo in demo.pipelines or demo.overrides is an error before anything starts, not a silently ignored key."""
+    from medmlops.demo import run_demo
+    from medmlops.errors import UserError
+
+    params = load_params(params_file, profile="smoke", overrides=[key])
+    with pytest.raises(UserError, match=r"demo\.(pipelines|overrides) names 'ihc', not a pipeline"):
+        run_demo(params, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing generated, nothing started

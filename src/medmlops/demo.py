@@ -200,13 +200,13 @@ def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict
         if ready:
             print(f"{name}: reused ({family} version {ready} is calibrated on data version {data_version})")
             continue
+        overrides = list(params.demo.overrides.get(name, ()))
         arguments = {
             "profile": params.profile, "experiments": list(PIPELINE_EXPERIMENTS[name]), "data_rev": "",
             "data_remote": "", "mlflow_uri": mlflow_url, "workdir": str(repo),
-            "overrides": list(params.demo.overrides), "nproc": 1,
+            "overrides": overrides, "nproc": 1,
         }  # fmt: skip
-        print(f"{name}: Kubeflow local run, profile {params.profile}, overrides {list(params.demo.overrides)}",
-              flush=True)  # fmt: skip
+        print(f"{name}: Kubeflow local run, profile {params.profile}, overrides {overrides}", flush=True)
         seconds[name] = runner.run_local(name, arguments, repo / ".medmlops" / "kfp")
         print(f"{name}: pipeline finished in {seconds[name]:.0f} s")
         for line in _pipeline_summary(params, name, repo):
@@ -339,9 +339,16 @@ def _flag_rate(workdir: Path, family: str, n: int) -> float:
 
 
 def run_demo(params: Params, repo: Path = Path("."), progress: bool = True, *, fresh: bool = False) -> int:
+    from medmlops.pipeline_steps import PIPELINE_FAMILY
     from medmlops.validation import validate_dataset
 
     repo = repo.resolve()
+    for key, names in (("demo.pipelines", params.demo.pipelines), ("demo.overrides", params.demo.overrides)):
+        unknown = [n for n in names if n not in PIPELINE_FAMILY]
+        if unknown:
+            raise UserError(
+                f"{key} names '{unknown[0]}', not a pipeline (expected one of: {', '.join(PIPELINE_FAMILY)})"
+            )
     started = time.monotonic()
     total = 8
     _step(f"1/{total} demo data ({params.profile} profile) in {params.data.raw_dir}")

@@ -328,6 +328,9 @@ def train_fold_step(ctx: StepContext, experiment: str, fold: int, job_id: str, n
 
     from medmlops.training import distributed as ddp
 
+    threads = int(os.environ.get("MEDMLOPS_FOLD_THREADS") or 0)
+    if threads > 0:  # set by a local run whose folds share this machine's cores (pipelines/run.py, fold_threads)
+        torch.set_num_threads(threads)
     if nproc <= 0:  # all the GPUs this node gives the step (the pod's accelerator limit), else one CPU process
         nproc = max(1, torch.cuda.device_count())
     if nproc > 1 and not ddp.is_distributed() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:

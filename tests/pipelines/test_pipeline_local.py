@@ -5,6 +5,7 @@ Plus the data-version step (DVC pull by md5 from a remote) and a fold trained wi
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 
@@ -128,6 +129,9 @@ def test_ich_pipeline_logs_one_tree_of_runs(ich_run):
     folds = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{exp_run.info.run_id}'")
     assert sorted(int(r.data.tags["fold"]) for r in folds) == [0, 1]
     assert all(r.info.status == "FINISHED" and "test_prognosis_auc" in r.data.metrics for r in folds)
+    # The two folds trained at once share the cores instead of each taking all of them (pipelines/run.py).
+    cores = len(os.sched_getaffinity(0))
+    assert {r.data.tags["torch_threads"] for r in folds} == {str(max(1, cores // 2))}
     steps = {a.path for a in client.list_artifacts(pipeline.info.run_id, "steps")}
     assert steps == {"steps/validation", "steps/preprocess", "steps/informer-ich-prognosis"}
     assert pipeline.data.tags["calibrated.ich-prognosis"] == pipeline.data.tags["registered.ich-prognosis"]

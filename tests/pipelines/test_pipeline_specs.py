@@ -300,3 +300,22 @@ def test_pipelines_module_found_from_a_data_project(tmp_path, capsys):
     (tmp_path / "params.yaml").write_text(Path(REPO / "params.yaml").read_text())
     assert main(["pipeline", "compile", "cxr", "--out", str(tmp_path / "out"), "--repo", str(tmp_path)]) == 0
     assert (tmp_path / "out" / "cxr.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("cores", "experiments", "overrides", "threads"),
+    [
+        (8, ["ich-mt-ord"], ["train.n_folds=2"], 4),  # 2 folds at once
+        (8, ["ich-mt-ord"], ["train.n_folds=5"], 4),  # kfp's local runner runs at most 2 iterations of a loop at once
+        (8, ["a", "b", "c"], ["train.n_folds=2"], 2),  # 2 experiments x 2 folds
+        (8, ["ich-mt-ord"], ["train.n_folds=5", "train.folds=[3]"], 8),  # one fold: every core
+        (2, ["a", "b"], ["train.n_folds=3"], 1),  # never below one
+    ],
+)
+def test_local_run_divides_the_cores_among_the_folds_it_trains_at_once(cores, experiments, overrides, threads,
+                                                                       monkeypatch):  # fmt: skip
+    from pipelines.run import fold_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    arguments = {"workdir": str(REPO), "profile": "demo", "overrides": overrides, "experiments": experiments}
+    assert fold_threads(arguments) == threads

@@ -342,7 +342,9 @@ def train_experiment_fold(
     log_metrics = mlflow.log_metrics if main else (lambda *a, **k: None)
     with context:
         if main:
-            mlflow.set_tags({"fold": fold, "experiment": plan.name, **(tags or {})})
+            # torch_threads: CPU threads of this training (a local pipeline run divides the cores among its folds)
+            mlflow.set_tags({"fold": fold, "experiment": plan.name, "torch_threads": torch.get_num_threads(),
+                             **(tags or {})})  # fmt: skip
         seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
         model = build_experiment_model(exp, tasks)
         initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
