@@ -71,7 +71,13 @@ def run_local(name: str, arguments: dict, pipeline_root: Path) -> float:
 # folds loop sits inside the experiments loop: up to 2 x 2 trainings share this machine. Torch's default of one
 # thread per core in every process oversubscribes the cores: measured on 2 cores, two concurrent DenseNet-121 3D
 # trainings took 3.9 s/step each with torch's 2 threads, 2.4 s/step with 1 (one alone: 1.4 s/step).
-LOCAL_LOOP_CAP = 2
+def _local_loop_cap() -> int:
+    try:
+        from kfp.local.orchestrator.enhanced_dag_orchestrator import ParallelExecutor
+
+        return int(ParallelExecutor().conservative_max)
+    except (ImportError, AttributeError, TypeError):  # another kfp: its cap as of 2.16
+        return 2
 
 
 def fold_threads(arguments: dict) -> int:
@@ -83,7 +89,8 @@ def fold_threads(arguments: dict) -> int:
                          arguments.get("profile") or None, arguments.get("overrides") or ())  # fmt: skip
     folds = len(params.train.folds) or params.train.n_folds
     experiments = len(arguments.get("experiments") or [None])
-    at_once = min(LOCAL_LOOP_CAP, experiments) * min(LOCAL_LOOP_CAP, folds, max(1, params.kubeflow.fold_parallelism))
+    cap = _local_loop_cap()
+    at_once = min(cap, experiments) * min(cap, folds, max(1, params.kubeflow.fold_parallelism))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // at_once)
 

@@ -7,14 +7,19 @@ This is also the test of the cxr pipeline's local run (registration, calibration
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from medmlops.cli import main
 from medmlops.data.simulate import DATASETS
 
-from .conftest import _free_port
+from .conftest import _free_port, stop_process
 from .pipelines.test_pipeline_local import _project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
@@ -26,6 +31,30 @@ def _up(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
+
+
+def _evidently_ui_lists(workspace, project: str) -> None:
+    """``evidently ui --workspace W --host 127.0.0.1 --port P``, as the README and the summary print it, serves the
+    demo's drift project and its reports."""
+    port = _free_port()
+    ui = subprocess.Popen(
+        [str(Path(sys.executable).parent / "evidently"), "ui", "--workspace", str(workspace), "--host", "127.0.0.1",
+         "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not _up(f"http://127.0.0.1:{port}/api/projects"):
+            assert ui.poll() is None, ui.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "evidently ui did not answer in 120 s"
+            time.sleep(1)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/projects", timeout=10) as response:
+            projects = {p["name"]: p["id"] for p in json.load(response)}
+        assert project in projects, projects
+        url = f"http://127.0.0.1:{port}/api/projects/{projects[project]}/snapshots"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert len(json.load(response)) >= 2  # the clean and the shifted window
+    finally:
+        stop_process(ui)
 
 
 def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatch):
@@ -59,6 +88,7 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatc
         assert _up(f"http://127.0.0.1:{monitoring_port}/dashboard") and _up(f"http://127.0.0.1:{mlflow_port}/health")
         workdir = project / ".medmlops" / "demo"
         assert list((workdir / "evidently").rglob("*.json")), "the Evidently workspace holds the snapshots"
+        _evidently_ui_lists(workdir / "evidently", "cxr-findings")  # the README's `evidently ui` command
         assert oct((workdir / "monitoring-token").stat().st_mode & 0o777) == "0o600"
 
         # A second run reuses what is there: the running servers and the calibrated model of this data version.

@@ -197,6 +197,7 @@ class InformerConfig:
     tta_samples: int = 8  # test-time augmentations of the TTA baseline (0 = off)
     n_bootstrap: int = 30  # bootstrap test sets of the evaluation (the paper: 30)
     shifts: tuple[str, ...] = ("scanner", "corruption")  # simulator shifts for FD-Shifts' shifted test sets
+    min_per_class: int = 5  # fewer validation positives or negatives than this: no tau, the class is never flagged
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,15 @@ def test_multi_task_family_calibrates_with_its_heads_as_classes(in_project):
     # ich-mt-ord: prognosis (1 logit) + ordinal GCS (2) + age (1)
     assert len(calibration["classes"]) == 4 and calibration["classes"][0].startswith("prognosis/")
     assert "tta" not in calibration["baselines"]
+    assert calibration["min_per_class"] == 0  # smoke: tiny splits, the guard off
+
+    # informer.min_per_class above what the validation split holds: no class gets a tau, and the log says why.
+    assert main(["informer", "calibrate", "ich-prognosis", "--profile", "smoke", "--method", "ixg", "--tta", "0",
+                 "--quiet", "--set", "informer.min_per_class=1000"]) == 0  # fmt: skip
+    guarded = load_calibration("ich-prognosis", version)
+    assert guarded["methods"]["ixg"]["too_few"] == guarded["classes"]
+    assert set(guarded["methods"]["ixg"]["tau"].values()) == {None}
+    assert set(guarded["baselines"]["msr"]["tau"].values()) == {None}
 
 
 def test_evaluate_writes_the_papers_table_figure_and_fd_shifts(in_project, capsys):

@@ -121,3 +121,15 @@ def test_failure_detection_metrics():
     assert scores.augrc(perfect, errors) == pytest.approx((1 / 5 + 2 / 5) / 5)
     # Ties are accepted together: one confidence for all → the error rate at full coverage.
     assert scores.aurc(np.ones(5), errors) == pytest.approx(2 / 5)
+
+
+def test_fit_threshold_refuses_classes_with_too_few_validation_cases():
+    """The guard of informer.min_per_class: with 2 positives the paper's search would fit a tau (it can swap one
+    lucky prediction); below the minimum no tau is fitted and the class is never flagged."""
+    y_true = np.array([1, 1, 0, 0, 0, 0, 0, 0])
+    y_pred = np.array([1, 0, 0, 0, 0, 0, 0, 0])  # row 1 wrong
+    d = np.array([1.5, 0.1, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9])
+    assert scores.fit_flag_threshold(d, y_true, y_pred, "low").tau is not None  # the paper's search alone
+    fit = scores.fit_flag_threshold(d, y_true, y_pred, "low", min_per_class=5)
+    assert fit.tau is None and fit.too_few and fit.n_flagged == 0 and fit.f1_after == fit.f1_before
+    assert not scores.fit_flag_threshold(d, y_true, y_pred, "low", min_per_class=2).too_few  # 2 of each: fitted

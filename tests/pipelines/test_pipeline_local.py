@@ -284,6 +284,42 @@ def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, ca
     assert not (project / ".medmlops" / "runs").exists(), "nothing trained on the wrong data"
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "defects planted in the ICH data and tracked as its new version (a truncated NIfTI, NaN voxels, GCS 17), "
+    "through a pipeline run",
+    "the run stops at the validation step naming each defect and its file; nothing trains",
+)
+def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeypatch, capsys):
+    import nibabel as nib
+    import numpy as np
+    import pandas as pd
+
+    project = _project(tmp_path, ("ich",))
+    root = project / "data" / "raw" / "ich"
+    truncated, with_nan = sorted(root.rglob("*.nii.gz"))[:2]
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    image = nib.load(str(with_nan))
+    voxels = np.asarray(image.dataobj, dtype=np.float32)
+    voxels[2, 2, 2] = np.nan
+    nib.save(nib.Nifti1Image(voxels, image.affine), str(with_nan))
+    table = pd.read_csv(root / "CLINICAL_DATA_ICH.csv")
+    table.loc[2, "GCS"] = 17
+    table.to_csv(root / "CLINICAL_DATA_ICH.csv", index=False)
+    # Tracked as the data's new version: the run gets past the version check to the expectations.
+    assert main(["data", "track", "--profile", "smoke", "--repo", str(project), "--params", str(project / "params.yaml")]) == 0  # fmt: skip
+    capsys.readouterr()
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert _run(project, "ich", monkeypatch) == 1
+    captured = capsys.readouterr()
+    text = captured.out + captured.err
+    assert "pipeline ich failed at step validate-data" in captured.err
+    for fragment in ("every image must open", truncated.name, "NaN or Inf", with_nan.name,
+                     "'GCS' must be between 3 and 15", f"PatientID {table.loc[2, 'PatientID']}: 17"):  # fmt: skip
+        assert fragment in text, f"{fragment!r} not in the run's output"
+    assert not (project / ".medmlops" / "runs").exists(), "nothing trained on defective data"
+
+
 def test_data_version_is_pulled_from_a_remote_by_md5(tmp_path):
     project = _project(tmp_path / "project", ("ich",))
     md5 = versioning.recorded_hash(project)

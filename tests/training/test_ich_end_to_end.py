@@ -133,6 +133,11 @@ def test_train_register_promote_and_evaluate(ich_project, monkeypatch, capsys):
     assert str(client.get_registered_model("ich-prognosis").aliases["champion"]) == "2"
     assert main(["registry", "rollback", "ich-prognosis", "--profile", "smoke"]) == 0
     assert str(client.get_registered_model("ich-prognosis").aliases["champion"]) == "1"
+    capsys.readouterr()
+    assert main(["registry", "list", "ich-prognosis", "--profile", "smoke"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["version"], "champion" in r["aliases"]) for r in rows] == [("1", True), ("2", False)]
+    assert rows[0]["metrics"]["prognosis_auc_mean"] == pytest.approx(summary["prognosis_auc_mean"])
 
     # The report: tables and figures shaped like the paper's.
     assert main(["train", "ich-baseline", "--profile", "smoke", "--quiet"]) == 0

@@ -131,10 +131,17 @@ def baseline_scores(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def fit_scores(
-    score: np.ndarray, targets: np.ndarray, predictions: np.ndarray, classes: list[str], direction: str, step: float
+    score: np.ndarray,
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    classes: list[str],
+    direction: str,
+    step: float,
+    min_per_class: int = 0,
 ) -> dict[str, Any]:
-    """Per class the grid-searched τ (None = never flag) with validation F1 before and after flag-and-swap."""
-    fits = {c: scores.fit_flag_threshold(score[:, j], targets[:, j], predictions[:, j], direction, step)
+    """Per class the grid-searched τ (None = never flag) with validation F1 before and after flag-and-swap;
+    ``too_few`` lists the classes left unfitted for having fewer than ``min_per_class`` positives or negatives."""
+    fits = {c: scores.fit_flag_threshold(score[:, j], targets[:, j], predictions[:, j], direction, step, min_per_class)
             for j, c in enumerate(classes)}  # fmt: skip
     return {
         "direction": direction,
@@ -142,6 +149,7 @@ def fit_scores(
         "f1_before": {c: f.f1_before for c, f in fits.items()},
         "f1_after": {c: f.f1_after for c, f in fits.items()},
         "n_flagged": {c: f.n_flagged for c, f in fits.items()},
+        "too_few": [c for c, f in fits.items() if f.too_few],
     }
 
 
@@ -154,13 +162,17 @@ def fit_calibration(
     direction: str = "low",
     step: float = 0.001,
     n_pcs: int = N_PCS,
+    min_per_class: int = 0,
 ) -> dict[str, Any]:
-    """The calibration dict from validation outputs (:func:`batched_outputs`) and per-logit targets."""
+    """The calibration dict from validation outputs (:func:`batched_outputs`) and per-logit targets; classes with
+    fewer than ``min_per_class`` validation positives or negatives get no τ (see scores.fit_flag_threshold)."""
     classes = contract.output_names()
     predictions = outputs["predictions"]
-    fitted = {m: fit_scores(outputs["d"][m], targets, predictions, classes, direction, step) for m in methods}
+    fitted = {
+        m: fit_scores(outputs["d"][m], targets, predictions, classes, direction, step, min_per_class) for m in methods
+    }
     baselines = {
-        name: fit_scores(score, targets, predictions, classes, scores.SCORE_DIRECTIONS[name], step)
+        name: fit_scores(score, targets, predictions, classes, scores.SCORE_DIRECTIONS[name], step, min_per_class)
         for name, score in baseline_scores(outputs).items()
     }
     emb = outputs["embedding"]
@@ -171,7 +183,7 @@ def fit_calibration(
         "schema": SCHEMA, "family": contract.family, "method": methods[0], "direction": direction, "step": step,
         "classes": classes, "methods": fitted, "baselines": baselines,
         "pca": {"mean": mean.tolist(), "components": components.tolist()},
-        "n_validation": int(len(targets)),
+        "n_validation": int(len(targets)), "min_per_class": int(min_per_class),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }  # fmt: skip
 
@@ -335,7 +347,10 @@ def calibrate_version(
         logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
         desc=f"calibrate {family} v{version}",
     )  # fmt: skip
-    calibration = fit_calibration(outputs, targets, contract, methods=methods, direction=direction, step=step)
+    minimum = params.informer.min_per_class
+    calibration = fit_calibration(
+        outputs, targets, contract, methods=methods, direction=direction, step=step, min_per_class=minimum
+    )
     calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples)
     reference = reference_features(
         params, family, version, logits_model, contract, calibration, outputs, targets, repo=repo, progress=progress
@@ -345,6 +360,11 @@ def calibrate_version(
         store_calibration(family, version, calibration, reference)
     method = calibration["method"]
     fit = calibration["methods"][method]
+    if fit["too_few"]:
+        log.warning(
+            "%s v%s: %s never flagged: fewer than %d positives or negatives among its %d validation images "
+            "(informer.min_per_class)", family, version, ", ".join(fit["too_few"]), minimum, len(images),
+        )  # fmt: skip
     log.info(
         "%s v%s calibrated on %d validation images (%s, direction %s): tau %s",
         family, version, len(images), method, direction, fit["tau"],

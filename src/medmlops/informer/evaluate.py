@@ -255,7 +255,7 @@ def evaluate_version(
         images, labels, _ = version_split(params, family, version, "val", repo=repo, progress=progress)
         calibration = fit_calibration(
             run(images, f"{family} v{version} validation"), scores.logit_targets(contract, labels), contract,
-            methods=methods, direction=direction,
+            methods=methods, direction=direction, min_per_class=params.informer.min_per_class,
         )  # fmt: skip
     images, labels, _ = version_split(params, family, version, "test", repo=repo, progress=progress)
     targets = scores.logit_targets(contract, labels)
