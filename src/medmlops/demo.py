@@ -420,19 +420,30 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
 
     _step(f"8/{total} summary")
     print(f"{'family':<16}{'served':>14}{'primary metric':>36}{'flag rate':>22}{'drift detected':>24}")
+    notes = []
     for family in families:
         url, alias = serving[family]
         version = str(resolve_version(family, alias).version)
-        metrics = load_contract(family, version).metrics
+        contract = load_contract(family, version)
         gates = params.registry.gates.get(family)
         metric = gates.primary_metric if gates else ""
-        value = metrics.get(metric, float("nan"))
+        value = contract.metrics.get(metric, float("nan"))
         clean, shifted = windows[family]["clean"], windows[family]["shifted"]
         drift = " / ".join("yes" if w["drift"].get("detected") else "no" for w in (clean, shifted))
         flags = " / ".join(f"{w['flag_rate']:.0%}" for w in (clean, shifted))
+        informer = contract.informer or {}
+        if not any(tau is not None for tau in informer.get("tau", {}).values()):
+            flags = "no tau *"
+            notes.append(
+                f"* {family}: INFORMER fitted no threshold on its {informer.get('n_validation', 0)} validation images "
+                f"(a class needs informer.min_per_class = {params.informer.min_per_class} positives and negatives, "
+                "or a threshold that improves its F1), so it flags nothing"
+            )
         served, primary = f"v{version} @{alias}", f"{metric} {value:.3f}"
         print(f"{family:<16}{served:>14}{primary:>36}{flags:>22}{drift:>24}")
     print("(flag rate and drift: clean / shifted traffic)")
+    for note in notes:
+        print(note)
     print("\nopen:")
     print(f"  MLflow UI            {mlflow_url}")
     print(f"  monitoring dashboard {monitoring}/dashboard")
