@@ -106,3 +106,51 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatc
     assert "stopped:" in stopped and "mlflow" in stopped
     assert not _up(f"http://127.0.0.1:{mlflow_port}/health") and not _up(f"http://127.0.0.1:{cxr_port}/readyz")
     assert not list((project / ".medmlops" / "demo" / "pids").glob("*.pid"))
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "Ctrl-C (SIGINT to the demo's process group) while `medmlops demo` runs its Kubeflow pipeline",
+    "exit 130; every server it started is stopped and no process of the group is left",
+)
+def test_ctrl_c_during_the_pipelines_stops_everything_the_demo_started(tmp_path):
+    import os
+    import signal
+
+    project = _project(tmp_path / "demo", tuple(DATASETS))
+    mlflow_port, monitoring_port, ich_port, cxr_port = (_free_port() for _ in range(4))
+    log = tmp_path / "demo.log"
+    command = [sys.executable, "-m", "medmlops.cli", "demo", "--profile", "smoke", "--repo", str(project),
+               "--set", f"demo.mlflow_port={mlflow_port}", "--set", f"demo.monitoring_port={monitoring_port}",
+               "--set", f"demo.serving_ports={{ich-prognosis: {ich_port}, cxr-findings: {cxr_port}}}",
+               "--set", "demo.pipelines=[cxr]"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    with log.open("w") as out:
+        demo = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    kfp_root = project / ".medmlops" / "kfp"
+    try:
+        deadline = time.monotonic() + 600
+        # Interrupt once a pipeline step runs as a subprocess of the local runner (after validation and MLflow).
+        while not (kfp_root.is_dir() and list(kfp_root.rglob("preprocess"))):
+            assert demo.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the demo did not reach its pipelines in 600 s"
+            time.sleep(0.5)
+        assert _up(f"http://127.0.0.1:{mlflow_port}/health")
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        assert demo.wait(timeout=120) == 130, log.read_text()[-3000:]
+    finally:
+        if demo.poll() is None:
+            stop_process(demo, sig=signal.SIGKILL)
+    text = log.read_text()
+    assert "interrupted: stopping the demo's processes" in text, text[-3000:]
+    assert not _up(f"http://127.0.0.1:{mlflow_port}/health")
+    assert not list((project / ".medmlops" / "demo" / "pids").glob("*.pid"))
+    deadline = time.monotonic() + 30
+    while True:  # the pipeline's step processes share the group: none may outlive the demo
+        try:
+            os.killpg(demo.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "processes of the demo's group are still running 30 s after it exited"
+        time.sleep(0.5)

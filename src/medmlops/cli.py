@@ -522,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"medmlops: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: no traceback; what was written is kept (training resumes from checkpoints)
+        print("medmlops: interrupted", file=sys.stderr)
+        return 130
     except Exception as exc:
         message = _environment_error(exc, args)
         if message is None:
