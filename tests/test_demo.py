@@ -125,9 +125,12 @@ def test_ctrl_c_during_the_pipelines_stops_everything_the_demo_started(tmp_path)
                "--set", f"demo.serving_ports={{ich-prognosis: {ich_port}, cxr-findings: {cxr_port}}}",
                "--set", "demo.pipelines=[cxr]"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # A shell starts background jobs with SIGINT ignored, and an ignored signal stays ignored across exec (Python
+    # then installs no KeyboardInterrupt handler): give the demo a terminal's default, as a user's shell does.
     with log.open("w") as out:
         demo = subprocess.Popen(command, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
+                                start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     kfp_root = project / ".medmlops" / "kfp"
     try:
         deadline = time.monotonic() + 600

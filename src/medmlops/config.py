@@ -478,7 +478,6 @@ def _to_plain(obj: Any) -> Any:
 
 def save_resolved(params: Params, path: str | Path) -> Path:
     """Write the resolved config next to a run's outputs (timm's ``args.yaml`` habit)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(params.to_dict(), sort_keys=False), encoding="utf-8")
-    return path
+    from medmlops.atomic import write_text_atomically
+
+    return write_text_atomically(path, yaml.safe_dump(params.to_dict(), sort_keys=False))  # folds write it in parallel

@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from medmlops.atomic import write_atomically, write_text_atomically
 from medmlops.config import Params
 from medmlops.data.readers import read_manifest
 from medmlops.errors import DataError
@@ -154,8 +155,10 @@ def preprocess(
     manifest_path = out / "manifest.csv"
     extra = [c for c in ("gcs", "age", *GROUP_COLUMNS[dataset], "dataset") if c in manifest]
     findings = list(CHEXPERT_FINDINGS) if dataset == "chexpert" else []
-    manifest[["sample_id", "image_path", *LABEL_COLUMNS[dataset], *findings, *extra]].to_csv(manifest_path, index=False)
-    (out / "config.json").write_text(json.dumps(asdict(preprocess_config(params, dataset)), indent=2))
+    columns = ["sample_id", "image_path", *LABEL_COLUMNS[dataset], *findings, *extra]
+    # Atomic: folds trained in parallel each run this and read the manifest (medmlops.atomic).
+    write_atomically(manifest_path, lambda tmp: manifest[columns].to_csv(tmp, index=False))
+    write_text_atomically(out / "config.json", json.dumps(asdict(preprocess_config(params, dataset)), indent=2))
     return manifest_path
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from medmlops.atomic import write_atomically
 from medmlops.errors import DataError
 
 
@@ -42,9 +43,8 @@ def stratified_kfold_splits(sample_ids, labels, n_folds: int, val_fraction: floa
 
 
 def save_splits(splits: pd.DataFrame, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    splits.sort_values(["fold", "split", "sample_id"]).to_csv(path, index=False)
-    return path
+    ordered = splits.sort_values(["fold", "split", "sample_id"])
+    return write_atomically(path, lambda tmp: ordered.to_csv(tmp, index=False))  # folds plan it in parallel
 
 
 def load_splits(path: Path) -> pd.DataFrame:
