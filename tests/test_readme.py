@@ -78,6 +78,7 @@ NOT_RUN_HERE = {
     "make push-images": "docker push to a registry: no Docker engine, no registry reachable",
     "make test": "CI's .ci/run runs it on a clean clone",
 }
+CLI_GROUPS = {"data", "registry", "pipeline", "informer", "monitor", "config"}  # `medmlops GROUP SUB ...`
 # make targets and what runs their recipe: a medmlops command a test runs, or (file, text) that does it.
 MAKE_RUNS = {
     "make demo": "demo",  # install (as make test) + `medmlops demo`: tests/test_demo.py
@@ -91,10 +92,16 @@ def _invoked_in_tests() -> set[str]:
     as "group sub" for command groups (data generate, registry promote, ...) and "cmd" otherwise."""
     import ast
 
-    groups = {"data", "registry", "pipeline", "informer", "monitor", "config"}
+    groups = CLI_GROUPS
     found = set()
     for path in (REPO / "tests").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "main" and node.args:
+                arg = node.args[0]  # main(["train", ...]) with the list spread over lines
+                if isinstance(arg, ast.List) and arg.elts and isinstance(arg.elts[0], ast.Constant):
+                    first = arg.elts[0].value
+                    second = arg.elts[1].value if len(arg.elts) > 1 and isinstance(arg.elts[1], ast.Constant) else ""
+                    found.add(f"{first} {second}" if first in groups else first)
             if not isinstance(node, ast.List):
                 continue
             words = [e.value if isinstance(e, ast.Constant) and isinstance(e.value, str) else None for e in node.elts]
@@ -108,14 +115,6 @@ def _invoked_in_tests() -> set[str]:
                 found.add(f"{words[0]} {words[1]}")
             elif words and words[0]:
                 found.add(words[0])
-    for path in (REPO / "tests").rglob("*.py"):  # main(["train", ...]) with the list spread over lines
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "main" and node.args:
-                arg = node.args[0]
-                if isinstance(arg, ast.List) and arg.elts and isinstance(arg.elts[0], ast.Constant):
-                    first = arg.elts[0].value
-                    second = arg.elts[1].value if len(arg.elts) > 1 and isinstance(arg.elts[1], ast.Constant) else ""
-                    found.add(f"{first} {second}" if first in groups else first)
     return found
 
 
