@@ -31,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--profiles", default="demo,paper")
     parser.add_argument("--models", default="densenet121_3d,perez_cnn3d")
+    parser.add_argument("--batch", type=int, default=None, help="volumes per step (default: 4 demo, 1 paper)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 4 demo, 2 paper; more on a GPU)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -41,6 +43,7 @@ def main() -> None:
     for profile in args.profiles.split(","):
         shape = SHAPES[profile]
         batch, steps = (1, 2) if profile == "paper" else (4, 4)
+        batch, steps = args.batch or batch, args.steps or steps
         for model in args.models.split(","):
             spec = json.dumps({"model": model, "shape": shape, "batch": batch, "steps": steps})
             out = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
