@@ -35,7 +35,8 @@ def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
 
 
 def ablation_boxplot(per_fold: pd.DataFrame, metrics: Sequence[str], path: str | Path, *, seed: int = 0) -> Path:
-    """One panel per metric, one box per model, the per-fold values overlaid as points (ICH paper, Fig. 2).
+    """One panel per metric (up to 4 per row), one box per model, the per-fold values overlaid as points (ICH
+    paper, Fig. 2).
 
     Args:
         per_fold: tidy values with columns ``model, fold, metric, value`` (e.g. ``TabularResult.metrics``, or the
@@ -56,9 +57,14 @@ def ablation_boxplot(per_fold: pd.DataFrame, metrics: Sequence[str], path: str |
     plt = _pyplot()
     models = list(dict.fromkeys(per_fold["model"]))
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.0, 1.0 + 0.9 * len(models)) * len(metrics), 4.2))
-    axes = np.atleast_1d(axes)
-    for ax, metric in zip(axes, metrics, strict=True):
+    ncols = min(len(metrics), 4)  # a grid, not one long row: 8 metrics × 11 models stay readable
+    nrows = -(-len(metrics) // ncols)
+    panel_width = max(3.0, 1.0 + 0.6 * len(models))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(panel_width * ncols, 4.6 * nrows), squeeze=False)
+    axes = axes.ravel()
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    for ax, metric in zip(axes, metrics, strict=False):
         rows = per_fold[per_fold["metric"] == metric]
         data = [rows.loc[rows["model"] == m, "value"].dropna().to_numpy(dtype=float) for m in models]
         positions = np.arange(1, len(models) + 1)
