@@ -110,7 +110,7 @@ def _in_process(project: Path, payloads: list[bytes]) -> dict:
     import mlflow
     import torch
 
-    from medmlops.inference import Predictor
+    from medmlops.inference.predict import Predictor
 
     uri = f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

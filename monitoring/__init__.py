@@ -1,1 +1,1 @@
-"""The INFORMER monitoring service's HTTP app (thin over ``medmlops.monitor``); start with ``medmlops monitor serve``."""
+"""The INFORMER monitoring service's HTTP app (thin over ``medmlops.monitoring``); start with ``medmlops monitor serve``."""

@@ -1,4 +1,4 @@
-"""The INFORMER monitoring service's HTTP surface (FastAPI), thin over :class:`medmlops.monitor.service.Monitor`.
+"""The INFORMER monitoring service's HTTP surface (FastAPI), thin over :class:`medmlops.monitoring.service.Monitor`.
 
 Run it with ``medmlops monitor serve``. Routes:
 
@@ -34,8 +34,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from medmlops.errors import UserError
-from medmlops.monitor.service import Monitor, parse_time
-from medmlops.monitor.store import RecordError
+from medmlops.monitoring.service import Monitor, parse_time
+from medmlops.monitoring.store import RecordError
 
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")

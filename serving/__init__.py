@@ -1,1 +1,1 @@
-"""BentoML serving of the registered families (thin over ``medmlops.inference``); start with ``medmlops serve``."""
+"""BentoML serving of the registered families (thin over ``medmlops.inference.predict``); start with ``medmlops serve``."""

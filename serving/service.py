@@ -11,7 +11,7 @@ Environment: ``MEDMLOPS_FAMILY``, ``MEDMLOPS_MODEL_VERSION``, ``MEDMLOPS_MAX_UPL
 
 Every prediction is forwarded to monitoring with its request id, model version, the upload itself (base64, with
 its sha256: monitoring re-runs the same preprocessing from the contract), outputs and timestamp, through a disk
-spool and a background sender (``medmlops.forwarding``): off the request path, retried with backoff while
+spool and a background sender (``medmlops.inference.forwarding``): off the request path, retried with backoff while
 monitoring is down, idempotent by request id.
 """
 
@@ -69,14 +69,14 @@ class Model:
     """
 
     def __init__(self) -> None:
-        from medmlops.inference import Predictor
+        from medmlops.inference.predict import Predictor
 
         self.predictor = Predictor.from_registry(FAMILY, VERSION)  # version number: an alias move cannot interleave
         if ALIAS and RELOAD_S > 0:
             threading.Thread(target=self._follow_alias, name="medmlops-reload", daemon=True).start()
 
     def _follow_alias(self) -> None:
-        from medmlops.inference import Predictor
+        from medmlops.inference.predict import Predictor
         from medmlops.registry.tracking import resolve_version
 
         while True:
@@ -114,7 +114,7 @@ class Gateway:
     model = bentoml.depends(Model)
 
     def __init__(self) -> None:
-        from medmlops.inference import Preprocessor
+        from medmlops.inference.predict import Preprocessor
         from medmlops.registry.tracking import load_contract
 
         self.contract = load_contract(FAMILY, VERSION)
@@ -122,7 +122,7 @@ class Gateway:
         self.preprocess = Preprocessor(FAMILY, self.contract, MAX_UPLOAD)
         self.forwarder = None
         if MONITORING_URL:
-            from medmlops.forwarding import Forwarder
+            from medmlops.inference.forwarding import Forwarder
 
             self.forwarder = Forwarder(
                 MONITORING_URL, SPOOL_DIR or f".medmlops/spool/{FAMILY}", token=MONITORING_TOKEN or None
@@ -141,7 +141,7 @@ class Gateway:
     async def predict(self, request: Request) -> JSONResponse:
         from starlette.concurrency import run_in_threadpool
 
-        from medmlops.inference import InputError, decode, split_outputs
+        from medmlops.inference.predict import InputError, decode, split_outputs
 
         content_type = request.headers.get("content-type", "")
         if not content_type.startswith("multipart/form-data"):
@@ -201,7 +201,7 @@ class Gateway:
             "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "predictions": prediction,
         }  # fmt: skip
         if self.forwarder is not None:
-            from medmlops.forwarding import SpoolError
+            from medmlops.inference.forwarding import SpoolError
 
             record = {
                 **answer, "logits": logits[0].tolist(),

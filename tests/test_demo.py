@@ -3,7 +3,7 @@
 traffic, Evidently reports), the summary, reuse of the running servers and the calibrated model, and --stop.
 
 This is also the test of the cxr pipeline's local run (registration, calibration, promotion); the ich pipeline
-(tests/pipelines) and covid are run there. One pipeline keeps `make test` inside its time budget."""
+(tests/shells/pipelines) and covid are run there. One pipeline keeps `make test` inside its time budget."""
 
 from __future__ import annotations
 

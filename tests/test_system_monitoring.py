@@ -93,7 +93,7 @@ def _send(platform, images: list[bytes]) -> list[dict]:
 
 
 def _report(platform, capsys) -> dict:
-    from medmlops.monitor.store import Store
+    from medmlops.monitoring.store import Store
 
     workspace = platform["work"] / "workspace"
     old = os.environ.get("MLFLOW_TRACKING_URI")

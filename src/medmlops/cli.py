@@ -133,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  {key[:-5]:<40} {result.summary[key]:.3f} ± {result.summary.get(key[:-5] + '_sd', float('nan')):.3f}")
     register = exp.register if args.register is None else args.register
     if register:
-        from medmlops.training.register import register_experiment
+        from medmlops.registry.register import register_experiment
 
         version = register_experiment(result, params)
         print(f"registered {exp.family} version {version} as @candidate")
@@ -144,11 +144,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     params = _params(args)
     out_dir = Path(args.out) if args.out else None
     if args.protocol == "covid":
-        from medmlops.training.covid_report import covid_protocol_report
+        from medmlops.evaluation.covid_report import covid_protocol_report
 
         out = covid_protocol_report(params, out_dir=out_dir, progress=not args.quiet)
     elif args.experiments:
-        from medmlops.training.report import evaluate_experiments
+        from medmlops.evaluation.ich_report import evaluate_experiments
 
         out = evaluate_experiments(args.experiments, params, out_dir=out_dir, progress=not args.quiet)
     else:
@@ -480,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     from medmlops.informer.cli import add_informer_parser
-    from medmlops.monitor.cli import add_monitor_parser
+    from medmlops.monitoring.cli import add_monitor_parser
 
     add_informer_parser(sub, _add_params_args)
     add_monitor_parser(sub, _add_params_args)

@@ -308,8 +308,8 @@ def _replay(url: str, monitoring: str, files: list[Path], progress: bool) -> lis
 
 
 def _report(params: Params, workdir: Path, family: str, n: int) -> dict:
-    from medmlops.drift import report_command
-    from medmlops.monitor.store import Store
+    from medmlops.monitoring.drift import report_command
+    from medmlops.monitoring.store import Store
 
     db_url = f"sqlite:///{workdir / 'monitoring.db'}"
     args = Namespace(family=family, workspace=str(workdir / "evidently"), db_url=db_url, version=None,
@@ -323,7 +323,7 @@ def _report(params: Params, workdir: Path, family: str, n: int) -> dict:
 
 
 def _flag_rate(workdir: Path, family: str, n: int) -> float:
-    from medmlops.monitor.store import Store
+    from medmlops.monitoring.store import Store
 
     store = Store(f"sqlite:///{workdir / 'monitoring.db'}")
     try:

@@ -244,11 +244,11 @@ def pipeline_run(params: Params, pipeline: str, job_id: str, tags: dict[str, str
     """The MLflow run that parents everything one Kubeflow run logs (created by the first step that asks)."""
     from mlflow import MlflowClient
 
-    from medmlops.training.experiment import _experiment_id
+    from medmlops.registry import tracking
 
     if not job_id:
         raise UserError("a pipeline step needs the Kubeflow job id (dsl.PIPELINE_JOB_ID_PLACEHOLDER)")
-    experiment_id = _experiment_id(params, PIPELINE_FAMILY[pipeline], Path("."))
+    experiment_id = tracking.family_experiment_id(params.registry, PIPELINE_FAMILY[pipeline], Path("."))
     found = _find_run(experiment_id, {JOB_TAG: job_id, KIND_TAG: "pipeline"})
     if found is not None:
         return found.info.run_id
@@ -259,11 +259,11 @@ def pipeline_run(params: Params, pipeline: str, job_id: str, tags: dict[str, str
 
 def experiment_run(params: Params, experiment: str, job_id: str) -> str:
     """The experiment run ``prepare_step`` created for ``experiment`` in Kubeflow run ``job_id``."""
-    from medmlops.training.experiment import _experiment_id
+    from medmlops.registry import tracking
 
     exp = params.experiment(experiment)
     found = _find_run(
-        _experiment_id(params, exp.family, Path(".")),
+        tracking.family_experiment_id(params.registry, exp.family, Path(".")),
         {JOB_TAG: job_id, KIND_TAG: "experiment", "experiment": experiment},
     )
     if found is None:
@@ -405,7 +405,7 @@ def aggregate_step(ctx: StepContext, experiment: str, job_id: str) -> dict[str, 
 def evaluate_step(ctx: StepContext, pipeline: str, experiments: Sequence[str], job_id: str, report_html: str) -> str:
     """The cross-experiment report (tables, box plots, bootstrap CIs; tabular models and saliency maps for ICH),
     logged under the pipeline run; its index.html is copied to ``report_html``. Returns the report folder."""
-    from medmlops.training.report import evaluate_experiments
+    from medmlops.evaluation.ich_report import evaluate_experiments
 
     params = ctx.enter()
     names = list(experiments or PIPELINE_EXPERIMENTS[pipeline])
@@ -430,7 +430,7 @@ def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str)
     from mlflow import MlflowClient
 
     from medmlops.training.experiment import load_experiment_result, plan_experiment
-    from medmlops.training.register import register_experiment
+    from medmlops.registry.register import register_experiment
 
     params = ctx.enter()
     exp = params.experiment(experiment)

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from medmlops.config import TrainConfig
-from medmlops.training._ddp_check import TinyDataset
+from tests.training.ddp_check import TinyDataset
 from medmlops.training.loop import _accumulation_groups, oversample_indices, train_fold
 from medmlops.training.tasks import ICH_TASKS
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from medmlops.errors import DataError
-from medmlops.training.metrics import BINARY_METRICS
+from medmlops.evaluation.metrics import BINARY_METRICS
 from medmlops.training.tabular import default_feature_sets, fit_tabular_models
 
 TARGET = "Label (poor_prognosis)"

@@ -17,7 +17,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from scipy import ndimage
 
-from medmlops.data.transforms import RejectNonFinited
+from medmlops.data.ct_transforms import RejectNonFinited
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -49,7 +49,7 @@ def cache_root(params: Params, dataset: str, repo: Path = Path(".")) -> Path:
 def deterministic_transforms(params: Params, dataset: str) -> list:
     cfg = preprocess_config(params, dataset)
     if dataset == "ich":
-        from medmlops.data.transforms import ct_transforms
+        from medmlops.data.ct_transforms import ct_transforms
 
         return ct_transforms(cfg.spatial_size, cfg.window, cfg.skull_strip, cfg.orientation)
     from medmlops.data.cxr import cxr_transforms
@@ -59,7 +59,7 @@ def deterministic_transforms(params: Params, dataset: str) -> list:
 
 def augmentations(params: Params, dataset: str) -> list:
     if dataset == "ich":
-        from medmlops.data.transforms import ct_augmentations
+        from medmlops.data.ct_transforms import ct_augmentations
 
         return ct_augmentations(prob=params.train.aug_prob)
     from medmlops.data.cxr import cxr_augmentations

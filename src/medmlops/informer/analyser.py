@@ -219,7 +219,7 @@ class Analyser:
     method: str | None = None
 
     def __post_init__(self) -> None:
-        from medmlops.inference import Preprocessor
+        from medmlops.inference.predict import Preprocessor
 
         self.logits_model = LogitsModel(self.model, self.contract.task_names()).eval()
         self.classes = self.contract.output_names()
@@ -237,7 +237,7 @@ class Analyser:
 
     def analyse_bytes(self, uploads: Sequence[bytes]) -> list[dict[str, Any] | Exception]:
         """One batched pass over the uploads that preprocess; an upload that cannot be read gets its InputError."""
-        from medmlops.inference import InputError
+        from medmlops.inference.predict import InputError
 
         slots: list[dict[str, Any] | Exception | None] = [None] * len(uploads)
         images, where = [], []

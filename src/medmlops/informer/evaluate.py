@@ -193,7 +193,7 @@ def shifted_test_set(
     from medmlops.data import preprocess as prep
     from medmlops.data.readers import read_manifest
     from medmlops.data.simulate import generate
-    from medmlops.inference import Preprocessor
+    from medmlops.inference.predict import Preprocessor
 
     source = (contract.preprocessing.get("sources") or [contract.preprocessing["dataset"]])[0]
     cfg = getattr(params.data, source)
@@ -320,9 +320,9 @@ def evaluate_version(
 def _log_to_mlflow(params: Params, family: str, version: str, out_dir: Path, table: pd.DataFrame, repo: Path) -> None:
     import mlflow
 
-    from medmlops.training.experiment import _experiment_id
+    from medmlops.registry import tracking
 
-    experiment_id = _experiment_id(params, family, repo)
+    experiment_id = tracking.family_experiment_id(params.registry, family, repo)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"informer-evaluate v{version}"):
         mlflow.set_tags({"kind": "informer-evaluation", "model_version": version})
         mlflow.log_metrics({f"mean_f1/{k.replace(' ', '_').replace('.', '')}": float(v) for k, v in table["mean"].items()

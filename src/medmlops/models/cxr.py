@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from medmlops.models import register_model
+from medmlops.models import register_architecture
 from medmlops.models.backbones import build_backbone, disable_inplace, feature_layer
 
 MDMT_TASKS: dict[str, int] = {"prognosis": 2, "severity": 4}
@@ -137,7 +137,7 @@ def _single_task(tasks: Mapping[str, int] | None, default: tuple[str, int]) -> t
     return next(iter(tasks.items()))
 
 
-@register_model("mdmt")
+@register_architecture("mdmt")
 def mdmt(
     tasks: Mapping[str, int] | None = None,
     backbone: str = "densenet121",
@@ -153,7 +153,7 @@ def mdmt(
     )  # fmt: skip
 
 
-@register_model("densenet121_findings")
+@register_architecture("densenet121_findings")
 def densenet121_findings(
     tasks: Mapping[str, int] | None = None,
     pretrained: bool = False,

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 import torch.nn as nn
 
-from medmlops.models import register_model
+from medmlops.models import register_architecture
 
 
 class MultiTaskHead(nn.Module):
@@ -111,11 +111,11 @@ class PerezCnn3D(nn.Module):
         return self.features[10]  # the last convolution
 
 
-@register_model("densenet121_3d")
+@register_architecture("densenet121_3d")
 def densenet121_3d(tasks: Mapping[str, int], in_channels: int = 1, dropout_prob: float = 0.2, **_: object) -> nn.Module:
     return IchDenseNet3D(tasks, in_channels=in_channels, dropout_prob=dropout_prob)
 
 
-@register_model("perez_cnn3d")
+@register_architecture("perez_cnn3d")
 def perez_cnn3d(tasks: Mapping[str, int], in_channels: int = 1, **_: object) -> nn.Module:
     return PerezCnn3D(tasks, in_channels=in_channels)

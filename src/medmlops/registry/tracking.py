@@ -154,6 +154,12 @@ def get_or_create_experiment(
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
+
+def family_experiment_id(cfg: RegistryConfig, family: str, cwd: Path | None = None) -> str:
+    """The id of the MLflow experiment that holds every run of ``family`` (``<experiment_prefix>-<family>``)."""
+    configure(cfg, cwd=cwd)
+    return get_or_create_experiment(f"{cfg.experiment_prefix}-{family}", cfg=cfg, cwd=cwd)
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Provenance
 # ----------------------------------------------------------------------------------------------------------------------

@@ -18,8 +18,8 @@ from medmlops.config import ExperimentConfig, Params, save_resolved
 from medmlops.data import preprocess as prep
 from medmlops.errors import UserError
 from medmlops.models import build_model
-from medmlops.training import metrics as M
-from medmlops.training import stats as S
+from medmlops.evaluation import metrics as M
+from medmlops.evaluation import stats as S
 from medmlops.training.loop import predict, resolve_device, seed_everything, task_labels, task_probs, train_fold
 from medmlops.training.splits import experiment_splits, load_splits, save_splits
 from medmlops.training.tasks import TaskDef, resolve_tasks
@@ -265,15 +265,6 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     return ExperimentPlan(name, exp, tasks, run_dir, splits, items, folds, variant_name(params, name))
 
 
-def _experiment_id(params: Params, family: str, repo: Path) -> str:
-    from medmlops.registry import tracking
-
-    tracking.configure(params.registry, cwd=repo)
-    return tracking.get_or_create_experiment(
-        f"{params.registry.experiment_prefix}-{family}", cfg=params.registry, cwd=repo
-    )
-
-
 def start_experiment_run(
     plan: ExperimentPlan,
     params: Params,
@@ -288,7 +279,7 @@ def start_experiment_run(
 
     from medmlops.registry import tracking
 
-    experiment_id = _experiment_id(params, plan.exp.family, repo)
+    experiment_id = tracking.family_experiment_id(params.registry, plan.exp.family, repo)
     all_tags = {
         "experiment": plan.name, "family": plan.exp.family, "profile": params.profile, "model": plan.exp.model,
         "backbone": plan.exp.backbone or plan.exp.model, "validation": params.train.validation,
@@ -325,6 +316,8 @@ def train_experiment_fold(
     """
     import mlflow
 
+    from medmlops.registry import tracking
+
     if fold not in plan.folds:
         raise UserError(f"experiment {plan.name}: fold {fold} is not one of its folds ({plan.folds})")
     exp, tasks, items = plan.exp, plan.tasks, plan.items
@@ -333,7 +326,7 @@ def train_experiment_fold(
     part = plan.splits[plan.splits["fold"] == fold]
     ids = {s: part.loc[part["split"] == s, "sample_id"].tolist() for s in ("train", "val", "test")}
     device = resolve_device(params.train.device)
-    experiment_id = _experiment_id(params, exp.family, repo)
+    experiment_id = tracking.family_experiment_id(params.registry, exp.family, repo)
     context = (
         mlflow.start_run(run_name=f"{plan.variant}/fold-{fold}", experiment_id=experiment_id, parent_run_id=run_id)
         if main
@@ -417,9 +410,11 @@ def _fold_runs(params: Params, plan: ExperimentPlan, run_id: str, repo: Path) ->
     """The newest finished nested run of every planned fold under ``run_id`` (a retried fold has several)."""
     from mlflow import MlflowClient
 
+    from medmlops.registry import tracking
+
     client = MlflowClient()
     runs = client.search_runs(
-        [_experiment_id(params, plan.exp.family, repo)],
+        [tracking.family_experiment_id(params.registry, plan.exp.family, repo)],
         filter_string=(
             f"tags.mlflow.parentRunId = '{run_id}' and tags.experiment = '{plan.name}' and attributes.status = 'FINISHED'"
         ),

@@ -23,8 +23,8 @@ from sklearn.preprocessing import MinMaxScaler
 from sklearn.tree import DecisionTreeClassifier
 
 from medmlops.errors import DataError
-from medmlops.training.metrics import BINARY_METRICS, binary_metrics
-from medmlops.training.stats import aggregate_folds, flatten_summary
+from medmlops.evaluation.metrics import BINARY_METRICS, binary_metrics
+from medmlops.evaluation.stats import aggregate_folds, flatten_summary
 
 __all__ = ["DEFAULT_ID_COLUMNS", "MODEL_NAMES", "TabularResult", "default_feature_sets", "fit_tabular_models"]
 

@@ -1,0 +1,292 @@
+"""Load a registered model with its contract and predict from uploaded image bytes: shared by serving and monitoring.
+
+One code path from bytes to labels: the upload's format is recognised from its content (not its name), checked
+against the contract's formats, written to a private temporary file and run through the *training* preprocessing
+chain rebuilt from the contract's ``preprocessing`` block; the model's logits become per-task probabilities and
+labels at the contract's thresholds (ordinal tasks decoded monotonically, as in training).
+
+Everything wrong with an upload raises :class:`InputError` with a short ``error`` code and a ``detail`` sentence
+naming the problem; a server turns it into a 4xx JSON answer.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import tempfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medmlops.config import ValidationConfig
+from medmlops.errors import UserError
+from medmlops.registry.contract import ModelContract, TaskSpec
+
+# Magic bytes → format (content decides, never the client's file name).
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG = b"\xff\xd8\xff"
+_GZIP = b"\x1f\x8b"
+
+
+class InputError(UserError, ValueError):
+    """An upload the model cannot take; ``error`` is a stable code, ``detail`` one sentence for the client."""
+
+    def __init__(self, error: str, detail: str, status: int = 400) -> None:
+        super().__init__(f"{error}: {detail}")
+        self.error, self.detail, self.status = error, detail, status
+
+
+def sniff_format(data: bytes) -> str:
+    """``nifti`` (plain or gzipped), ``png``, ``jpeg`` or ``dicom`` from the content.
+
+    Raises:
+        InputError: empty, corrupt gzip, or no known signature.
+    """
+    if not data:
+        raise InputError("empty_upload", "the uploaded file is empty")
+    if data.startswith(_PNG):
+        return "png"
+    if data.startswith(_JPEG):
+        return "jpeg"
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    head = data
+    if data.startswith(_GZIP):
+        head = _check_gzip(data)
+    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
+        return "nifti"
+    if len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):
+        return "nifti"
+    raise InputError(
+        "unsupported_format", "the upload is not NIfTI, PNG, JPEG or DICOM (recognised from its content, not its name)"
+    )
+
+
+MAX_DECOMPRESSED = 2 * 1024**3  # a gzip bomb stops here
+
+
+def _check_gzip(data: bytes) -> bytes:
+    """Decompress the whole stream (in chunks, capped) so a truncated or corrupt file is caught here; return its head."""
+    head, total = b"", 0
+    try:
+        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
+            while chunk := f.read(1 << 20):
+                head = head or chunk[:352]
+                total += len(chunk)
+                if total > MAX_DECOMPRESSED:
+                    raise InputError("too_large", f"the upload decompresses to more than {MAX_DECOMPRESSED} bytes", 413)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError("corrupt_file", f"the upload is gzip data that cannot be decompressed ({exc})") from exc
+    return head
+
+
+# Format → the suffix the readers expect, and the contract's accepted formats.
+_SUFFIX = {"nifti": ".nii.gz", "png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
+_ACCEPTS = {"nifti": {"nii", "nii.gz", "nifti"}, "png": {"png"}, "jpeg": {"jpg", "jpeg"}, "dicom": {"dcm", "dicom"}}
+
+
+def preprocessing_chain(contract: ModelContract) -> list:
+    """The deterministic training chain (with loading) rebuilt from the contract's ``preprocessing`` block."""
+    prep = dict(contract.preprocessing)
+    chain = prep.get("chain")
+    if chain == "ct":
+        from medmlops.data.ct_transforms import ct_transforms
+
+        return ct_transforms(prep["spatial_size"], prep["window"], prep["skull_strip"], prep.get("orientation", "RAS"))
+    if chain == "cxr":
+        from medmlops.data.cxr import cxr_transforms
+
+        return cxr_transforms(
+            int(prep["size"]), lung_crop=bool(prep["lung_crop"]), percentiles=tuple(prep["percentiles"])
+        )
+    raise InputError("bad_contract", f"the model contract's preprocessing chain '{chain}' is unknown", status=500)
+
+
+def _task_def(spec: TaskSpec):
+    from medmlops.training.tasks import TaskDef
+
+    return TaskDef(spec.name, spec.name, spec.kind, tuple(spec.classes))
+
+
+def decode(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Tensor) -> list[dict[str, Any]]:
+    """Per sample, per task: ``probabilities`` (class → p; ``>=class`` cumulative for ordinal), ``label`` (at the
+    contract's thresholds; ordinal = leading cumulative bits, monotone) and, for multilabel, ``labels``."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = {contract.tasks[0].name: outputs}
+    n = len(next(iter(outputs.values())))
+    results: list[dict[str, Any]] = [{} for _ in range(n)]
+    for spec in contract.tasks:
+        task = _task_def(spec)
+        probs = task.probabilities(outputs[spec.name])
+        labels = task.predict(probs, np.asarray(spec.thresholds))
+        for i in range(n):
+            p = probs[i]
+            if spec.kind == "binary":
+                entry = {"probabilities": {spec.classes[0]: float(1 - p[0]), spec.classes[1]: float(p[0])},
+                         "label": spec.classes[int(labels[i])]}  # fmt: skip
+            elif spec.kind == "ordinal":
+                entry = {"probabilities": {f">={c}": float(v) for c, v in zip(spec.classes[1:], p, strict=True)},
+                         "label": spec.classes[int(labels[i])]}  # fmt: skip
+            elif spec.kind == "multiclass":
+                entry = {"probabilities": dict(zip(spec.classes, map(float, p), strict=True)),
+                         "label": spec.classes[int(labels[i])]}  # fmt: skip
+            else:
+                positive = [c for c, flag in zip(spec.classes, labels[i], strict=True) if flag]
+                entry = {"probabilities": dict(zip(spec.classes, map(float, p), strict=True)), "labels": positive}
+            entry["thresholds"] = list(spec.thresholds)
+            results[i][spec.name] = entry
+    return results
+
+
+@dataclass
+class Preprocessor:
+    """Upload bytes → the model's input tensor, exactly as training preprocessed its data (from the contract)."""
+
+    family: str
+    contract: ModelContract
+    max_bytes: int = 64 * 1024 * 1024
+    # Plausible raw image sizes (params.yaml ``validation`` uses the same defaults for datasets): a 1-voxel volume
+    # would otherwise be resized into a "valid" input.
+    limits: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+
+    def __post_init__(self) -> None:
+        from monai.transforms import Compose
+
+        chain = preprocessing_chain(self.contract)
+        self._load, self._rest = chain[0], Compose(chain[1:])
+
+    def accepted_formats(self) -> tuple[str, ...]:
+        return tuple(self.contract.input.formats)
+
+    def _check_raw_shape(self, shape: tuple[int, ...]) -> None:
+        lim = self.limits
+        if self.contract.input.modality == "ct":
+            *inplane, slices = shape[-3:]
+            ok = lim.ct_min_slices <= slices <= lim.ct_max_slices and all(
+                lim.ct_min_inplane <= s <= lim.ct_max_inplane for s in inplane
+            )
+            ranges = (
+                f"{lim.ct_min_inplane}-{lim.ct_max_inplane} in-plane, {lim.ct_min_slices}-{lim.ct_max_slices} slices"
+            )
+        else:
+            ok = all(lim.cxr_min_size <= s <= lim.cxr_max_size for s in shape[-2:])
+            ranges = f"{lim.cxr_min_size}-{lim.cxr_max_size} pixels per side"
+        if not ok:
+            raise InputError(
+                "implausible_shape", f"the image has shape {list(shape[1:])}; {self.family} takes {ranges}"
+            )
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        """Upload bytes → the model's input tensor (contract shape), or InputError naming what is wrong."""
+        if len(data) > self.max_bytes:
+            raise InputError(
+                "too_large", f"the upload has {len(data)} bytes; the limit is {self.max_bytes}", status=413
+            )
+        fmt = sniff_format(data)
+        if not _ACCEPTS[fmt] & {f.lstrip(".").lower() for f in self.accepted_formats()}:
+            raise InputError(
+                "wrong_modality",
+                f"model {self.family} takes {', '.join(self.accepted_formats())} images; the upload is {fmt.upper()}",
+                status=415,
+            )
+        with tempfile.TemporaryDirectory(prefix="medmlops-upload-") as tmp:
+            path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name: a client's file name never becomes a path
+            path.write_bytes(data)
+            try:
+                item = self._load({"image": str(path), "sample_id": "upload"})
+                self._check_raw_shape(tuple(item["image"].shape))
+                item = self._rest(item)
+            except InputError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - MONAI wraps reader errors in RuntimeError chains
+                text = _root_message(exc).replace(str(path), "the upload")  # never show our temporary paths
+                code = "non_finite" if "NaN/Inf" in text else "unreadable_image"
+                raise InputError(code, text) from exc
+        image = torch.as_tensor(item["image"], dtype=torch.float32)
+        expected = tuple(self.contract.input.shape)
+        if tuple(image.shape) != expected:
+            raise InputError(
+                "wrong_shape", f"the preprocessed image has shape {list(image.shape)}, the model needs {list(expected)}"
+            )
+        if not torch.isfinite(image).all():
+            raise InputError("non_finite", "the image contains NaN or infinite values")
+        return image
+
+
+def flatten_outputs(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Tensor) -> np.ndarray:
+    """The model's outputs as one (N, total logits) float32 array, tasks in contract order (for batching)."""
+    if isinstance(outputs, torch.Tensor):
+        outputs = {contract.tasks[0].name: outputs}
+    return np.concatenate([outputs[t.name].detach().float().cpu().numpy() for t in contract.tasks], axis=1)
+
+
+def split_outputs(contract: ModelContract, logits: np.ndarray) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`flatten_outputs`."""
+    out, start = {}, 0
+    for task in contract.tasks:
+        out[task.name] = torch.as_tensor(np.asarray(logits)[:, start : start + task.n_logits], dtype=torch.float32)
+        start += task.n_logits
+    return out
+
+
+@dataclass
+class Predictor:
+    """A model version with its contract, ready to turn uploads into predictions."""
+
+    family: str
+    version: str
+    contract: ModelContract
+    model: torch.nn.Module
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    max_bytes: int = 64 * 1024 * 1024
+    limits: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+
+    def __post_init__(self) -> None:
+        self.preprocess = Preprocessor(self.family, self.contract, self.max_bytes, self.limits)
+        self.model.to(self.device).eval()
+
+    @classmethod
+    def from_registry(
+        cls,
+        family: str,
+        alias: str = "champion",
+        *,
+        device: str | None = None,
+        max_bytes: int = 64 * 1024 * 1024,
+        limits: ValidationConfig | None = None,
+    ) -> Predictor:
+        """Load ``models:/family@alias`` (MLflow from the environment); raises ModelNotFoundError in one sentence."""
+        from medmlops.registry.tracking import load_model
+
+        target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model, contract, version = load_model(family, alias, device=target)
+        return cls(family, version, contract, model, target, max_bytes, limits or ValidationConfig())
+
+    @torch.no_grad()
+    def forward(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
+        """Preprocessed images (N, *contract shape) → logits (N, total logits), tasks in contract order."""
+        x = torch.as_tensor(batch, dtype=torch.float32).to(self.device)
+        with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
+            outputs = self.model(x)
+        return flatten_outputs(self.contract, outputs)
+
+    def predict_tensors(self, images: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
+        """One forward pass over a batch of preprocessed images; decoded per sample."""
+        return decode(self.contract, split_outputs(self.contract, self.forward(torch.stack(list(images)))))
+
+    def predict_bytes(self, data: bytes) -> dict[str, Any]:
+        return self.predict_tensors([self.preprocess(data)])[0]
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost error's message, on one line (MONAI nests the reader's error several levels deep)."""
+    seen = exc
+    while seen.__cause__ is not None or seen.__context__ is not None:
+        seen = seen.__cause__ or seen.__context__
+    text = " ".join(str(seen).split()) or type(seen).__name__
+    return f"the image cannot be read: {text[:300]}"

@@ -1,0 +1,76 @@
+"""A stand-in INFORMER analyser for the monitoring tests: deterministic results from the upload's bytes, no model.
+
+Used in-process (worker tests) and by a real ``medmlops monitor serve`` subprocess through ``--analyser-factory
+tests.monitoring.fake_analyser:factory``. Environment (subprocess): ``FAKE_ANALYSER_DELAY_S`` (seconds per upload, so a
+test can kill the service mid-batch), ``FAKE_ANALYSER_LOG`` (a file that gets one line per analysed request).
+
+Uploads starting with ``b"BAD"`` give an InputError in their slot; ``b"RAISE"`` makes the whole call raise; family
+``"missing"`` cannot be loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+CLASSES = ["Atelectasis", "Cardiomegaly"]
+
+
+def tiny_png(seed: int) -> bytes:
+    from PIL import Image
+
+    image = Image.new("RGB", (8, 8), (seed % 256, 64, 255 - seed % 256))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def fake_result(family: str, version: str, upload: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(upload).digest()
+    p = {c: digest[i] / 255 for i, c in enumerate(CLASSES)}
+    d = {c: digest[i + 2] / 64 for i, c in enumerate(CLASSES)}
+    flags = {c: digest[i + 4] % 2 == 0 for i, c in enumerate(CLASSES)}
+    return {
+        "family": family, "version": version, "calibrated": True, "method": "ixg", "classes": list(CLASSES),
+        "probabilities": p, "labels": {c: int(v >= 0.5) for c, v in p.items()}, "distinctiveness": d, "flags": flags,
+        "flagged": any(flags.values()), "entropy": {c: 0.5 for c in CLASSES}, "msr": {c: max(v, 1 - v) for c, v in p.items()},
+        "features": {"image_mean": digest[6] / 255, **{f"p:{c}": v for c, v in p.items()}, **{f"d:{c}": v for c, v in d.items()}},
+        "saliency_png": tiny_png(digest[7]),
+    }  # fmt: skip
+
+
+class FakeAnalyser:
+    def __init__(self, family: str, version: str, *, delay_s: float = 0.0, log: str | None = None) -> None:
+        self.family, self.version, self.delay_s, self.log = family, version, delay_s, log
+        self.calls: list[int] = []
+
+    def analyse_bytes(self, uploads: Sequence[bytes]) -> list[Any]:
+        from medmlops.inference.predict import InputError
+
+        self.calls.append(len(uploads))
+        if any(u.startswith(b"RAISE") for u in uploads):
+            raise RuntimeError("the analyser crashed")
+        out: list[Any] = []
+        for upload in uploads:
+            if self.log:  # before the work: a test can see a batch in flight
+                with open(self.log, "a", encoding="utf-8") as f:
+                    f.write(hashlib.sha256(upload).hexdigest() + "\n")
+            time.sleep(self.delay_s)
+            if upload.startswith(b"BAD"):
+                out.append(InputError("unreadable_image", "the upload is not a PNG, JPEG, DICOM or NIfTI file"))
+            else:
+                out.append(fake_result(self.family, self.version, upload))
+        return out
+
+
+def factory(family: str, version: str) -> FakeAnalyser:
+    if family == "missing":
+        raise RuntimeError(f"registered model '{family}' version {version} not found")
+    return FakeAnalyser(
+        family, version, delay_s=float(os.environ.get("FAKE_ANALYSER_DELAY_S", "0")),
+        log=os.environ.get("FAKE_ANALYSER_LOG") or None,
+    )  # fmt: skip
