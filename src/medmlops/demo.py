@@ -34,6 +34,7 @@ import uuid
 from argparse import Namespace
 from pathlib import Path
 
+from medmlops.commandline import shell_command
 from medmlops.config import Params
 from medmlops.data import versioning
 from medmlops.data.simulate import DATASETS, generate_from_params
@@ -187,13 +188,11 @@ def _ready_family(family: str, data_version: str) -> str | None:
     return version if contract.informer and contract.data_version == data_version else None
 
 
-def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict[str, float]:
-    from medmlops.cli import _pipeline_summary, _pipelines_module
-    from medmlops.pipeline_steps import PIPELINE_EXPERIMENTS, PIPELINE_FAMILY
+def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> None:
+    """Each pipeline of ``demo.pipelines`` as a user runs it: ``medmlops pipeline run NAME --local`` (a process)."""
+    from medmlops.pipeline_steps import PIPELINE_FAMILY
 
-    runner = _pipelines_module(repo)
     data_version = versioning.recorded_hash(repo)
-    seconds = {}
     for name in params.demo.pipelines:
         family = PIPELINE_FAMILY[name]
         ready = None if fresh else _ready_family(family, data_version)
@@ -201,17 +200,13 @@ def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> dict
             print(f"{name}: reused ({family} version {ready} is calibrated on data version {data_version})")
             continue
         overrides = list(params.demo.overrides.get(name, ()))
-        arguments = {
-            "profile": params.profile, "experiments": list(PIPELINE_EXPERIMENTS[name]), "data_rev": "",
-            "data_remote": "", "mlflow_uri": mlflow_url, "workdir": str(repo),
-            "overrides": overrides, "nproc": 1,
-        }  # fmt: skip
         print(f"{name}: Kubeflow local run, profile {params.profile}, overrides {overrides}", flush=True)
-        seconds[name] = runner.run_local(name, arguments, repo / ".medmlops" / "kfp")
-        print(f"{name}: pipeline finished in {seconds[name]:.0f} s")
-        for line in _pipeline_summary(params, name, repo):
-            print(f"{name}: {line}")
-    return seconds
+        argv = ["run", name, "--local", "--profile", params.profile, "--repo", str(repo),
+                *(f"--set={o}" for o in overrides)]  # fmt: skip
+        command, env = shell_command(repo, "pipelines", argv)
+        code = subprocess.call(command, cwd=repo, env={**env, "MLFLOW_TRACKING_URI": mlflow_url})
+        if code != 0:
+            raise UserError(f"pipeline {name} failed (exit {code}; its error is in the output above)")
 
 
 def _served_alias(family: str) -> str:
@@ -381,18 +376,13 @@ def run_demo(params: Params, repo: Path = Path("."), progress: bool = True, *, f
 
 
 def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> int:
-    import mlflow
-
     from medmlops.pipeline_steps import PIPELINE_FAMILY
     from medmlops.registry import tracking
     from medmlops.registry.tracking import load_contract, resolve_version
 
     _step(f"3/{total} MLflow server")
     mlflow_url = _mlflow(procs, params, workdir, repo)
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_url
-    mlflow.set_tracking_uri(mlflow_url)
-    mlflow.set_registry_uri(mlflow_url)
-    tracking.configure(params.registry, cwd=repo)
+    tracking.configure(params.registry, cwd=repo, uri=mlflow_url)
 
     _step(f"4/{total} Kubeflow pipelines (local runner): {', '.join(params.demo.pipelines)}")
     _pipelines(params, repo, mlflow_url, fresh)

@@ -80,12 +80,12 @@ class StepContext:
         if not Path(self.workdir).is_dir():
             raise UserError(f"workdir {self.workdir}: not a directory (the project root inside the step's image)")
         os.chdir(self.workdir)
-        if self.mlflow_uri:
-            os.environ["MLFLOW_TRACKING_URI"] = self.mlflow_uri
         params = load_params(self.params_file, profile=self.profile or None, overrides=list(self.overrides))
+        from medmlops.commandline import quiet_third_parties
         from medmlops.registry import tracking
 
-        tracking.configure(params.registry, cwd=Path("."))
+        quiet_third_parties()  # a step is an entry point of its own (a Kubeflow task's process)
+        tracking.configure(params.registry, cwd=Path("."), uri=self.mlflow_uri or None)
         return params
 
 
@@ -255,6 +255,32 @@ def pipeline_run(params: Params, pipeline: str, job_id: str, tags: dict[str, str
     all_tags = {JOB_TAG: job_id, KIND_TAG: "pipeline", "pipeline": pipeline, "profile": params.profile, **(tags or {})}
     run = MlflowClient().create_run(experiment_id, run_name=f"pipeline-{pipeline}-{job_id[:8]}", tags=all_tags)
     return run.info.run_id
+
+
+def pipeline_summary(params: Params, pipeline: str, repo: Path) -> list[str]:
+    """What the newest MLflow pipeline run of ``pipeline`` registered and promoted, one line each."""
+    from mlflow import MlflowClient
+
+    from medmlops.registry import tracking
+
+    experiment_id = tracking.family_experiment_id(params.registry, PIPELINE_FAMILY[pipeline], repo)
+    runs = MlflowClient().search_runs(
+        [experiment_id], filter_string=f"tags.`{KIND_TAG}` = 'pipeline' and tags.pipeline = '{pipeline}'",
+        order_by=["attributes.start_time DESC"], max_results=1,
+    )  # fmt: skip
+    if not runs:
+        return ["no MLflow pipeline run found"]
+    tags = runs[0].data.tags
+    lines = [f"MLflow pipeline run {runs[0].info.run_id} (data version {tags.get('data_version', '?')})"]
+    for key, version in sorted(tags.items()):
+        if key.startswith("registered."):
+            family = key.split(".", 1)[1]
+            promoted = tags.get(f"promoted.{family}") == "true"
+            lines.append(
+                f"registered {family} version {version} as @candidate"
+                + ("; promoted to @champion" if promoted else "; not promoted (gates)")
+            )
+    return lines
 
 
 def experiment_run(params: Params, experiment: str, job_id: str) -> str:
@@ -429,8 +455,8 @@ def register_step(ctx: StepContext, pipeline: str, experiment: str, job_id: str)
     and the version ("" when the experiment is not registered). Calibration and promotion are the next steps."""
     from mlflow import MlflowClient
 
-    from medmlops.training.experiment import load_experiment_result, plan_experiment
     from medmlops.registry.register import register_experiment
+    from medmlops.training.experiment import load_experiment_result, plan_experiment
 
     params = ctx.enter()
     exp = params.experiment(experiment)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Callable
 from pathlib import Path
+
+from medmlops.commandline import add_params_args, params_from_args
 
 
 def _add_common(parser: argparse.ArgumentParser, default_alias: str) -> None:
@@ -35,7 +36,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from medmlops.informer.calibrate import calibrate_version
     from medmlops.registry import tracking
 
-    params = args.load_params(args)
+    params = params_from_args(args)
     tracking.configure(params.registry, cwd=Path(args.repo))
     calibration = calibrate_version(
         params, args.family, args.alias, **_settings(args, params), step=params.informer.step, repo=Path(args.repo),
@@ -54,7 +55,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medmlops.informer.evaluate import evaluate_version
     from medmlops.registry import tracking
 
-    params = args.load_params(args)
+    params = params_from_args(args)
     tracking.configure(params.registry, cwd=Path(args.repo))
     summary = evaluate_version(
         params, args.family, args.alias, **_settings(args, params),
@@ -68,9 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_informer_parser(sub: argparse._SubParsersAction, add_params_args: Callable) -> None:
-    from medmlops.cli import _params
-
+def add_informer_parser(sub: argparse._SubParsersAction) -> None:
     informer = sub.add_parser("informer", help="INFORMER: calibrate flag thresholds, evaluate against baselines")
     isub = informer.add_subparsers(dest="informer_command", required=True)
     cal = isub.add_parser(
@@ -78,11 +77,11 @@ def add_informer_parser(sub: argparse._SubParsersAction, add_params_args: Callab
     )
     _add_common(cal, "candidate")
     add_params_args(cal)
-    cal.set_defaults(func=cmd_calibrate, load_params=_params)
+    cal.set_defaults(func=cmd_calibrate)
     ev = isub.add_parser("evaluate", help="F1 after flag-and-swap vs baselines, bootstrap, t-test, box plot, AURC")
     _add_common(ev, "champion")
     ev.add_argument("--bootstrap", type=int, default=None, help="bootstrap test sets (default: params; the paper: 30)")
     ev.add_argument("--shift", action="append", default=None, help="shifted test set from the simulator (repeatable)")
     ev.add_argument("--out", default="reports/informer", help="output folder")
     add_params_args(ev)
-    ev.set_defaults(func=cmd_evaluate, load_params=_params)
+    ev.set_defaults(func=cmd_evaluate)

@@ -71,8 +71,9 @@ class RegistrationError(UserError, ValueError):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None) -> str:
-    """The tracking URI to use: ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``, else local SQLite.
+def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None, uri: str | None = None) -> str:
+    """The tracking URI to use: ``uri`` when given, else ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
+    else SQLite at :data:`DEFAULT_DB`.
 
     A relative SQLite path is made absolute against ``cwd`` (Kubeflow's subprocess runner and DVC stages change
     directory) and its folder is created.
@@ -81,7 +82,9 @@ def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None) -> str:
         TrackingConfigError: the URI is a file store (a plain path or ``file:``), which MLflow 3.17 refuses.
     """
     cwd = Path(cwd or Path.cwd()).resolve()
-    if cfg.tracking_uri:
+    if uri:
+        source = "the tracking URI given"
+    elif cfg.tracking_uri:
         uri, source = cfg.tracking_uri, "params.yaml registry.tracking_uri"
     elif os.environ.get("MLFLOW_TRACKING_URI"):
         uri, source = os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"
@@ -102,21 +105,13 @@ def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None) -> str:
     return uri
 
 
-def configure(cfg: RegistryConfig, cwd: Path | None = None) -> str:
+def configure(cfg: RegistryConfig, cwd: Path | None = None, uri: str | None = None) -> str:
     """Point MLflow's tracking and registry at :func:`resolve_tracking_uri` and return the URI.
 
-    Call from ``main()`` or an entry point, never at import. Also switches MLflow's usage telemetry off unless the
-    user set ``MLFLOW_DISABLE_TELEMETRY`` (medical sites run offline; the client would only retry and fail).
+    Call from ``main()`` or an entry point, never at import. (Telemetry and MLflow's download progress bars are
+    switched off by the entry points: :func:`medmlops.commandline.quiet_third_parties`.)
     """
-    uri = resolve_tracking_uri(cfg, cwd)
-    # One tqdm bar per downloaded fold artifact drowns the training output; a user can still turn them back on.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    if "MLFLOW_DISABLE_TELEMETRY" not in os.environ:
-        os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-        with contextlib.suppress(Exception):  # internal API; losing it only leaves telemetry on
-            from mlflow.telemetry import set_telemetry_client
-
-            set_telemetry_client()  # the client is created at `import mlflow`; re-create it (as None) now
+    uri = resolve_tracking_uri(cfg, cwd, uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
@@ -154,11 +149,11 @@ def get_or_create_experiment(
     return client.create_experiment(name, artifact_location=artifact_location)
 
 
-
 def family_experiment_id(cfg: RegistryConfig, family: str, cwd: Path | None = None) -> str:
-    """The id of the MLflow experiment that holds every run of ``family`` (``<experiment_prefix>-<family>``)."""
-    configure(cfg, cwd=cwd)
+    """The id of the MLflow experiment that holds every run of ``family`` (``<experiment_prefix>-<family>``), on the
+    tracking server the entry point configured (:func:`configure`)."""
     return get_or_create_experiment(f"{cfg.experiment_prefix}-{family}", cfg=cfg, cwd=cwd)
+
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Provenance

@@ -1,0 +1,128 @@
+"""``python -m monitoring [options]``: run the monitoring service (what ``medmlops monitor serve`` starts).
+
+Beside the HTTP app because it imports it (FastAPI, uvicorn); the core never does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+from pathlib import Path
+
+from medmlops.commandline import run_command, setup
+from medmlops.errors import UserError
+from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, READ_TOKEN_ENV, TOKEN_ENV
+from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="medmlops monitor serve",
+        description="HTTP service: ingest prediction records, INFORMER flags, dashboard, /metrics",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging of the command line")
+    db_help = f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})"
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: needs --token)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--db-url", default=None, help=db_help)
+    parser.add_argument(
+        "--token", default=None, help=f"bearer token for posting records and labels (default: ${TOKEN_ENV})"
+    )
+    parser.add_argument(
+        "--read-token", default=None, help=f"bearer token for reads (default: ${READ_TOKEN_ENV}; unset: reads are open)"
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="records per INFORMER pass (one model version)")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+        help="largest record body accepted (the upload travels base64-encoded: 4/3 of its size)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--flag-window", default="500",
+        help="window of medmlops_informer_flag_rate: the last N records per family (500) or hours (24h)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--worker-nice", type=int, default=10,
+        help="CPU niceness added to the INFORMER worker thread (0: none), so serving on the same node comes first",
+    )  # fmt: skip
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument(
+        "--analyser-factory", default=None, metavar="MODULE:CALLABLE",
+        help="(family, version) -> analyser (default: medmlops.informer.analyser.Analyser.from_registry)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--repo", default=".", help="project root holding monitoring/ (default: here, else the checkout)"
+    )
+    parser.set_defaults(func=cmd_serve)
+    return parser
+
+
+class _Stopped(Exception):
+    """SIGTERM after uvicorn's graceful shutdown (it re-raises the signal once it has finished)."""
+
+
+def _stopped(_signum: int, _frame: object) -> None:
+    raise _Stopped
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the monitoring service in the foreground until SIGTERM or Ctrl-C (worker stopped, database closed)."""
+    from sqlalchemy.engine import make_url
+
+    from medmlops.monitoring.service import READ_TOKEN_ENV, TOKEN_ENV, Monitor, Settings, check_exposure
+    from medmlops.monitoring.store import resolve_db_url
+
+    settings = Settings(
+        db_url=resolve_db_url(args.db_url), host=args.host, port=args.port,
+        token=args.token or os.environ.get(TOKEN_ENV) or None,
+        read_token=args.read_token or os.environ.get(READ_TOKEN_ENV) or None,
+        batch_size=args.batch_size, max_body_bytes=args.max_body_bytes, flag_window=args.flag_window,
+        analyser_factory=args.analyser_factory, worker_nice=args.worker_nice,
+    )  # fmt: skip
+    check_exposure(settings.host, settings.token)
+    import uvicorn
+
+    from monitoring.app import create_app
+
+    registry = ""
+    if settings.analyser_factory is None:  # the registry's analyser: MLflow resolved as every medmlops command does
+        from medmlops.config import RegistryConfig
+        from medmlops.registry import tracking
+
+        registry = f", models from {tracking.configure(RegistryConfig(), cwd=Path.cwd())}"
+    logging.getLogger("medmlops").setLevel(args.log_level.upper())
+    monitor = Monitor(settings)
+    app = create_app(monitor)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=args.log_level, log_config=None,
+        access_log=args.log_level == "debug", timeout_graceful_shutdown=30, server_header=False,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    database = make_url(settings.db_url).render_as_string(hide_password=True)
+    print(
+        f"monitoring on http://{host}:{settings.port} (dashboard /dashboard, database {database}{registry})", flush=True
+    )
+    previous = signal.signal(signal.SIGTERM, _stopped)
+    try:
+        server.run()
+    except (_Stopped, KeyboardInterrupt):
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if not server.started:
+        raise UserError(f"the monitoring service could not listen on {host}:{settings.port} (see the log above)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup(args.verbose)
+    return run_command(args.func, args, prog="medmlops")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
