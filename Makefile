@@ -23,7 +23,7 @@ help:
 	@echo "make demo-stop - stop the servers the demo left running"
 	@echo "make test   - install and run the test suite"
 	@echo "make reliability - the load, fault, bad-input and security tests, as a table (reports/reliability.md)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff and the architecture contracts (import-linter)"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,13 +56,15 @@ test-fast: install tools browser
 reliability: install tools browser
 	$(BIN)/python -m pytest -m reliability --reliability-table=reports/reliability.md $(PYTEST_ARGS)
 
+# ruff, then the architecture contracts of pyproject.toml [tool.importlinter] (the core never imports the shells, ...)
 lint: install
-	$(BIN)/ruff check src tests benchmarks components pipelines
-	$(BIN)/ruff format --check src tests benchmarks components pipelines
+	$(BIN)/ruff check src tests benchmarks components pipelines serving monitoring
+	$(BIN)/ruff format --check src tests benchmarks components pipelines serving monitoring
+	$(BIN)/lint-imports
 
 format: install
-	$(BIN)/ruff format src tests benchmarks components pipelines
-	$(BIN)/ruff check --fix src tests benchmarks components pipelines
+	$(BIN)/ruff format src tests benchmarks components pipelines serving monitoring
+	$(BIN)/ruff check --fix src tests benchmarks components pipelines serving monitoring
 
 # The DVC pipeline (validate stages) over data/raw, as the demo leaves it.
 validate: install
