@@ -20,7 +20,7 @@ from medmlops.cli import main
 from medmlops.data.simulate import DATASETS
 
 from .conftest import _free_port, stop_process
-from .pipelines.test_pipeline_local import _project
+from tests.shells.pipelines.test_pipeline_local import _project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 
@@ -57,7 +57,7 @@ def _evidently_ui_lists(workspace, project: str) -> None:
         stop_process(ui)
 
 
-def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatch):
+def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capfd, monkeypatch):
     project = _project(tmp_path / "demo", tuple(DATASETS))
     monkeypatch.chdir(project)
     # The demo points its own process at its MLflow server; undo that for the tests that follow.
@@ -72,8 +72,8 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatc
             "--set", f"demo.serving_ports={{ich-prognosis: {ich_port}, cxr-findings: {cxr_port}}}",
             "--set", "demo.pipelines=[cxr]"]  # fmt: skip
     try:
-        assert main(args) == 0, capsys.readouterr().err
-        out = capsys.readouterr().out
+        assert main(args) == 0, capfd.readouterr().err
+        out = capfd.readouterr().out
         for stage in ("1/8 demo data", "3/8 MLflow server", "4/8 Kubeflow pipelines", "5/8 monitoring and serving",
                       "6/8 clean traffic", "7/8 shifted traffic", "8/8 summary"):  # fmt: skip
             assert f"==> {stage}" in out
@@ -97,12 +97,12 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capsys, monkeypatc
 
         assert _ready_family("cxr-findings", versioning.recorded_hash(project)) == "1"
         Processes(workdir).ensure("mlflow", ["false"], f"http://127.0.0.1:{mlflow_port}/health", env={}, cwd=project)
-        assert "mlflow: reused" in capsys.readouterr().out
+        assert "mlflow: reused" in capfd.readouterr().out
     finally:
         mlflow.set_tracking_uri(previous[0])
         mlflow.set_registry_uri(previous[1])
         assert main(["demo", "--stop", "--profile", "smoke", "--repo", str(project)]) == 0
-    stopped = capsys.readouterr().out
+    stopped = capfd.readouterr().out
     assert "stopped:" in stopped and "mlflow" in stopped
     assert not _up(f"http://127.0.0.1:{mlflow_port}/health") and not _up(f"http://127.0.0.1:{cxr_port}/readyz")
     assert not list((project / ".medmlops" / "demo" / "pids").glob("*.pid"))

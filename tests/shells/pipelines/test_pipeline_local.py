@@ -26,7 +26,7 @@ from medmlops.pipeline_steps import (
     validate_step,
 )
 
-from ..conftest import REPO
+from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -189,7 +189,7 @@ def test_mlflow_down_mid_fold_is_one_sentence_and_the_rerun_resumes(ich_run, tmp
     import sys
     import time
 
-    from ..conftest import start_mlflow_server, stop_process
+    from tests.conftest import start_mlflow_server, stop_process
 
     (server_root := tmp_path / "mlflow").mkdir()
     server, uri = start_mlflow_server(server_root)
@@ -252,11 +252,11 @@ def test_mlflow_down_mid_fold_is_one_sentence_and_the_rerun_resumes(ich_run, tmp
     # cxr's local run is tested end to end by tests/test_demo.py (the demo runs it): one run keeps CI in budget.
     [("covid", ("aiforcovid", "brixia"), "covid-prognosis")],
 )
-def test_chest_xray_pipelines_register_their_family(name, datasets, family, tmp_path, monkeypatch, capsys):
+def test_chest_xray_pipelines_register_their_family(name, datasets, family, tmp_path, monkeypatch, capfd):
     project = _project(tmp_path, datasets)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert _run(project, name, monkeypatch) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     assert f"registered {family} version 1 as @candidate" in out
     client = _client(f"sqlite:///{project / '.medmlops' / 'mlflow.db'}")
     assert str(client.get_registered_model(family).aliases["candidate"]) == "1"
@@ -272,13 +272,13 @@ def test_chest_xray_pipelines_register_their_family(name, datasets, family, tmp_
     "a pipeline run on data that fails validation",
     "the run stops at the validation step, naming the dataset and the failure",
 )
-def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, capsys):
+def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, capfd):
     project = _project(tmp_path, ("ich",))
     table = project / "data" / "raw" / "ich" / "CLINICAL_DATA_ICH.csv"
     table.write_text(table.read_text() + "\n")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert _run(project, "ich", monkeypatch) == 1
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     assert "pipeline ich failed at step validate-data" in captured.err
     assert f"not data version {versioning.recorded_hash(project)}" in captured.out + captured.err
     assert not (project / ".medmlops" / "runs").exists(), "nothing trained on the wrong data"
@@ -290,7 +290,7 @@ def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, ca
     "through a pipeline run",
     "the run stops at the validation step naming each defect and its file; nothing trains",
 )
-def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeypatch, capsys):
+def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeypatch, capfd):
     import nibabel as nib
     import numpy as np
     import pandas as pd
@@ -308,10 +308,10 @@ def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeyp
     table.to_csv(root / "CLINICAL_DATA_ICH.csv", index=False)
     # Tracked as the data's new version: the run gets past the version check to the expectations.
     assert main(["data", "track", "--profile", "smoke", "--repo", str(project), "--params", str(project / "params.yaml")]) == 0  # fmt: skip
-    capsys.readouterr()
+    capfd.readouterr()
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert _run(project, "ich", monkeypatch) == 1
-    captured = capsys.readouterr()
+    captured = capfd.readouterr()
     text = captured.out + captured.err
     assert "pipeline ich failed at step validate-data" in captured.err
     for fragment in ("every image must open", truncated.name, "NaN or Inf", with_nan.name,

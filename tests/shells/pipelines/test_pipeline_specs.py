@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from medmlops.cli import main
 from medmlops.config import load_params
 
-from ..conftest import REPO
+from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO))
 PIPELINES = ("ich", "covid", "cxr")
@@ -239,13 +239,13 @@ def kfp_api():
         server.shutdown()
 
 
-def test_run_host_submits_the_compiled_spec_with_parameters(kfp_api, capsys):
+def test_run_host_submits_the_compiled_spec_with_parameters(kfp_api, capfd):
     host, calls = kfp_api
     argv = ["pipeline", "run", "ich", "--host", host, "--profile", "paper", "--tag", "1.2.3", "--data-rev",
             "0123456789abcdef0123456789abcdef.dir", "--data-remote", "s3://medmlops-dvc", "--run-name", "ich-paper",
             "--repo", str(REPO), "--params", str(REPO / "params.yaml")]  # fmt: skip
     assert main(argv) == 0
-    assert "submitted to" in capsys.readouterr().out
+    assert "submitted to" in capfd.readouterr().out
     (_, _, run), *_ = [c for c in calls if c[:2] == ("POST", "/apis/v2beta1/runs")]
     assert run["display_name"] == "ich-paper" and run["experiment_id"] == "exp-1"
     compiled, platform = _docs("ich")
@@ -262,23 +262,23 @@ def test_run_host_submits_the_compiled_spec_with_parameters(kfp_api, capsys):
     assert experiment["display_name"] == PARAMS.kubeflow.experiment
 
 
-def test_run_host_recurring(kfp_api, capsys):
+def test_run_host_recurring(kfp_api, capfd):
     host, calls = kfp_api
     argv = ["pipeline", "run", "cxr", "--host", host, "--recurring", "0 3 * * 0", "--experiment-name", "weekly",
             "--repo", str(REPO), "--params", str(REPO / "params.yaml")]  # fmt: skip
     assert main(argv) == 0
-    assert "recurring run rec-1" in capsys.readouterr().out
+    assert "recurring run rec-1" in capfd.readouterr().out
     (_, _, job), *_ = [c for c in calls if c[:2] == ("POST", "/apis/v2beta1/recurringruns")]
     assert job["trigger"]["cron_schedule"]["cron"] == "0 3 * * 0"
     assert job["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "medmlops-cxr"
 
 
-def test_run_needs_a_place_to_run(capsys):
+def test_run_needs_a_place_to_run(capfd):
     assert main(["pipeline", "run", "ich", "--repo", str(REPO), "--params", str(REPO / "params.yaml")]) == 1
-    assert "--local" in capsys.readouterr().err
+    assert "--local" in capfd.readouterr().err
 
 
-def test_unreachable_host_is_one_clear_error(capsys):
+def test_unreachable_host_is_one_clear_error(capfd):
     argv = [
         "pipeline",
         "run",
@@ -291,11 +291,11 @@ def test_unreachable_host_is_one_clear_error(capsys):
         str(REPO / "params.yaml"),
     ]
     assert main(argv) == 1
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("medmlops: error:")]
+    errors = [line for line in capfd.readouterr().err.splitlines() if line.startswith("medmlops: error:")]
     assert len(errors) == 1 and "cannot reach the Kubeflow Pipelines API at http://127.0.0.1:9" in errors[0]
 
 
-def test_pipelines_module_found_from_a_data_project(tmp_path, capsys):
+def test_pipelines_module_found_from_a_data_project(tmp_path, capfd):
     """A project folder with only params.yaml and data uses the pipelines of the installed checkout."""
     (tmp_path / "params.yaml").write_text(Path(REPO / "params.yaml").read_text())
     assert main(["pipeline", "compile", "cxr", "--out", str(tmp_path / "out"), "--repo", str(tmp_path)]) == 0
