@@ -5,7 +5,7 @@
                     → aggregate (from MLflow) → evaluate → register (candidate) → calibrate (INFORMER τ)
                     → promote (the core's gates)
 
-Shaped around kfp 2.16's local runner, which runs the same pipelines on one machine (DESIGN.md, LIBRARY-NOTES.md):
+Shaped around kfp 2.16's local runner, which runs the same pipelines on one machine (docs/library-notes.md):
 the root holds a ParallelFor (so the local runner takes its DAG orchestrator), every fan-out sits in its own
 sub-pipeline, no task-output *parameter* enters a loop body (the local runner swaps it for the loop item; artifacts
 and pipeline inputs pass intact), each step finds its MLflow runs by the Kubeflow job id, and nothing depends on

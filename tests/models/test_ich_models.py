@@ -27,7 +27,7 @@ def test_uniform_surface_and_task_outputs(name):
 def test_densenet_follows_the_paper_trunk():
     model = build_model("densenet121_3d", tasks={"prognosis": 1})
     assert model.num_features == 1024
-    # No in-place ReLU anywhere: Captum's hooks need it (LIBRARY-NOTES).
+    # No in-place ReLU anywhere: Captum's hooks need it (docs/library-notes.md).
     assert not any(getattr(m, "inplace", False) for m in model.modules())
     assert model.saliency_layer.in_channels == 1024  # the last transition's convolution
 

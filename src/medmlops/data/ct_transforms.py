@@ -162,7 +162,7 @@ def ct_transforms(
     resize to ``spatial_size`` (x, y, z: in-plane, in-plane, slices; the paper's 301, 301, 40).
 
     The window follows Cobo et al. (Perez et al.'s best windowing). The authors' public code zeroes values
-    above 100 HU instead of clipping them to 1; we clip, as the paper describes (DESIGN.md, Method decisions).
+    above 100 HU instead of clipping them to 1; we clip, as the paper describes (docs/architecture.md, "Method decisions").
     """
     from monai.transforms import EnsureTyped, Orientationd, Resized, ScaleIntensityRanged
 

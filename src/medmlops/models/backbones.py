@@ -186,7 +186,7 @@ def disable_inplace(module: nn.Module) -> nn.Module:
     """Switch off in-place activations everywhere in ``module`` and return it.
 
     Captum's hook-based attributions (Grad-CAM, Guided Backprop, LRP) fail or give wrong gradients when an
-    activation overwrites its input (LIBRARY-NOTES), and timm/torchvision build in-place ReLUs by default.
+    activation overwrites its input (docs/library-notes.md), and timm/torchvision build in-place ReLUs by default.
     """
     for m in module.modules():
         if getattr(m, "inplace", False):

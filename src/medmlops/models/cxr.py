@@ -84,7 +84,7 @@ class MdmtModel(nn.Module):
 class FindingsDenseNet121(nn.Module):
     """timm DenseNet-121 with one linear layer of ``num_classes`` multi-label logits (CheXpert's five findings).
 
-    In-place activations are switched off everywhere: Captum's hook-based methods need it (LIBRARY-NOTES).
+    In-place activations are switched off everywhere: Captum's hook-based methods need it (docs/library-notes.md).
 
     Args:
         num_classes: Number of findings (one logit each; sigmoid downstream).
