@@ -18,9 +18,9 @@ import pytest
 
 from medmlops.cli import main
 from medmlops.data.simulate import DATASETS
+from tests.shells.pipelines.test_pipeline_local import _project
 
 from .conftest import _free_port, stop_process
-from tests.shells.pipelines.test_pipeline_local import _project
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
 

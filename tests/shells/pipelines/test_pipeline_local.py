@@ -25,7 +25,6 @@ from medmlops.pipeline_steps import (
     train_fold_step,
     validate_step,
 )
-
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
