@@ -20,7 +20,7 @@ from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from medmlops.data.simulate._chest import CXR_SHIFTS
+from medmlops.data.simulate._chest_common import CXR_SHIFTS
 from medmlops.data.simulate.aiforcovid import generate_aiforcovid
 from medmlops.data.simulate.brixia import generate_brixia
 from medmlops.data.simulate.chexpert import generate_chexpert

@@ -3,6 +3,14 @@
 The same readers (:mod:`medmlops.data.readers`) serve real and simulated data, so everything downstream is
 exercised on the real formats. Each generator is deterministic: the same arguments give byte-identical files,
 which keeps DVC hashes stable. ``shift`` produces drifted production traffic (see ``SHIFTS``).
+
+Where things live:
+
+* one module per dataset: ``ich`` (head CT, NIfTI), ``aiforcovid``, ``brixia``, ``chexpert`` (chest X-ray);
+* shared by the three chest X-ray simulators: ``chest_phantom`` (anatomy, positioning, the lateral view),
+  ``chest_findings`` (lesions and support devices), ``chest_acquisition`` (detector, noise, the shifts that act
+  on images), ``chest_writers`` (quantisation, DICOM/PNG/JPEG/CSV) and ``_chest_common`` (argument checks,
+  random streams).
 """
 
 from __future__ import annotations

@@ -20,28 +20,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from medmlops.data.simulate._chest import (
-    CXR_SHIFTS,
-    ZONES,
-    Acquisition,
-    ChestPhantom,
-    acquire,
-    apply_corruption,
-    apply_intensity_shift,
-    check_args,
-    fmt,
-    paint_zone_pneumonia,
-    quantize,
-    rng_for,
-    sample_chest_params,
-    sigmoid,
-    single_threaded_blas,
-    write_csv,
-    write_dicom,
-)
+from medmlops.data.simulate._chest_common import CXR_SHIFTS, check_args, rng_for, sigmoid, single_threaded_blas
+from medmlops.data.simulate.chest_acquisition import NOISE_SHIFT_FACTOR, Acquisition, acquire, apply_display_shift
+from medmlops.data.simulate.chest_findings import paint_zone_pneumonia
+from medmlops.data.simulate.chest_phantom import ZONES, ChestPhantom, sample_chest_params
+from medmlops.data.simulate.chest_writers import fmt, quantize, write_csv, write_dicom, write_png
 
 __all__ = ["AIFORCOVID_COLUMNS", "AIFORCOVID_HOSPITALS", "CXR_SHIFTS", "generate_aiforcovid"]
 
@@ -202,7 +187,7 @@ def generate_aiforcovid(
             pt = _patient(rng_for(seed, "aiforcovid", i, 0), shift == "population")
             acq = _SHIFT_CENTRE if hospital == "G" else AIFORCOVID_HOSPITALS[hospital]
             if shift == "noise":
-                acq = acq.with_noise(3.0)
+                acq = acq.with_noise(NOISE_SHIFT_FACTOR)
 
             rng_img = rng_for(seed, "aiforcovid", i, 1)
             params = sample_chest_params(rng_img, sex=pt["sex"], age=pt["age"], size_mean=acq.size_mean, ap=pt["ap"])
@@ -210,17 +195,13 @@ def generate_aiforcovid(
             extent = pt["extent"]
             fill = paint_zone_pneumonia(ph, rng_img, np.clip(0.25 + 0.5 * extent, 0, 1) * (extent > 0.05), extent)
             disp = acquire(ph.render(fill), acq, rng_for(seed, "aiforcovid", i, 2))
-            artefacts: list[str] = []
-            if shift == "intensity":
-                disp = apply_intensity_shift(disp)
-            elif shift == "corruption":
-                disp, artefacts = apply_corruption(disp, rng_for(seed, "aiforcovid", i, 3))
+            disp, artefacts = apply_display_shift(disp, shift, rng_for(seed, "aiforcovid", i, 3))
 
             png = hospital in _PNG_HOSPITALS
             pixels = quantize(disp, acq.bits, monochrome1=acq.monochrome1 and not png)
             if png:
                 path = out / "imgs" / f"{image_file}.png"
-                Image.fromarray(pixels).save(path, format="PNG", compress_level=6)
+                write_png(path, pixels)
             else:
                 path = out / "imgs" / f"{image_file}.dcm"
                 write_dicom(

@@ -23,23 +23,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from medmlops.data.simulate._chest import (
-    CXR_SHIFTS,
-    ZONES,
-    Acquisition,
-    ChestPhantom,
-    acquire,
-    apply_corruption,
-    apply_intensity_shift,
-    check_args,
-    paint_zone_pneumonia,
-    quantize,
-    rng_for,
-    sample_chest_params,
-    single_threaded_blas,
-    write_csv,
-    write_dicom,
-)
+from medmlops.data.simulate._chest_common import CXR_SHIFTS, check_args, rng_for, single_threaded_blas
+from medmlops.data.simulate.chest_acquisition import NOISE_SHIFT_FACTOR, Acquisition, acquire, apply_display_shift
+from medmlops.data.simulate.chest_findings import paint_zone_pneumonia
+from medmlops.data.simulate.chest_phantom import ZONES, ChestPhantom, sample_chest_params
+from medmlops.data.simulate.chest_writers import quantize, write_csv, write_dicom
 
 __all__ = ["BRIXIA_COLUMNS", "BRIXIA_MANUFACTURERS", "CXR_SHIFTS", "generate_brixia"]
 
@@ -140,7 +128,7 @@ def generate_brixia(
             vendor = vendors[int(rng.choice(len(vendors), p=_MANUFACTURER_WEIGHTS))]
             acq = _SHIFT_MANUFACTURER if shift == "scanner" else BRIXIA_MANUFACTURERS[vendor]
             if shift == "noise":
-                acq = acq.with_noise(3.0)
+                acq = acq.with_noise(NOISE_SHIFT_FACTOR)
             day = int(rng.integers(0, 61))  # March–April 2020, the first Lombardy wave
             date = pd.Timestamp("2020-03-01") + pd.Timedelta(days=day)
             study_date = date.strftime("%Y%m%d")
@@ -155,11 +143,7 @@ def generate_brixia(
             # Brixia scores the whole zone: weak peripheral preference only, so the opacity covers the third.
             fill = paint_zone_pneumonia(ph, rng_img, inter, alv, peripheral=0.3)
             disp = acquire(ph.render(fill), acq, rng_for(seed, "brixia", i, 2))
-            artefacts: list[str] = []
-            if shift == "intensity":
-                disp = apply_intensity_shift(disp)
-            elif shift == "corruption":
-                disp, artefacts = apply_corruption(disp, rng_for(seed, "brixia", i, 3))
+            disp, artefacts = apply_display_shift(disp, shift, rng_for(seed, "brixia", i, 3))
             pixels = quantize(disp, acq.bits, monochrome1=acq.monochrome1)
             filename = f"{int(file_ids[i]):010d}.dcm"
             photometric = "MONOCHROME1" if acq.monochrome1 else "MONOCHROME2"

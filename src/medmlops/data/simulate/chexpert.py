@@ -26,31 +26,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 from tqdm.auto import tqdm
 
-from medmlops.data.simulate._chest import (
-    CXR_SHIFTS,
-    Acquisition,
-    ChestPhantom,
-    acquire,
-    apply_corruption,
-    apply_intensity_shift,
-    check_args,
-    combine_fill,
+from medmlops.data.simulate._chest_common import CXR_SHIFTS, check_args, rng_for, sigmoid, single_threaded_blas
+from medmlops.data.simulate.chest_acquisition import NOISE_SHIFT_FACTOR, Acquisition, acquire, apply_display_shift
+from medmlops.data.simulate.chest_findings import (
     draw_support_devices,
     paint_atelectasis,
     paint_edema,
     paint_effusion,
     paint_lobar_consolidation,
-    quantize,
-    render_lateral,
-    rng_for,
-    sample_chest_params,
-    sigmoid,
-    single_threaded_blas,
-    write_csv,
 )
+from medmlops.data.simulate.chest_phantom import ChestPhantom, combine_fill, render_lateral, sample_chest_params
+from medmlops.data.simulate.chest_writers import quantize, write_csv, write_jpeg
 
 __all__ = [
     "CHEXPERT_COLUMNS",
@@ -264,7 +252,7 @@ def generate_chexpert(
             else:
                 acq = _PROFILES[profiles[int(lat["u_profile"] * 10) % 2]]
             if shift == "noise":
-                acq = acq.with_noise(3.0)
+                acq = acq.with_noise(NOISE_SHIFT_FACTOR)
 
             views = [("frontal", 1)] + ([("lateral", 2)] if lat["has_lateral"] else [])
             for view, vnum in views:
@@ -276,14 +264,11 @@ def generate_chexpert(
                 else:
                     att, extra = _lateral(rows_cols, lat, rng_img, sex_code, age, acq), {"ctr": np.nan, "devices": ""}
                 disp = acquire(att, acq, rng_for(seed, stream, idx, 2 if view == "frontal" else 6))
-                artefacts: list[str] = []
-                if shift == "intensity":
-                    disp = apply_intensity_shift(disp)
-                elif shift == "corruption":
-                    disp, artefacts = apply_corruption(disp, rng_for(seed, stream, idx, 3 if view == "frontal" else 7))
+                corruption_rng = rng_for(seed, stream, idx, 3 if view == "frontal" else 7)
+                disp, artefacts = apply_display_shift(disp, shift, corruption_rng)
                 path = out / rel
                 path.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(quantize(disp, 8)).save(path, format="JPEG", quality=JPEG_QUALITY)
+                write_jpeg(path, quantize(disp, 8), quality=JPEG_QUALITY)
 
                 frontal = view == "frontal"
                 cells = {

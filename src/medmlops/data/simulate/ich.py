@@ -32,6 +32,8 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
+from medmlops.data.simulate import SHIFTS
+
 __all__ = ["ICH_CLINICAL_COLUMNS", "ICH_SHIFTS", "generate_ich"]
 
 # Exact header of CLINICAL_DATA_ICH.csv. Quirks of the real file are kept on purpose: "Tº" uses the masculine
@@ -83,7 +85,9 @@ ICH_CLINICAL_COLUMNS: tuple[str, ...] = (
     "Cause_head_trauma",
 )
 
-ICH_SHIFTS: tuple[str, ...] = ("scanner", "intensity", "noise", "population", "corruption")
+# The package's single list: generate() checks a shift against SHIFTS before it reaches generate_ich, so a
+# second spelling here could only drift from it.
+ICH_SHIFTS: tuple[str, ...] = SHIFTS
 
 _GOOD_DIR = "GOOD_PROGNOSIS"
 _POOR_DIR = "POOR_PROGNOSIS"
