@@ -34,14 +34,23 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from medmlops.errors import UserError
-from medmlops.monitoring.service import Monitor, parse_time
-from medmlops.monitoring.store import RecordError
+from medmlops.inference.record import RecordError
+from medmlops.monitoring.service import Monitor, NotFound, parse_time
 
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
 WRITE_ROUTES = {"/records", "/v1/records", "/v1/labels"}
 OPEN_ROUTES = {"/healthz", "/metrics", "/dashboard", "/"}
+LABELS_MAX_BYTES = 1024 * 1024
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+
+
+class BodyError(Exception):
+    """A request body refused before it reaches the core (content type, size, JSON)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.error, self.detail = status, error, detail
 
 
 def _error(status: int, error: str, detail: str, **extra: Any) -> JSONResponse:
@@ -62,19 +71,43 @@ def _handler(app: FastAPI, scope: dict) -> tuple[str, bool]:
     return partial or "unmatched", False
 
 
-def _query(request: Request, name: str, default: str | None = None) -> str | None:
-    value = request.query_params.get(name)
-    return value if value not in (None, "") else default
+async def _json(request: Request, limit: int, what: str) -> Any:
+    """The JSON body, read in chunks so a body without Content-Length is held to ``limit`` too; BodyError if not."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        given = content_type or "no content type"
+        raise BodyError(415, "wrong_content_type", f"send the {what} as application/json, not '{given}'")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BodyError(413, "too_large", f"the {what} body has {declared} bytes; the limit is {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyError(413, "too_large", f"the {what} body has more than {limit} bytes, the limit")
+        chunks.append(chunk)
+    try:
+        return await run_in_threadpool(json.loads, b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BodyError(400, "bad_json", f"the body is not valid JSON ({str(exc)[:120]})") from exc
+
+
+def _query(request: Request, name: str) -> str | None:
+    return request.query_params.get(name) or None
 
 
 def _number(request: Request, name: str, default: float) -> float:
     text = _query(request, name)
-    if text is None:
-        return default
     try:
-        return float(text)
+        return default if text is None else float(text)
     except ValueError as exc:
         raise UserError(f"query parameter '{name}' must be a number, not {text[:40]!r}") from exc
+
+
+def _window(request: Request) -> dict[str, Any]:
+    """``family``, ``version``, ``since`` and ``until`` of the query, as the core's views take them."""
+    since, until = (parse_time(_query(request, name), name) for name in ("since", "until"))
+    return {"family": _query(request, "family"), "version": _query(request, "version"), "since": since, "until": until}
 
 
 def create_app(monitor: Monitor) -> FastAPI:
@@ -89,8 +122,6 @@ def create_app(monitor: Monitor) -> FastAPI:
             await run_in_threadpool(monitor.close)
 
     app = FastAPI(title="medmlops monitoring", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.monitor = monitor
-    limit = monitor.settings.max_body_bytes
     dashboard_html = DASHBOARD.read_text(encoding="utf-8")
 
     @app.middleware("http")
@@ -114,8 +145,7 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = _STATUS_CODES.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return _error(exc.status_code, _STATUS_CODES.get(exc.status_code, "http_error"), str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -127,96 +157,52 @@ def create_app(monitor: Monitor) -> FastAPI:
     async def user_error(_request: Request, exc: UserError) -> JSONResponse:
         return _error(422, "bad_query", str(exc))
 
-    async def _post_record(request: Request) -> Response:
-        content_type = request.headers.get("content-type", "")
-        if content_type.split(";")[0].strip().lower() != "application/json":
-            return _error(
-                415,
-                "wrong_content_type",
-                f"send the record as application/json, not '{content_type or 'no content type'}'",
-            )
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return _error(413, "too_large", f"the record has {declared} bytes; the limit is {limit}")
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return _error(413, "too_large", f"the record has more than {limit} bytes, the limit")
-            chunks.append(chunk)
-        try:
-            body = await run_in_threadpool(json.loads, b"".join(chunks))
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, "bad_json", f"the body is not valid JSON ({str(exc)[:120]})")
-        try:
-            stored = await run_in_threadpool(monitor.ingest, body)
-        except RecordError as err:
-            return _error(err.status, err.error, err.detail, field=err.field)
-        request_id = body["request_id"]
+    @app.exception_handler(RecordError)
+    async def record_error(_request: Request, exc: RecordError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail, field=exc.field)
+
+    @app.exception_handler(NotFound)
+    async def not_found(_request: Request, exc: NotFound) -> JSONResponse:
+        return _error(404, exc.error, exc.detail)
+
+    @app.exception_handler(BodyError)
+    async def body_error(_request: Request, exc: BodyError) -> JSONResponse:
+        return _error(exc.status, exc.error, exc.detail)
+
+    @app.post("/records")
+    @app.post("/v1/records")
+    async def post_record(request: Request) -> Response:
+        body = await _json(request, monitor.settings.max_body_bytes, "record")
+        request_id, stored = await run_in_threadpool(monitor.ingest, body)
         if not stored:
             return _error(409, "duplicate", f"record {request_id} is already stored", request_id=request_id)
         return JSONResponse({"request_id": request_id, "status": "accepted"}, status_code=202)
 
-    app.add_api_route("/records", _post_record, methods=["POST"], include_in_schema=False)
-    app.add_api_route("/v1/records", _post_record, methods=["POST"], include_in_schema=False)
-
     @app.post("/v1/labels")
     async def post_labels(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/json":
-            return _error(415, "wrong_content_type", "send the labels as application/json")
-        body = await request.body()
-        if len(body) > 1024 * 1024:
-            return _error(413, "too_large", "a labels post must be under 1 MiB")
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, "bad_json", f"the body is not valid JSON ({str(exc)[:120]})")
-        try:
-            stored = await run_in_threadpool(monitor.post_labels, parsed)
-        except RecordError as err:
-            return _error(err.status, err.error, err.detail, field=err.field)
-        if stored is None:
-            return _error(404, "unknown_request_id", f"no record {parsed['request_id']} is stored")
-        return JSONResponse({"request_id": stored[0], "labels": stored[1], "status": "stored"})
+        body = await _json(request, LABELS_MAX_BYTES, "labels")
+        return JSONResponse(await run_in_threadpool(monitor.post_labels, body))
 
     @app.get("/v1/records/{request_id}")
     def get_record(request_id: str) -> Response:
-        view = monitor.record_view(request_id)
-        if view is None:
-            return _error(404, "unknown_request_id", f"no record {request_id} is stored")
-        return JSONResponse(view)
+        return JSONResponse(monitor.record_view(request_id))
 
     @app.get("/v1/records/{request_id}/saliency.png")
     def get_saliency(request_id: str) -> Response:
-        png = monitor.store.saliency_png(request_id)
-        if png is None:
-            known = monitor.store.has_record(request_id)
-            detail = (
-                f"record {request_id} has no saliency map (not processed yet, or failed)"
-                if known
-                else f"no record {request_id} is stored"
-            )
-            return _error(404, "no_saliency" if known else "unknown_request_id", detail)
+        png = monitor.saliency(request_id)
         return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/drift/{report_id}/report.html")
+    def get_drift_html(report_id: int) -> Response:
+        return FileResponse(monitor.drift_html(report_id), media_type="text/html")
 
     @app.get("/v1/summary")
     def get_summary(request: Request) -> Response:
-        return JSONResponse(
-            monitor.summary(
-                family=_query(request, "family"), version=_query(request, "version"),
-                since=parse_time(_query(request, "since"), "since"), until=parse_time(_query(request, "until"), "until"),
-            )
-        )  # fmt: skip
+        return JSONResponse(monitor.summary(**_window(request)))
 
     @app.get("/v1/timeseries")
     def get_timeseries(request: Request) -> Response:
-        return JSONResponse(
-            monitor.timeseries(
-                family=_query(request, "family"), version=_query(request, "version"),
-                bucket_s=_number(request, "bucket_s", 3600.0), since=parse_time(_query(request, "since"), "since"),
-                until=parse_time(_query(request, "until"), "until"),
-            )
-        )  # fmt: skip
+        return JSONResponse(monitor.timeseries(**_window(request), bucket_s=_number(request, "bucket_s", 3600.0)))
 
     @app.get("/v1/flagged")
     def get_flagged(request: Request) -> Response:
@@ -226,14 +212,6 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.get("/v1/drift")
     def get_drift(request: Request) -> Response:
         return JSONResponse({"reports": monitor.drift(_query(request, "family"))})
-
-    @app.get("/v1/drift/{report_id}/report.html")
-    def get_drift_html(report_id: int) -> Response:
-        report = monitor.store.drift_report(report_id)
-        path = Path(report["html_path"]) if report and report["html_path"] else None
-        if path is None or path.suffix.lower() not in (".html", ".htm") or not path.is_file():
-            return _error(404, "no_report", f"drift report {report_id} has no HTML file here")
-        return FileResponse(path, media_type="text/html")
 
     @app.get("/v1/families")
     def get_families() -> Response:

@@ -11,8 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from medmlops.inference.forwarding import Forwarder, SpoolError
+from medmlops.inference.record import PredictionRecord, RecordError
 
-from .conftest import _free_port
+from ..conftest import _free_port
 
 
 class Receiver:
@@ -44,6 +45,11 @@ class Receiver:
         self.server.server_close()
 
 
+def _record(request_id: str, version: str = "1", **predictions: float) -> PredictionRecord:
+    return PredictionRecord.build(request_id=request_id, family="cxr-findings", version=version,
+                                  upload=f"image {request_id}".encode(), predictions=predictions, logits=[0.5])  # fmt: skip
+
+
 def wait_for(condition, timeout_s: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -58,14 +64,15 @@ def test_records_spooled_while_down_are_delivered_exactly_once(tmp_path):
     forwarder = Forwarder(f"http://127.0.0.1:{port}", tmp_path / "spool", min_backoff_s=0.05, max_backoff_s=0.2).start()
     try:
         for i in range(25):
-            forwarder.submit({"request_id": f"r{i:03d}", "version": "1", "outputs": {"p": i}})
+            forwarder.submit(_record(f"r{i:03d}", p=i))
         time.sleep(0.5)  # the sender tries and fails meanwhile
         assert len(forwarder.pending()) == 25
         receiver = Receiver(port)
         try:
             assert wait_for(lambda: len(receiver.records) == 25 and not forwarder.pending())
             assert sorted(receiver.records) == [f"r{i:03d}" for i in range(25)]
-            assert receiver.records["r007"]["outputs"] == {"p": 7}
+            delivered = PredictionRecord.parse(receiver.records["r007"])  # the wire form monitoring parses
+            assert delivered.predictions == {"p": 7} and delivered.upload == b"image r007"
             assert receiver.posts == 25  # nothing sent twice
         finally:
             receiver.close()
@@ -82,7 +89,7 @@ def test_a_restarted_sender_picks_up_the_spool_and_duplicates_count_as_delivered
     port = _free_port()
     first = Forwarder(f"http://127.0.0.1:{port}", tmp_path / "spool")  # never started: as if killed
     for i in range(5):
-        first.submit({"request_id": f"x{i}", "version": "2"})
+        first.submit(_record(f"x{i}", version="2"))
     receiver = Receiver(port)
     receiver.records["x0"] = {"request_id": "x0"}  # delivered before the "crash", file not yet deleted
     second = Forwarder(f"http://127.0.0.1:{port}", tmp_path / "spool").start()
@@ -101,8 +108,9 @@ def test_a_restarted_sender_picks_up_the_spool_and_duplicates_count_as_delivered
 )
 def test_unsafe_ids_and_unusable_spools_are_errors(tmp_path):
     forwarder = Forwarder("http://127.0.0.1:9", tmp_path / "spool")
-    with pytest.raises(ValueError, match="not a safe identifier"):
-        forwarder.submit({"request_id": "../../etc/passwd"})
+    with pytest.raises(RecordError, match="etc/passwd"):  # no record can carry it, so none reaches the spool
+        forwarder.submit(_record("../../etc/passwd"))
+    assert forwarder.pending() == [] and [p.name for p in (tmp_path / "spool").iterdir()] == []
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(SpoolError, match="cannot be created"):

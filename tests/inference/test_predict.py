@@ -114,7 +114,7 @@ def test_batch_prediction_equals_one_by_one(project, predictors):
 
 
 def test_ordinal_labels_are_decoded_monotonically():
-    from .registry.conftest import make_contract
+    from ..registry.conftest import make_contract
 
     contract = make_contract()
     ordinal = next(t for t in contract.tasks if t.kind == "ordinal")

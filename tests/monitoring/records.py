@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from medmlops.inference.record import PredictionRecord
+
 from ..conftest import REPO, _free_port
 
 FAKE_FACTORY = "tests.monitoring.fake_analyser:factory"
@@ -33,6 +35,11 @@ def make_record(
         "predictions": {"findings": {"probabilities": {"Atelectasis": 0.3}, "labels": []}}, "logits": [0.1, -0.4],
         "input": {"sha256": hashlib.sha256(data).hexdigest(), "bytes_b64": base64.b64encode(data).decode()},
     }  # fmt: skip
+
+
+def prediction_record(request_id: str, **kwargs: Any) -> PredictionRecord:
+    """:func:`make_record` as the store takes it: parsed as monitoring parses a post."""
+    return PredictionRecord.parse(make_record(request_id, **kwargs))
 
 
 def call(

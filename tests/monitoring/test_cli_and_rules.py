@@ -1,4 +1,4 @@
-"""``medmlops monitor serve|report`` arguments, and the service's rules without a server: who may read and write,
+"""``medmlops monitor report`` arguments, and the service's rules without a server: who may read and write,
 where it may listen, the flag-rate window."""
 
 from __future__ import annotations
@@ -9,15 +9,6 @@ from medmlops.cli import build_parser
 from medmlops.errors import UserError
 from medmlops.monitoring.metrics import FlagWindow, flag_rates, parse_flag_window
 from medmlops.monitoring.service import Monitor, Settings, bearer, check_exposure, is_loopback, load_factory
-
-
-def test_serve_defaults_match_the_kubernetes_manifests():
-    args = build_parser().parse_args(["monitor", "serve"])
-    assert (args.host, args.port, args.batch_size) == ("127.0.0.1", 8080, 8)
-    # Serving's 64 MiB upload limit, base64-encoded in a JSON record, must fit the monitoring body limit.
-    assert args.max_body_bytes >= 64 * 1024 * 1024 * 4 / 3 + 64 * 1024
-    assert args.db_url is None and args.token is None and args.read_token is None and args.flag_window == "500"
-    assert args.func.__name__ == "cmd_serve"
 
 
 def test_report_arguments_reach_the_drift_report_command(monkeypatch):

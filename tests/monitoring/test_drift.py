@@ -27,8 +27,8 @@ import pytest
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from medmlops.monitoring.drift import DriftError, DriftSummary, drift_report  # noqa: E402
 from medmlops.errors import UserError  # noqa: E402
+from medmlops.monitoring.drift import DriftError, DriftSummary, drift_report  # noqa: E402
 
 CLASSES = ("findings/Atelectasis", "findings/Pleural Effusion", "gcs>=13")
 REFERENCE_ROWS = 200
@@ -252,15 +252,12 @@ def test_summary_to_dict_is_plain_json(reference, tmp_path):
 
 
 def _store_record(store, request_id: str, version: str, created_at: float, row: pd.Series) -> None:
-    import base64
-    import hashlib
+    from medmlops.inference.record import PredictionRecord
 
-    upload = request_id.encode()
-    record = {
-        "request_id": request_id, "model": "cxr-findings", "version": version, "created_at": created_at,
-        "predictions": {}, "logits": [0.0, 0.0, 0.0],
-        "input": {"sha256": hashlib.sha256(upload).hexdigest(), "bytes_b64": base64.b64encode(upload).decode()},
-    }  # fmt: skip
+    record = PredictionRecord.build(
+        request_id=request_id, family="cxr-findings", version=version, upload=request_id.encode(), predictions={},
+        logits=[0.0, 0.0, 0.0], created_at=created_at,
+    )  # fmt: skip
     assert store.add_record(record)
     values = {k: float(v) for k, v in row.items() if isinstance(k, str) and "." in k and not k.startswith("label:")}
     flags = {k[len("flag.") :]: bool(v) for k, v in values.items() if k.startswith("flag.")}

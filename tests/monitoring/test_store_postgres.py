@@ -20,7 +20,7 @@ from medmlops.monitoring.worker import Worker
 
 from ..conftest import _free_port
 from .fake_analyser import factory as fake_factory
-from .records import call, make_record, start_monitor, wait_for
+from .records import call, make_record, prediction_record, start_monitor, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -71,9 +71,9 @@ def test_the_store_and_worker_run_on_postgresql(postgres_url):
         assert store.dialect == "postgresql" and store.ping()
         t0 = time.time() - 600
         for i in range(5):
-            assert store.add_record(make_record(f"pg-{i}", created_at=t0 + 60 * i, version="3" if i < 4 else "4"))
-        assert store.add_record(make_record("pg-0")) is False
-        store.add_record(make_record("pg-bad", data=b"BAD upload"))
+            assert store.add_record(prediction_record(f"pg-{i}", created_at=t0 + 60 * i, version="3" if i < 4 else "4"))
+        assert store.add_record(prediction_record("pg-0")) is False
+        store.add_record(prediction_record("pg-bad", data=b"BAD upload"))
         worker = Worker(store, factory=fake_factory, batch_size=2)
         while worker.run_once():
             pass

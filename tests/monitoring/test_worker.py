@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from medmlops.monitoring.store import Store, results
+from medmlops.monitoring.store import Store
+from medmlops.monitoring.store.tables import results
 from medmlops.monitoring.worker import AnalyserCache, Worker
 
 from .fake_analyser import FakeAnalyser
-from .records import make_record, wait_for
+from .records import prediction_record, wait_for
 
 
 class Factory:
@@ -49,7 +50,7 @@ def _result_count(store: Store) -> int:
 
 def test_each_record_is_analysed_once_in_batches_of_one_version(store):
     for i in range(10):
-        store.add_record(make_record(f"r{i:02d}", version="3" if i % 3 else "4"))
+        store.add_record(prediction_record(f"r{i:02d}", version="3" if i % 3 else "4"))
     factory = Factory()
     worker = Worker(store, factory=factory, batch_size=4)
     _drain(worker)
@@ -65,7 +66,7 @@ def test_each_record_is_analysed_once_in_batches_of_one_version(store):
 def test_a_batch_analysed_but_not_committed_is_processed_by_the_next_worker(store):
     """A process killed mid-batch: nothing was committed, so the records are still pending."""
     for i in range(3):
-        store.add_record(make_record(f"r{i}"))
+        store.add_record(prediction_record(f"r{i}"))
     batch = store.next_batch(8)
     FakeAnalyser("cxr-findings", "3").analyse_bytes([r.upload for r in batch])  # ... and then the process died
     assert store.pending_count() == 3
@@ -74,7 +75,7 @@ def test_a_batch_analysed_but_not_committed_is_processed_by_the_next_worker(stor
 
 
 def test_two_workers_racing_on_one_record_commit_one_result(store):
-    store.add_record(make_record("r1"))
+    store.add_record(prediction_record("r1"))
     first, second = store.next_batch(8), store.next_batch(8)  # both replicas took it
     analyser = FakeAnalyser("cxr-findings", "3")
     (one,), (two,) = analyser.analyse_bytes([first[0].upload]), analyser.analyse_bytes([second[0].upload])
@@ -84,9 +85,9 @@ def test_two_workers_racing_on_one_record_commit_one_result(store):
 
 
 def test_an_input_error_fails_that_record_only(store):
-    store.add_record(make_record("good1"))
-    store.add_record(make_record("bad", data=b"BAD upload"))
-    store.add_record(make_record("good2"))
+    store.add_record(prediction_record("good1"))
+    store.add_record(prediction_record("bad", data=b"BAD upload"))
+    store.add_record(prediction_record("good2"))
     worker = Worker(store, factory=Factory())
     _drain(worker)
     bad = store.record("bad")
@@ -97,9 +98,9 @@ def test_an_input_error_fails_that_record_only(store):
 
 
 def test_a_model_that_cannot_be_loaded_leaves_its_records_pending_and_backs_off(store, caplog):
-    store.add_record(make_record("m1", family="missing"))
-    store.add_record(make_record("m2", family="missing"))
-    store.add_record(make_record("ok", family="cxr-findings"))
+    store.add_record(prediction_record("m1", family="missing"))
+    store.add_record(prediction_record("m2", family="missing"))
+    store.add_record(prediction_record("ok", family="cxr-findings"))
     factory = Factory(broken={"missing"})
     now = [100.0]
     worker = Worker(store, factory=factory, min_backoff_s=10, max_backoff_s=60, clock=lambda: now[0])
@@ -125,9 +126,9 @@ def test_a_model_that_cannot_be_loaded_leaves_its_records_pending_and_backs_off(
 
 
 def test_an_upload_that_makes_the_analyser_raise_fails_after_max_attempts_others_go_on(store):
-    store.add_record(make_record("a"))
-    store.add_record(make_record("poison", data=b"RAISE please"))
-    store.add_record(make_record("b"))
+    store.add_record(prediction_record("a"))
+    store.add_record(prediction_record("poison", data=b"RAISE please"))
+    store.add_record(prediction_record("b"))
     worker = Worker(store, factory=Factory(), max_attempts=3)
     _drain(worker)
     assert store.record("a")["status"] == "done" and store.record("b")["status"] == "done"
@@ -150,7 +151,7 @@ def test_the_background_thread_processes_new_records_and_stops(store):
     try:
         assert worker.running
         for i in range(5):
-            store.add_record(make_record(f"r{i}"))
+            store.add_record(prediction_record(f"r{i}"))
         worker.wake()  # not the 10-minute poll
         assert wait_for(lambda: store.pending_count() == 0, timeout_s=60)
     finally:

@@ -8,21 +8,21 @@ on disk and the thread retries with exponential backoff (capped); a restarted se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
-import re
 import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 from medmlops.errors import UserError
+from medmlops.inference.record import PredictionRecord
 
 log = logging.getLogger(__name__)
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+DEFAULT_SPOOL_DIR = ".medmlops/spool"  # one folder per family below it
 
 
 class SpoolError(UserError, OSError):
@@ -47,21 +47,22 @@ class Forwarder:
         except OSError as exc:
             raise SpoolError(f"monitoring spool {self.spool} cannot be created ({exc.strerror or exc})") from exc
 
-    def submit(self, record: dict[str, Any]) -> Path:
-        """Keep ``record`` on disk (durable once this returns) and wake the sender; SpoolError if it cannot."""
-        request_id = str(record.get("request_id", ""))
-        if not _SAFE_ID.match(request_id):
-            raise ValueError(f"request_id {request_id!r} is not a safe identifier")
-        target = self.spool / f"{time.time_ns():020d}-{request_id}.json"
-        tmp = self.spool / f".{request_id}.tmp"
+    def submit(self, record: PredictionRecord) -> Path:
+        """Keep ``record`` on disk (durable once this returns) and wake the sender; SpoolError if it cannot.
+
+        The file is named after the request id, which the record's rule keeps to characters safe in a file name.
+        """
+        target = self.spool / f"{time.time_ns():020d}-{record.request_id}.json"
+        tmp = self.spool / f".{record.request_id}.tmp"
         try:
             with tmp.open("w", encoding="utf-8") as f:
-                json.dump(record, f)
+                json.dump(record.to_json(), f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, target)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # the folder itself may be what failed: the cause below matters
+                tmp.unlink(missing_ok=True)
             raise SpoolError(f"monitoring spool {self.spool} cannot keep the record ({exc.strerror or exc})") from exc
         self._wake.set()
         return target

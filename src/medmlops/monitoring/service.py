@@ -6,18 +6,28 @@ record must hold, what a summary counts) is here, testable without a server.
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
 import importlib
 import ipaddress
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from medmlops.errors import UserError
+from medmlops.inference.record import (
+    PredictionRecord,
+    RecordError,
+    check_request_id,
+    finite,
+    iso,
+    required,
+    unix_seconds,
+)
 from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, flag_rates, parse_flag_window, window_rows
-from medmlops.monitoring.store import Store, finite, parse_labels, parse_record
+from medmlops.monitoring.store import Store
 from medmlops.monitoring.worker import AnalyserFactory, Worker
 
 log = logging.getLogger(__name__)
@@ -91,29 +101,44 @@ def _same(given: str | None, expected: str | None) -> bool:
     return bool(given and expected) and hmac.compare_digest(given.encode(), expected.encode())  # type: ignore[union-attr]
 
 
-def iso(seconds: float | None) -> str | None:
-    if seconds is None or not math.isfinite(seconds):
-        return None
-    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
-
-
 def parse_time(text: str | None, name: str) -> float | None:
     """A query time: Unix seconds or ISO 8601 (UTC when it has no offset); UserError naming ``name``."""
     if text is None or text == "":
         return None
     try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = dt.datetime.fromisoformat(text)
+        return unix_seconds(text)
     except ValueError as exc:
         raise UserError(
             f"query parameter '{name}' must be Unix seconds or an ISO 8601 time, not {text[:40]!r}"
         ) from exc
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.timestamp()
+
+
+def parse_labels(obj: Any) -> tuple[str, dict[str, int]]:
+    """``{"request_id": ..., "labels": {class: 0|1}}`` → (request_id, labels); RecordError names the field."""
+    if not isinstance(obj, Mapping):
+        raise RecordError("body", f"the body must be a JSON object, not {type(obj).__name__}", error="bad_type")
+    request_id = check_request_id(required(obj, "request_id", str))
+    given = required(obj, "labels", dict)
+    if not given:
+        raise RecordError("labels", "field 'labels' must name at least one class", error="missing_field")
+    for name, value in given.items():
+        if isinstance(value, str) or value not in (0, 1):
+            raise RecordError(
+                f"labels.{name}", f"label 'labels.{name}' must be 0 or 1, not {value!r}", error="bad_label"
+            )
+    return request_id, {str(name): int(value) for name, value in given.items()}
+
+
+class NotFound(UserError, LookupError):
+    """What a request names is not stored (404); ``error`` is a stable code, ``detail`` one sentence."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error, self.detail = error, detail
+
+
+def _unknown(request_id: str) -> NotFound:
+    return NotFound("unknown_request_id", f"no record {request_id} is stored")
 
 
 _RESULT_FIELDS = (
@@ -166,19 +191,25 @@ class Monitor:
 
     # -- writes -------------------------------------------------------------------------------------------------------
 
-    def ingest(self, body: Any) -> bool:
-        """Validate and store one record (True), or False when its request_id is already stored; RecordError if bad."""
-        parsed = parse_record(body)
-        stored = self.store.add_record(parsed)
-        if stored:
-            self.metrics.ingested.labels(parsed.family).inc()
-            self.worker.wake()
-        return stored
+    def ingest(self, body: Any) -> tuple[str, bool]:
+        """Check and store one posted record: (its request_id, False when that id was already stored).
 
-    def post_labels(self, body: Any) -> tuple[str, dict[str, int]] | None:
-        """Store delayed ground truth; None when the request_id is unknown; RecordError if the body is wrong."""
+        Raises:
+            RecordError: a field is missing or wrong (nothing stored).
+        """
+        record = PredictionRecord.parse(body)
+        stored = self.store.add_record(record)
+        if stored:
+            self.metrics.ingested.labels(record.family).inc()
+            self.worker.wake()
+        return record.request_id, stored
+
+    def post_labels(self, body: Any) -> dict[str, Any]:
+        """Store delayed ground truth; RecordError if the body is wrong, NotFound if the record is unknown."""
         request_id, given = parse_labels(body)
-        return (request_id, given) if self.store.add_labels(request_id, given) else None
+        if not self.store.add_labels(request_id, given):
+            raise _unknown(request_id)
+        return {"request_id": request_id, "labels": given, "status": "stored"}
 
     # -- views --------------------------------------------------------------------------------------------------------
 
@@ -187,10 +218,10 @@ class Monitor:
             return None
         return {"status": "ok", "database": self.store.dialect, "worker": self.worker.running}
 
-    def record_view(self, request_id: str) -> dict[str, Any] | None:
+    def record_view(self, request_id: str) -> dict[str, Any]:
         row = self.store.record(request_id)
         if row is None:
-            return None
+            raise _unknown(request_id)
         view: dict[str, Any] = {
             "request_id": row["request_id"], "model": row["family"], "version": row["version"],
             "status": row["status"], "created_at": iso(row["created_at"]), "received_at": iso(row["received_at"]),
@@ -204,6 +235,15 @@ class Monitor:
             view["features"] = result.get("features", {})
             view["saliency_url"] = f"/v1/records/{row['request_id']}/saliency.png" if row["has_saliency"] else None
         return finite(view)
+
+    def saliency(self, request_id: str) -> bytes:
+        """The saliency PNG of a processed record; NotFound says whether the record or only its map is missing."""
+        png = self.store.saliency_png(request_id)
+        if png is not None:
+            return png
+        if not self.store.has_record(request_id):
+            raise _unknown(request_id)
+        raise NotFound("no_saliency", f"record {request_id} has no saliency map (not processed yet, or failed)")
 
     def summary(
         self, *, family: str | None = None, version: str | None = None, since: float | None = None,
@@ -295,6 +335,14 @@ class Monitor:
         else:
             reports = self.store.latest_drifts()
         return finite([{**r, "created_at_iso": iso(r["created_at"])} for r in reports])
+
+    def drift_html(self, report_id: int) -> Path:
+        """The HTML file of a drift report, when it is one and is here; NotFound otherwise."""
+        report = self.store.drift_report(report_id)
+        path = Path(report["html_path"]) if report and report["html_path"] else None
+        if path is None or path.suffix.lower() not in (".html", ".htm") or not path.is_file():
+            raise NotFound("no_report", f"drift report {report_id} has no HTML file here")
+        return path
 
     def families(self) -> list[dict[str, Any]]:
         counts: dict[str, dict[str, int]] = {}

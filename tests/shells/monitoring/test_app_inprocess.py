@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from medmlops.monitoring.service import Monitor, Settings
 from monitoring.app import create_app
 
-from .records import make_record
+from ...monitoring.records import make_record
 
 
 @pytest.fixture

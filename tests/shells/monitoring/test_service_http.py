@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 
 from medmlops.inference.forwarding import Forwarder
+from medmlops.inference.record import PredictionRecord
 from medmlops.monitoring.store import Store
 
-from ..conftest import REPO
-from .records import call, make_record, start_monitor, wait_for
+from ...conftest import REPO
+from ...monitoring.records import call, make_record, start_monitor, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 WRITE = "write-secret"
@@ -245,7 +246,7 @@ def test_the_forwarder_delivers_spooled_records_exactly_once(served, tmp_path):
     forwarder = Forwarder(served.url, tmp_path / "spool", token=WRITE, min_backoff_s=0.05, max_backoff_s=0.5)
     assert _post(served.url, make_record("fwd-0"))[0] == 202  # already there: its 409 counts as delivered
     for i in range(4):
-        forwarder.submit(make_record(f"fwd-{i}"))
+        forwarder.submit(PredictionRecord.parse(make_record(f"fwd-{i}")))
     forwarder.start()
     try:
         assert wait_for(lambda: not forwarder.pending(), timeout_s=30)

@@ -14,8 +14,8 @@ import uuid
 import numpy as np
 import pytest
 
-from ..conftest import project_registry
-from .records import call, start_monitor, wait_for
+from ...conftest import project_registry
+from ...monitoring.records import call, start_monitor, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 CXR_CLASSES = {"Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion"}

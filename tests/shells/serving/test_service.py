@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO, _free_port
-from .test_inference import _bad_corpus
+from ...conftest import REPO, _free_port
+from ...inference.test_predict import _bad_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MAX_UPLOAD = 2_000_000
@@ -125,7 +125,7 @@ def test_a_full_spool_is_a_503_never_a_silent_drop_and_sigterm_stops_every_worke
     answered without its record. Then SIGTERM stops the server and all its workers (unbatched path)."""
     import json
 
-    from .conftest import small_disk
+    from ...conftest import small_disk
 
     data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
     with small_disk(tmp_path / "spool", "48k") as spool:
@@ -174,7 +174,7 @@ def test_xray_predictions_over_http_match_in_process(registered_project, servers
     import numpy as np
     from PIL import Image
 
-    from .test_inference import _png_bytes
+    from ...inference.test_predict import _png_bytes
 
     jpg = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
     dcm = next((registered_project / "data" / "raw" / "aiforcovid").rglob("*.dcm"))
@@ -281,7 +281,7 @@ def test_bento_builds_offline(tmp_path):
     assert [b["tag"].split(":")[0] for b in listed] == ["medmlops-serving"]
     (bento,) = (tmp_path / "bentoml" / "bentos" / "medmlops-serving").glob("*/")
     assert (bento / "src" / "serving" / "service.py").is_file()
-    assert (bento / "src" / "src" / "medmlops" / "inference.py").is_file()
+    assert (bento / "src" / "src" / "medmlops" / "inference" / "service.py").is_file()
     assert "torch==2.14.1" in (bento / "env" / "python" / "requirements.txt").read_text()
 
 
@@ -296,7 +296,9 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
     import base64
     import hashlib
 
-    from .test_forwarding import Receiver, wait_for
+    from medmlops.inference.record import PredictionRecord
+
+    from ...inference.test_forwarding import Receiver, wait_for
 
     monitoring_port = _free_port()
     process, url = _start(
@@ -324,6 +326,7 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
             assert record["input"]["sha256"] == hashlib.sha256(data).hexdigest()
             assert base64.b64decode(record["input"]["bytes_b64"]) == data
             assert len(record["logits"]) == 5
+            assert PredictionRecord.parse(record).answer() == body  # the record is what the client was told
         assert not list((tmp_path / "spool" / "cxr-findings").glob("*.json"))
     finally:
         _stop(process)

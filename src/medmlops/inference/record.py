@@ -1,0 +1,248 @@
+"""The prediction record serving sends to monitoring: one schema, built on one side and parsed on the other.
+
+Serving makes a :class:`PredictionRecord` from each prediction (:meth:`PredictionRecord.build`), spools its
+:meth:`~PredictionRecord.to_json` and answers the client with :meth:`~PredictionRecord.answer`; monitoring turns the
+posted JSON back into one with :meth:`PredictionRecord.parse`, which names the first field at fault.
+
+On the wire (JSON)::
+
+    {"request_id": "...", "model": family, "version": "3", "created_at": ISO 8601 (UTC) or Unix seconds,
+     "predictions": {task: {...}}, "logits": [number, ...],
+     "input": {"sha256": 64 hex digits, "bytes_b64": the upload, base64}}
+
+The request-id rule lives here and only here: an id becomes a spool file name and a database key, so it is kept to
+a short run of characters that are safe in both.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from medmlops.errors import UserError
+
+REQUEST_ID_RULE = "1-128 letters, digits, '.', '_' or '-'"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_JSON_NAMES = {str: "a string", int: "a number", float: "a number", dict: "an object", list: "an array",
+               bool: "a boolean", type(None): "null"}  # fmt: skip
+
+
+class RecordError(UserError, ValueError):
+    """A record (or label post) that is refused; ``field`` names the culprit, ``error`` is a stable code."""
+
+    def __init__(self, field: str, detail: str, *, error: str = "invalid_field", status: int = 422) -> None:
+        super().__init__(detail)
+        self.field, self.detail, self.error, self.status = field, detail, error, status
+
+
+def is_request_id(value: object) -> bool:
+    return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
+
+
+def check_request_id(value: str) -> str:
+    """``value`` when it follows the request-id rule; RecordError naming field 'request_id' otherwise."""
+    if not is_request_id(value):
+        raise RecordError(
+            "request_id",
+            f"field 'request_id' must be {REQUEST_ID_RULE}, not {str(value)[:40]!r}",
+            error="bad_request_id",
+        )
+    return value
+
+
+def request_id_from_header(header: str | None) -> str:
+    """The client's ``X-Request-ID`` when it sent one, else a new random id; RecordError (400) if it breaks the rule."""
+    if not header:
+        return uuid.uuid4().hex
+    if not is_request_id(header):
+        raise RecordError("X-Request-ID", f"X-Request-ID must be {REQUEST_ID_RULE}", error="bad_request_id", status=400)
+    return header
+
+
+def required(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    """``obj[key]`` when present and of JSON type ``kind``; RecordError naming ``{where}{key}`` otherwise."""
+    name = f"{where}{key}"
+    if key not in obj or obj[key] is None:
+        raise RecordError(name, f"the record has no '{name}' field", error="missing_field")
+    value = obj[key]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or isinstance(value, bool) and bool not in kinds:  # JSON true is no number
+        wanted = " or ".join(_JSON_NAMES.get(k, k.__name__) for k in kinds)
+        got = _JSON_NAMES.get(type(value), type(value).__name__)
+        raise RecordError(name, f"field '{name}' must be {wanted}, not {got}", error="bad_type")
+    return value
+
+
+def unix_seconds(value: str | float) -> float:
+    """A time as Unix seconds: a number, or an ISO 8601 time (UTC when it has no offset, as serving writes it).
+
+    Raises:
+        ValueError: neither, or not finite.
+    """
+    try:
+        seconds = float(value)
+    except ValueError:  # a string that is no number: an ISO 8601 time
+        moment = dt.datetime.fromisoformat(value)
+        seconds = (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)).timestamp()
+    except OverflowError as exc:  # an integer too large for a float
+        raise ValueError(f"{value!r} is out of range") from exc
+    if not math.isfinite(seconds):
+        raise ValueError(f"{value!r} is not a finite time")
+    return seconds
+
+
+def iso(seconds: float | None) -> str | None:
+    """Unix seconds as ISO 8601 in UTC, to the millisecond; None for none or a non-finite time."""
+    if seconds is None or not math.isfinite(seconds):
+        return None
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _logits(values: Sequence[Any]) -> tuple[float, ...]:
+    try:
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+            numbers = tuple(float(v) for v in values)
+            if all(math.isfinite(v) for v in numbers):
+                return numbers
+    except OverflowError:  # an integer too large for a float
+        pass
+    raise RecordError("logits", "field 'logits' must be a list of finite numbers", error="bad_type")
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by None (strict JSON and PostgreSQL's JSON refuse them)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as strict JSON types: numpy scalars and arrays, paths, sets and tuples converted; NaN → None."""
+
+    def default(obj: Any) -> Any:
+        if hasattr(obj, "tolist"):
+            return obj.tolist()
+        if hasattr(obj, "item"):
+            return obj.item()
+        if isinstance(obj, Path):
+            return str(obj)
+        if isinstance(obj, set | tuple):
+            return list(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+    return finite(json.loads(json.dumps(value, default=default)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictionRecord:
+    """One prediction as monitoring needs it; every instance holds the rules below (RecordError if not).
+
+    Attributes:
+        request_id: the request-id rule.
+        family: the registered model, 1-128 characters (``model`` on the wire).
+        version: the model version that computed the prediction, 1-64 characters.
+        created_at: Unix seconds, finite.
+        upload: the uploaded bytes, not empty (``input.bytes_b64`` on the wire).
+        sha256: their lower-case hex digest (``input.sha256``); :meth:`parse` checks it matches.
+        predictions: serving's decoded answer, strict JSON.
+        logits: the model's raw outputs, finite.
+    """
+
+    request_id: str
+    family: str
+    version: str
+    created_at: float
+    upload: bytes = dataclasses.field(repr=False)  # up to 64 MiB: never in a log line
+    sha256: str
+    predictions: dict[str, Any]
+    logits: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        check_request_id(self.request_id)
+        if not 1 <= len(self.family) <= 128:
+            raise RecordError("model", "field 'model' must name the registered model in 1-128 characters")
+        if not 1 <= len(self.version) <= 64:
+            raise RecordError("version", "field 'version' must be the model version in 1-64 characters")
+        if not math.isfinite(self.created_at):
+            raise RecordError("created_at", "field 'created_at' is not a finite time", error="bad_time")
+        _logits(self.logits)
+        if not self.upload:
+            raise RecordError("input.bytes_b64", "field 'input.bytes_b64' holds an empty upload", error="empty_upload")
+        if not _SHA256.fullmatch(self.sha256):
+            raise RecordError("input.sha256", "field 'input.sha256' must be 64 hexadecimal digits", error="bad_sha256")
+
+    @classmethod
+    def build(
+        cls, *, request_id: str, family: str, version: str, upload: bytes, predictions: Mapping[str, Any],
+        logits: Sequence[float], created_at: float | None = None,
+    ) -> PredictionRecord:  # fmt: skip
+        """The record of a prediction just made (``created_at`` defaults to now, to the millisecond the wire keeps)."""
+        return cls(
+            request_id, family, version, round(time.time() if created_at is None else created_at, 3), upload,
+            hashlib.sha256(upload).hexdigest(), jsonable(dict(predictions)), tuple(map(float, logits)),
+        )  # fmt: skip
+
+    @classmethod
+    def parse(cls, obj: Any) -> PredictionRecord:
+        """The record a wire payload holds; RecordError names the first field at fault."""
+        if not isinstance(obj, Mapping):
+            raise RecordError("record", f"the record must be a JSON object, not {type(obj).__name__}", error="bad_type")
+        request_id = check_request_id(required(obj, "request_id", str))
+        family = required(obj, "model", str).strip()
+        version = str(required(obj, "version", (str, int))).strip()
+        given = required(obj, "created_at", (str, int, float))
+        try:
+            created_at = unix_seconds(given)
+        except ValueError as exc:
+            raise RecordError(
+                "created_at",
+                f"field 'created_at' must be an ISO 8601 time or Unix seconds, not {str(given)[:40]!r}",
+                error="bad_time",
+            ) from exc
+        predictions = required(obj, "predictions", dict)
+        logits = _logits(required(obj, "logits", list))
+        payload = required(obj, "input", dict)
+        sha256 = required(payload, "sha256", str, "input.").lower()
+        encoded = required(payload, "bytes_b64", str, "input.")
+        try:
+            upload = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise RecordError(
+                "input.bytes_b64", "field 'input.bytes_b64' is not valid base64", error="bad_base64"
+            ) from exc
+        record = cls(request_id, family, version, created_at, upload, sha256, finite(dict(predictions)), logits)
+        if hashlib.sha256(upload).hexdigest() != sha256:
+            raise RecordError(
+                "input.sha256", "field 'input.sha256' does not match the decoded upload", error="sha256_mismatch"
+            )
+        return record
+
+    def answer(self) -> dict[str, Any]:
+        """What serving answers the client: the record without the upload and the logits."""
+        return {
+            "request_id": self.request_id, "model": self.family, "version": self.version,
+            "created_at": iso(self.created_at), "predictions": self.predictions,
+        }  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        """The wire payload (JSON types only); :meth:`parse` turns it back into an equal record."""
+        return {
+            **self.answer(), "logits": list(self.logits),
+            "input": {"sha256": self.sha256, "bytes_b64": base64.b64encode(self.upload).decode()},
+        }  # fmt: skip

@@ -1,0 +1,177 @@
+"""``medmlops.inference.service``: the serving core without BentoML. A PNG upload goes through the contract's real
+preprocessing chain and a tiny torch model to the client's answer and the spooled record; the forward is resent
+when its connection drops and given up at once when the model service refuses; the answer is decoded with the
+contract of the version that computed it; a bad request id, a bad upload or a broken spool is an error naming it.
+The real BentoML server is exercised in ``tests/shells/serving``."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import anyio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from medmlops.inference.predict import InputError, Predictor
+from medmlops.inference.record import PredictionRecord, RecordError
+from medmlops.inference.service import Gateway, ServedModel, ServiceUnavailable, ServingSettings
+from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
+
+CLASSES = ("Atelectasis", "Cardiomegaly", "Edema")
+SIZE = 32
+
+
+def _contract(thresholds: tuple[float, ...] = (0.5, 0.5, 0.5)) -> ModelContract:
+    return ModelContract(
+        family="cxr-findings", tasks=(TaskSpec("findings", "multilabel", CLASSES, thresholds),),
+        input=InputSpec(modality="xray", formats=("png", "jpeg", "dicom"), shape=(3, SIZE, SIZE), spacing_mm=None,
+                        intensity_window=None, channels=3),
+        preprocessing={"chain": "cxr", "size": SIZE, "lung_crop": False, "percentiles": [0.5, 99.5]},
+        data_version="0123456789abcdef.dir", git_commit="feedface", metrics={},
+    )  # fmt: skip
+
+
+def _png(seed: int = 0) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (64, 64), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+class Dropped(ConnectionError):
+    """Stands for aiohttp's "Server disconnected" on a pooled connection."""
+
+
+class Refused(RuntimeError):
+    """Stands for BentoML's "overloaded"."""
+
+
+class ModelService:
+    """The model service as the gateway sees it: an async forward, failing first with the errors it is given."""
+
+    def __init__(self, outputs: np.ndarray, *failures: BaseException) -> None:
+        self.outputs, self.failures, self.shapes = outputs, list(failures), []
+
+    async def forward(self, images: np.ndarray) -> np.ndarray:
+        self.shapes.append(images.shape)
+        if self.failures:
+            raise self.failures.pop(0)
+        return self.outputs
+
+
+# Logits of the three classes, then the version that computed them (ServedModel.forward's last column).
+VERSION_3 = np.array([[2.0, -2.0, 0.1, 3.0]], np.float32)
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    settings = ServingSettings("cxr-findings", "3", max_upload_bytes=100_000, monitoring_url="http://127.0.0.1:9",
+                               spool_dir=str(tmp_path / "spool"))  # fmt: skip
+    gateway = Gateway(settings, _contract(), resend_on=(Dropped,), give_up_on=(Refused,))
+    gateway.forwarder.stop()  # monitoring is down: records stay in the spool for the test to read
+    yield gateway
+
+
+def _predict(gateway: Gateway, model: ModelService, data: bytes, request_id: str | None = None) -> dict:
+    return anyio.run(gateway.predict, data, request_id, model.forward)
+
+
+def _spooled(tmp_path) -> list[PredictionRecord]:
+    return [PredictionRecord.parse(json.loads(p.read_text())) for p in sorted((tmp_path / "spool").glob("*.json"))]
+
+
+def test_an_upload_becomes_the_answer_and_its_record_is_spooled_first(gateway, tmp_path):
+    data = _png()
+    answer = _predict(gateway, ModelService(VERSION_3), data, "case-0001")
+    findings = answer["predictions"]["findings"]
+    assert (answer["request_id"], answer["model"], answer["version"]) == ("case-0001", "cxr-findings", "3")
+    assert findings["labels"] == ["Atelectasis", "Edema"]  # sigmoid(2.0), sigmoid(0.1) >= 0.5
+    assert findings["probabilities"]["Atelectasis"] == pytest.approx(1 / (1 + np.exp(-2.0)))
+    (record,) = _spooled(tmp_path)
+    assert record.answer() == answer and record.upload == data and record.logits == (2.0, -2.0, pytest.approx(0.1))
+
+
+def test_the_answer_is_decoded_with_the_contract_of_the_version_that_computed_it(gateway, tmp_path):
+    gateway.contracts["4"] = _contract(thresholds=(0.95, 0.5, 0.5))  # version 4 is stricter on Atelectasis
+    version_4 = VERSION_3.copy()
+    version_4[0, -1] = 4
+    answer = _predict(gateway, ModelService(version_4), _png())
+    assert answer["version"] == "4" and answer["predictions"]["findings"]["labels"] == ["Edema"]
+    assert len(answer["request_id"]) == 32 and [r.version for r in _spooled(tmp_path)] == ["4"]
+
+
+def test_a_dropped_connection_is_resent_and_a_refusal_is_not(gateway, tmp_path):
+    model = ModelService(VERSION_3, Dropped("Server disconnected"), Dropped("Server disconnected"))
+    assert _predict(gateway, model, _png())["version"] == "3" and len(model.shapes) == 3
+    assert model.shapes[0] == (1, 3, SIZE, SIZE)
+
+    model = ModelService(VERSION_3, *(Dropped("Server disconnected") for _ in range(3)))
+    with pytest.raises(ServiceUnavailable) as dropped:
+        _predict(gateway, model, _png())
+    assert len(model.shapes) == 3 and "Server disconnected" in dropped.value.detail
+
+    model = ModelService(VERSION_3, Refused("overloaded"))
+    with pytest.raises(ServiceUnavailable) as refused:
+        _predict(gateway, model, _png())
+    assert len(model.shapes) == 1
+    assert (refused.value.status, refused.value.error, refused.value.retry_after_s) == (503, "model_unavailable", 1)
+    assert "overloaded" in refused.value.detail and len(_spooled(tmp_path)) == 1  # only the answered request
+
+
+def test_a_bad_request_id_or_upload_is_refused_before_the_model_is_called(gateway, tmp_path):
+    model = ModelService(VERSION_3)
+    with pytest.raises(RecordError) as bad_id:
+        _predict(gateway, model, _png(), "../etc/passwd")
+    assert (bad_id.value.status, bad_id.value.error, bad_id.value.field) == (400, "bad_request_id", "X-Request-ID")
+    with pytest.raises(InputError) as bad_upload:
+        _predict(gateway, model, b"just some text, not an image")
+    assert (bad_upload.value.status, bad_upload.value.error) == (400, "unsupported_format")
+    with pytest.raises(InputError) as too_large:
+        _predict(gateway, model, b"\x89PNG\r\n\x1a\n" + bytes(100_000))
+    assert (too_large.value.status, too_large.value.error) == (413, "too_large")
+    assert model.shapes == [] and _spooled(tmp_path) == []
+
+
+def test_a_record_the_spool_cannot_keep_is_a_503_not_a_silent_answer(gateway, tmp_path):
+    shutil.rmtree(tmp_path / "spool")
+    (tmp_path / "spool").write_text("a file where the spool folder was")
+    with pytest.raises(ServiceUnavailable) as caught:
+        _predict(gateway, ModelService(VERSION_3), _png())
+    assert (caught.value.error, caught.value.retry_after_s) == ("spool_unavailable", None)
+    assert str(tmp_path / "spool") in caught.value.detail
+
+
+def test_without_a_monitoring_url_nothing_is_spooled(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    gateway = Gateway(ServingSettings("cxr-findings", "3"), _contract())
+    assert gateway.forwarder is None
+    assert _predict(gateway, ModelService(VERSION_3), _png())["version"] == "3"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_served_model_appends_the_version_to_each_row():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, len(CLASSES)))
+    served = ServedModel(ServingSettings("cxr-findings", "7"), Predictor("cxr-findings", "7", _contract(), model))
+    images = np.random.default_rng(1).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    outputs = served.forward(images)
+    assert outputs.shape == (2, len(CLASSES) + 1) and list(outputs[:, -1]) == [7.0, 7.0]
+    with torch.no_grad():
+        expected = model(torch.as_tensor(images)).numpy()
+    np.testing.assert_allclose(outputs[:, :-1], expected, rtol=1e-5)
+
+
+def test_settings_come_from_the_environment_medmlops_serve_writes():
+    assert ServingSettings.from_env({}) == ServingSettings("", "")
+    env = {"MEDMLOPS_FAMILY": "ich-prognosis", "MEDMLOPS_MODEL_VERSION": "2", "MEDMLOPS_MAX_UPLOAD_BYTES": "1000",
+           "MEDMLOPS_BATCHING": "0", "MEDMLOPS_MAX_BATCH_SIZE": "4", "MEDMLOPS_MAX_LATENCY_MS": "500",
+           "MEDMLOPS_ALIAS": "champion", "MEDMLOPS_RELOAD_S": "0.5", "MONITORING_URL": "http://m:8080",
+           "MEDMLOPS_SPOOL_DIR": "/spool/ich", "MEDMLOPS_MONITORING_TOKEN": "secret"}  # fmt: skip
+    assert ServingSettings.from_env(env) == ServingSettings(
+        "ich-prognosis", "2", max_upload_bytes=1000, batching=False, max_batch_size=4, max_latency_ms=500,
+        alias="champion", reload_s=0.5, monitoring_url="http://m:8080", spool_dir="/spool/ich",
+        monitoring_token="secret",
+    )  # fmt: skip
