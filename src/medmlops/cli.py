@@ -16,6 +16,7 @@ from pathlib import Path
 from medmlops.commandline import add_params_args, add_shell_parser, code_root, params_from_args, run_command, setup
 from medmlops.config import save_resolved
 from medmlops.errors import UserError
+from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
 
 log = logging.getLogger("medmlops")
 
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     serve.add_argument("--reload-s", type=float, default=30.0, help="poll the alias this often; 0 = never switch")
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
-    serve.add_argument("--spool-dir", default=".medmlops/spool", help="records waiting for monitoring (per family)")
+    serve.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR, help="records waiting for monitoring (per family)")
     serve.add_argument("--repo", default=".", help="project root (holds serving/)")
     add_params_args(serve)
     serve.set_defaults(func=cmd_serve)
