@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from medmlops.informer.analyser import Analyser
-    from medmlops.informer.saliency import LogitsModel, _gradients_per_class, captum_class_saliency, class_saliency
+    from medmlops.interpret.saliency import LogitsModel, _gradients_per_class, captum_class_saliency, class_saliency
     from medmlops.models.cxr import FindingsDenseNet121
     from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 

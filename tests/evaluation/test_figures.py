@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from medmlops.evaluation.figures import ablation_boxplot, importance_barplot, metric_table_html
+from medmlops.evaluation.figures import ablation_boxplot, importance_barplot, metric_table_html, training_curves
 
 
 def _check_png(path, min_bytes: int = 5_000) -> tuple[int, int]:
@@ -52,3 +52,13 @@ def test_metric_table_html(tmp_path):
     text = path.read_text(encoding="utf-8")
     assert "0.80 ± 0.07" in text and "RF (all)" in text
     assert "Table 1 &lt;tabular&gt;" in text and "<tabular>" not in text
+
+
+def test_training_curves_one_line_per_fold(tmp_path):
+    history = pd.DataFrame({"epoch": range(6), "train_loss": np.linspace(1, 0.2, 6), "val_loss": np.linspace(1, 0.5, 6),
+                            "val_balanced_accuracy": np.linspace(0.5, 0.8, 6)})  # fmt: skip
+    path = training_curves({0: history, 1: history * 0.9, 2: history.iloc[:0]}, tmp_path / "curves.png")
+    assert path == tmp_path / "curves.png"
+    _check_png(path)
+    assert training_curves({0: history.iloc[:0]}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

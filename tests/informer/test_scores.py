@@ -80,14 +80,6 @@ def test_entropy_and_max_response():
     assert scores.max_response(p).tolist() == [1.0, 0.5, 1.0, 0.75]
 
 
-def test_youden_threshold_separates_classes():
-    y = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.9])
-    t = scores.youden_threshold(y, p)
-    assert 0.3 < t <= 0.6
-    assert scores.youden_threshold(np.zeros(4), np.linspace(0, 1, 4)) == 0.5
-
-
 def test_per_logit_views_of_every_task_kind():
     contract = _contract(
         TaskSpec("prognosis", "binary", ("good", "poor"), (0.5,)),

@@ -1,4 +1,5 @@
-"""Report figures: the ICH paper's ablation box plots (Fig. 2), importance bars (supp. Fig. 4) and an HTML metric table.
+"""Report figures: the ICH paper's ablation box plots (Fig. 2), importance bars (supp. Fig. 4), an HTML metric table
+and an experiment's training curves.
 
 matplotlib is imported and switched to the Agg backend inside each function, never at import time, so importing this
 module neither needs a display nor changes the backend of an interactive session that merely imports it.
@@ -7,13 +8,13 @@ module neither needs a display nor changes the backend of an interactive session
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["DPI", "ablation_boxplot", "importance_barplot", "metric_table_html"]
+__all__ = ["DPI", "ablation_boxplot", "importance_barplot", "metric_table_html", "training_curves"]
 
 DPI = 120
 _GROUP_COLUMNS = ("model", "features", "kind")
@@ -139,11 +140,44 @@ def metric_table_html(summary: pd.DataFrame, path: str | Path, title: str, *, de
     return path
 
 
-def _save(fig, plt, path: str | Path) -> Path:
+def training_curves(histories: Mapping[int, pd.DataFrame], path: str | Path) -> Path | None:
+    """Loss (train and validation) and the validation score of the primary task per epoch, one line per fold.
+
+    Args:
+        histories: fold → its training history (columns ``epoch, train_loss, val_loss`` and the ``val_<score>``
+            that chose the best epoch); empty histories are left out.
+        path: PNG file to write.
+
+    Returns:
+        ``path``, or None (nothing written) when no history has a row.
+    """
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    drawn = False
+    for fold, history in histories.items():
+        if history.empty:
+            continue
+        axes[0].plot(history["epoch"] + 1, history["train_loss"], label=f"fold {fold} train")
+        axes[0].plot(history["epoch"] + 1, history["val_loss"], "--", label=f"fold {fold} val")
+        score = [c for c in history.columns if c.startswith("val_") and c != "val_loss"][0]
+        axes[1].plot(history["epoch"] + 1, history[score], label=f"fold {fold}")
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
+    axes[1].set(xlabel="epoch", ylabel="score", title="validation score (primary task)")
+    axes[0].legend(fontsize=6)
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, plt, path, dpi=110)
+
+
+def _save(fig, plt, path: str | Path, dpi: int = DPI) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.savefig(path, dpi=DPI, format="png")
+        fig.savefig(path, dpi=dpi, format="png")
     finally:
         plt.close(fig)
     return path

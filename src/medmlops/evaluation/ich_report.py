@@ -163,7 +163,8 @@ def evaluate_experiments(
 
 def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out: Path, n_cases: int) -> str:
     from medmlops.data import preprocess as prep
-    from medmlops.interpret.saliency import METHODS, montage, saliency, save_nifti
+    from medmlops.interpret.figures import montage, save_nifti
+    from medmlops.interpret.saliency import GUIDED_METHODS, saliency
     from medmlops.models import build_model
     from medmlops.training.splits import load_splits
     from medmlops.training.tasks import resolve_tasks
@@ -194,7 +195,7 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
         for i in range(len(ds)):
             x = ds[i]["image"].unsqueeze(0)
             sid = ds[i]["sample_id"]
-            for method in METHODS:
+            for method in GUIDED_METHODS:
                 sal = saliency(model, x, "prognosis", method)[0, 0]
                 save_nifti(sal, out / "saliency" / name / f"{sid}_{method}.nii.gz")
                 png = montage(

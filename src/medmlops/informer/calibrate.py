@@ -29,8 +29,8 @@ import torch
 from medmlops.config import Params
 from medmlops.errors import UserError
 from medmlops.informer import scores
-from medmlops.informer.analyser import N_PCS, compute_outputs, feature_frame
-from medmlops.informer.saliency import METHODS, LogitsModel
+from medmlops.informer.outputs import batched_outputs, feature_frame
+from medmlops.interpret.saliency import METHODS, LogitsModel
 from medmlops.registry.contract import ModelContract
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 CALIBRATION_FILE = "informer/calibration.json"
 REFERENCE_FILE = "informer/reference.csv"
 SCHEMA = 1
+N_PCS = 5  # principal components of the embedding the drift reports compare (emb.pc1..5)
 
 
 class CalibrationError(UserError, ValueError):
@@ -90,33 +91,6 @@ def version_split(
     return images, labels, ids
 
 
-def batched_outputs(
-    model: LogitsModel,
-    contract: ModelContract,
-    images: torch.Tensor,
-    *,
-    methods: tuple[str, ...],
-    tta_samples: int,
-    batch_size: int = 16,
-    seed: int = 0,
-    progress: bool = True,
-    desc: str = "informer",
-) -> dict[str, Any]:
-    """:func:`compute_outputs` over ``images`` in batches, concatenated."""
-    from tqdm.auto import tqdm
-
-    parts = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        x = images[start : start + batch_size]
-        parts.append(compute_outputs(model, contract, x, methods=methods, tta_samples=tta_samples, seed=seed + start))
-    out: dict[str, Any] = {"d": {m: np.concatenate([p["d"][m] for p in parts]) for m in methods}}
-    for key in ("logits", "probabilities", "predictions", "entropy", "msr", "embedding", "image_stats", "tta"):
-        if key in parts[0]:
-            out[key] = np.concatenate([p[key] for p in parts])
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Fitting
 # ---------------------------------------------------------------------------------------------------------------
@@ -164,8 +138,9 @@ def fit_calibration(
     n_pcs: int = N_PCS,
     min_per_class: int = 0,
 ) -> dict[str, Any]:
-    """The calibration dict from validation outputs (:func:`batched_outputs`) and per-logit targets; classes with
-    fewer than ``min_per_class`` validation positives or negatives get no τ (see scores.fit_flag_threshold)."""
+    """The calibration dict from validation outputs (:func:`~medmlops.informer.outputs.batched_outputs`) and
+    per-logit targets; classes with fewer than ``min_per_class`` validation positives or negatives get no τ (see
+    scores.fit_flag_threshold)."""
     classes = contract.output_names()
     predictions = outputs["predictions"]
     fitted = {

@@ -28,12 +28,12 @@ from medmlops.config import Params
 from medmlops.informer import scores
 from medmlops.informer.calibrate import (
     baseline_scores,
-    batched_outputs,
     fit_calibration,
     informer_model,
     load_calibration,
     version_split,
 )
+from medmlops.informer.outputs import batched_outputs
 from medmlops.registry.contract import ModelContract
 
 log = logging.getLogger(__name__)

@@ -110,19 +110,6 @@ def max_response(p: np.ndarray) -> np.ndarray:
     return np.maximum(p, 1 - p)
 
 
-def youden_threshold(y_true: np.ndarray, p: np.ndarray) -> float:
-    """The probability threshold maximising sensitivity + specificity - 1 (0.5 when one class is absent)."""
-    from sklearn.metrics import roc_curve
-
-    keep = np.isfinite(y_true)
-    y, p = np.asarray(y_true)[keep], np.asarray(p)[keep]
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thr = roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thr[best], 0.0, 1.0))
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Flags and the threshold search
 # ---------------------------------------------------------------------------------------------------------------

@@ -17,10 +17,11 @@ import torch
 from medmlops.config import ExperimentConfig, Params, save_resolved
 from medmlops.data import preprocess as prep
 from medmlops.errors import UserError
-from medmlops.models import build_model
-from medmlops.evaluation import metrics as M
 from medmlops.evaluation import stats as S
-from medmlops.training.loop import predict, resolve_device, seed_everything, task_labels, task_probs, train_fold
+from medmlops.evaluation.experiment_metrics import bootstrap_table, summary_table, task_metrics, youden_thresholds
+from medmlops.evaluation.figures import training_curves
+from medmlops.models import build_model
+from medmlops.training.loop import predict, resolve_device, seed_everything, train_fold
 from medmlops.training.splits import experiment_splits, load_splits, save_splits
 from medmlops.training.tasks import TaskDef, resolve_tasks
 
@@ -61,77 +62,6 @@ class ExperimentResult:
 
 def run_dir_for(params: Params, name: str, repo: Path = Path(".")) -> Path:
     return repo / params.train.runs_dir / params.profile / variant_name(params, name)
-
-
-def task_metrics(frame: pd.DataFrame, task: TaskDef, thresholds: np.ndarray | None = None) -> dict[str, float]:
-    """Test metrics of one task: binary at 0.5 (the ICH paper's conservative threshold), ordinal decoded
-    monotonically, multiclass by argmax (ACC, F1, G-mean: the MDMT paper), multilabel at per-class thresholds
-    (Youden on validation for the findings classifier)."""
-    labels = task_labels(frame, task)
-    probs = task_probs(frame, task)
-    if task.kind == "multilabel":
-        cut = np.full(task.out_features, 0.5) if thresholds is None else thresholds
-        values = M.multilabel_metrics(labels, probs, cut, [c.lower().replace(" ", "_") for c in task.classes])
-        return {f"{task.name}_{k}": float(v) for k, v in values.items()}
-    keep = labels >= 0
-    probs, labels = probs[keep], labels[keep]
-    if len(labels) == 0:
-        return {}
-    if task.kind == "binary":
-        values = M.binary_metrics(labels, probs[:, 0], threshold=0.5)
-    elif task.kind == "ordinal":
-        values = M.ordinal_metrics(labels, task.predict(probs), n_classes=len(task.classes))
-    else:
-        values = M.multiclass_metrics(labels, task.predict(probs))
-        if probs.shape[1] == 2:
-            values["auc"] = M.binary_metrics(labels, probs[:, 1])["auc"]
-    return {f"{task.name}_{k}": float(v) for k, v in values.items()}
-
-
-def youden_thresholds(frame: pd.DataFrame, task: TaskDef) -> np.ndarray:
-    """Per-class Youden-index thresholds of a multilabel task on a (validation) prediction frame."""
-    labels, probs = task_labels(frame, task), task_probs(frame, task)
-    out = []
-    for k in range(task.out_features):
-        keep = ~np.isnan(labels[:, k])
-        out.append(M.youden_threshold(labels[keep, k], probs[keep, k]) if keep.sum() else 0.5)
-    return np.asarray(out, dtype=np.float64)
-
-
-def _bootstrap(
-    frame: pd.DataFrame, tasks: dict[str, TaskDef], n_boot: int, seed: int, thresholds: dict
-) -> pd.DataFrame:
-    rows = []
-    for task in tasks.values():
-        labels = task_labels(frame, task)
-        probs = task_probs(frame, task)
-        if task.kind == "multilabel":
-            cut = thresholds.get(task.name, np.full(task.out_features, 0.5))
-            names = [c.lower().replace(" ", "_") for c in task.classes]
-            fn = lambda y, p, c=cut, n=names: M.multilabel_metrics(y, p, c, n)  # noqa: E731
-            values = S.bootstrap_ci(labels, probs, fn, n_boot=n_boot, seed=seed)
-        else:
-            keep = labels >= 0
-            if keep.sum() == 0:
-                continue
-            if task.kind == "binary":
-                fn = lambda y, p: M.binary_metrics(y, p, 0.5)  # noqa: E731
-                values = S.bootstrap_ci(labels[keep], probs[keep][:, 0], fn, n_boot=n_boot, seed=seed)
-            elif task.kind == "ordinal":
-                fn = lambda y, p, t=task: M.ordinal_metrics(y, t.predict(p), n_classes=len(t.classes))  # noqa: E731
-                values = S.bootstrap_ci(labels[keep], probs[keep], fn, n_boot=n_boot, seed=seed)
-            else:
-                fn = lambda y, p, t=task: M.multiclass_metrics(y, t.predict(p))  # noqa: E731
-                values = S.bootstrap_ci(labels[keep], probs[keep], fn, n_boot=n_boot, seed=seed)
-        for metric, (point, lo, hi) in values.items():
-            rows.append({"task": task.name, "metric": metric, "value": point, "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows)
-
-
-def _mlflow():
-    import mlflow
-
-    return mlflow
 
 
 def build_experiment_model(exp: ExperimentConfig, tasks: dict[str, TaskDef]) -> torch.nn.Module:
@@ -458,12 +388,12 @@ def aggregate_experiment(
     wide = per_fold.pivot(index="fold", columns="metric", values="value")
     summary = S.flatten_summary(S.aggregate_folds(wide.to_dict(orient="records")))
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    _summary_table(summary, tasks).to_csv(run_dir / "summary_table.csv")
+    summary_table(summary, tasks).to_csv(run_dir / "summary_table.csv")
 
     boot_fold = params.train.bootstrap_fold if params.train.bootstrap_fold in folds else folds[0]
     boot_frame = pd.read_csv(run_dir / f"fold-{boot_fold}" / "predictions_test.csv", dtype={"sample_id": str})
     boot_thresholds = {k: np.asarray(v) for k, v in fold_thresholds.get(boot_fold, {}).items()}
-    boot = _bootstrap(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
+    boot = bootstrap_table(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
     boot.insert(0, "fold", boot_fold)
     boot.to_csv(run_dir / "bootstrap_ci.csv", index=False)
     best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
@@ -481,7 +411,8 @@ def aggregate_experiment(
         mlflow.log_metrics({k: v for k, v in summary.items() if np.isfinite(v)})
         for name in ("metrics_per_fold.csv", "summary.json", "summary_table.csv", "bootstrap_ci.csv", "result.json"):
             mlflow.log_artifact(str(run_dir / name))
-        curves = _training_curves(run_dir, folds)
+        histories = {f: pd.read_csv(p) for f in folds if (p := run_dir / f"fold-{f}" / "history.csv").is_file()}
+        curves = training_curves(histories, run_dir / "training_curves.png")
         if curves is not None:
             mlflow.log_artifact(str(curves))
         mlflow.set_tag("best_fold", best_fold)
@@ -548,53 +479,3 @@ def _flat_params(params: Params, exp: ExperimentConfig) -> dict[str, str]:
     flat["profile"] = params.profile
     flat["seed"] = params.seed
     return {k: str(v)[:500] for k, v in flat.items()}
-
-
-def _summary_table(summary: dict[str, float], tasks: dict[str, TaskDef]) -> pd.DataFrame:
-    """Mean ± SD per task and metric, shaped like the paper's tables (rows: metrics, columns: tasks)."""
-    table: dict[str, dict[str, str]] = {}
-    for key, value in summary.items():
-        if not key.endswith("_mean"):
-            continue
-        base = key[: -len("_mean")]
-        task = next((t for t in sorted(tasks, key=len, reverse=True) if base.startswith(f"{t}_")), None)
-        if task is None:
-            continue
-        metric = base[len(task) + 1 :]
-        sd = summary.get(f"{base}_sd", float("nan"))
-        table.setdefault(metric, {})[task] = f"{value:.2f} ± {sd:.2f}"
-    return pd.DataFrame(table).T
-
-
-def _training_curves(run_dir: Path, folds: list[int]) -> Path | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    drawn = False
-    for fold in folds:
-        path = run_dir / f"fold-{fold}" / "history.csv"
-        if not path.is_file():
-            continue
-        history = pd.read_csv(path)
-        if history.empty:
-            continue
-        axes[0].plot(history["epoch"] + 1, history["train_loss"], label=f"fold {fold} train")
-        axes[0].plot(history["epoch"] + 1, history["val_loss"], "--", label=f"fold {fold} val")
-        score = [c for c in history.columns if c.startswith("val_") and c != "val_loss"][0]
-        axes[1].plot(history["epoch"] + 1, history[score], label=f"fold {fold}")
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    axes[0].set(xlabel="epoch", ylabel="loss", title="loss")
-    axes[1].set(xlabel="epoch", ylabel="score", title="validation score (primary task)")
-    axes[0].legend(fontsize=6)
-    axes[1].legend(fontsize=6)
-    fig.tight_layout()
-    path = run_dir / "training_curves.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

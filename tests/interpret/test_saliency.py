@@ -1,13 +1,23 @@
-"""Batched class saliency equals Captum's per-class attributions (the issue's contract), for 2D and 3D models."""
+"""One saliency module for both consumers: INFORMER's batched class maps equal Captum's per-class attributions (the
+issue's contract), for 2D and 3D models; the ICH report's guided maps are Captum's on the one head asked for."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
-from medmlops.informer.saliency import METHODS, LogitsModel, captum_class_saliency, class_saliency, lrp_ready
 from medmlops.informer.scores import distinctiveness
+from medmlops.interpret.saliency import (
+    GUIDED_METHODS,
+    METHODS,
+    LogitsModel,
+    captum_class_saliency,
+    class_saliency,
+    lrp_ready,
+    saliency,
+)
 from medmlops.models.cxr import FindingsDenseNet121
 from medmlops.models.ich import densenet121_3d
 
@@ -86,3 +96,48 @@ def test_distinctiveness_of_real_maps_is_in_range(cxr_model):
 def test_unknown_method_is_named(cxr_model):
     with pytest.raises(ValueError, match="unknown saliency method 'shap'"):
         class_saliency(cxr_model, torch.rand(1, 3, 32, 32), "shap")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# One head, one target: the ICH report's figures
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class _Head(nn.Module):
+    """The reference wrapper, written out: the model's ``head`` logits only."""
+
+    def __init__(self, model: nn.Module, head: str) -> None:
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[self.head]
+
+
+@pytest.mark.parametrize("method", GUIDED_METHODS)
+def test_head_saliency_is_captums_on_that_head_alone(method):
+    from captum.attr import GuidedBackprop, GuidedGradCam
+
+    torch.manual_seed(2)
+    model = densenet121_3d({"prognosis": 1, "gcs_ordinal": 2}).train()
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(6))
+    maps = saliency(model, x, "prognosis", method)
+    assert model.training, "the model goes back to the mode it came in"
+    model.eval()
+    head = _Head(model, "prognosis")
+    if method == "guided_backprop":
+        reference = GuidedBackprop(head).attribute(x.clone().requires_grad_(True), target=0)
+    else:
+        reference = GuidedGradCam(head, model.saliency_layer).attribute(
+            x.clone().requires_grad_(True), target=0, interpolate_mode="trilinear"
+        )
+    reference = reference.detach().numpy()
+    assert maps.shape == x.shape and np.abs(reference).max() > 0
+    np.testing.assert_allclose(maps, reference, rtol=1e-4, atol=1e-6 * np.abs(reference).max())
+    other = saliency(model, x, "gcs_ordinal", method, target=1)
+    assert not np.allclose(maps, other), "another head's logit gives another map"
+
+
+def test_head_saliency_names_an_unknown_method(ich_model):
+    with pytest.raises(ValueError, match="unknown saliency method 'shap'"):
+        saliency(ich_model.model, torch.rand(1, 1, 32, 32, 32), "prognosis", "shap")
