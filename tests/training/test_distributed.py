@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader, Subset
 from medmlops.config import TrainConfig
 from medmlops.errors import UserError
 from medmlops.training import distributed as ddp
-from tests.training.ddp_check import TinyDataset, TinyModel, run
 from medmlops.training.loop import _epoch_order, _progress, _shard, oversample_indices
+from tests.training.ddp_check import TinyDataset, TinyModel, run
 
 pytestmark = [
     pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with Gloo"),

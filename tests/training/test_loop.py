@@ -12,9 +12,9 @@ import torch
 import torch.nn as nn
 
 from medmlops.config import TrainConfig
-from tests.training.ddp_check import TinyDataset
 from medmlops.training.loop import _accumulation_groups, oversample_indices, train_fold
 from medmlops.training.tasks import ICH_TASKS
+from tests.training.ddp_check import TinyDataset
 
 
 class TinyModel(nn.Module):
