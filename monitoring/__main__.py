@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from medmlops.commandline import run_command, setup
+from medmlops.commandline import run_main
 from medmlops.errors import UserError
 from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, READ_TOKEN_ENV, TOKEN_ENV
 from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
@@ -119,9 +119,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args.verbose)
-    return run_command(args.func, args, prog="medmlops")
+    return run_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, run_command, setup
+from medmlops.commandline import add_params_args, run_main
 from medmlops.config import load_params
 from medmlops.errors import UserError
 from pipelines import PIPELINES
@@ -95,6 +95,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args.verbose)
-    return run_command(args.func, args, prog="medmlops")
+    return run_main(build_parser(), argv)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, add_shell_parser, code_root, params_from_args, run_command, setup
+from medmlops.commandline import add_params_args, add_shell_parser, code_root, params_from_args, run_main
 from medmlops.config import save_resolved
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
@@ -364,9 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup(args.verbose)
-    return run_command(args.func, args, prog="medmlops")
+    return run_main(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,13 @@ def setup(verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
 
 
+def run_main(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
+    """Parse ``argv``, set up logging and telemetry, run the chosen command under :func:`run_command`."""
+    args = parser.parse_args(argv)
+    setup(args.verbose)
+    return run_command(args.func, args, prog="medmlops")
+
+
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace, prog: str) -> int:
     """``func(args)`` with the project's error contract; returns the exit code."""
     try:

@@ -130,10 +130,9 @@ def verdict(results: pd.DataFrame) -> str:
 
 
 def figure(results: pd.DataFrame, path: Path) -> Path:
-    import matplotlib
+    from medmlops.evaluation.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     tau1 = results[(results["task"] == "prognosis")]
     validations = sorted(tau1["validation"].unique())
@@ -158,10 +157,7 @@ def figure(results: pd.DataFrame, path: Path) -> Path:
         )
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def covid_protocol_report(

@@ -14,13 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["DPI", "ablation_boxplot", "importance_barplot", "metric_table_html", "training_curves"]
+__all__ = [
+    "DPI",
+    "ablation_boxplot",
+    "importance_barplot",
+    "metric_table_html",
+    "pyplot",
+    "save_figure",
+    "training_curves",
+]
 
 DPI = 120
 _GROUP_COLUMNS = ("model", "features", "kind")
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display here, nor in a pipeline step)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +64,7 @@ def ablation_boxplot(per_fold: pd.DataFrame, metrics: Sequence[str], path: str |
     absent = [m for m in metrics if m not in set(per_fold["metric"])]
     if absent:
         raise ValueError(f"metric(s) {absent} not in per_fold (has {sorted(set(per_fold['metric']))})")
-    plt = _pyplot()
+    plt = pyplot()
     models = list(dict.fromkeys(per_fold["model"]))
     rng = np.random.default_rng(seed)
     ncols = min(len(metrics), 4)  # a grid, not one long row: 8 metrics × 11 models stay readable
@@ -76,7 +85,7 @@ def ablation_boxplot(per_fold: pd.DataFrame, metrics: Sequence[str], path: str |
         ax.set_title(metric)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def importance_barplot(importance: pd.DataFrame, path: str | Path, top: int = 15) -> Path:
@@ -94,7 +103,7 @@ def importance_barplot(importance: pd.DataFrame, path: str | Path, top: int = 15
     _require(importance, ("feature", "importance"), "importance_barplot")
     if importance.empty:
         raise ValueError("importance_barplot got an empty table")
-    plt = _pyplot()
+    plt = pyplot()
     groups = [c for c in _GROUP_COLUMNS if c in importance.columns]
     panels = list(importance.groupby(groups, sort=False)) if groups else [((), importance)]
     height = 0.3 * min(top, max(len(g) for _, g in panels)) + 1.2
@@ -107,7 +116,7 @@ def importance_barplot(importance: pd.DataFrame, path: str | Path, top: int = 15
         ax.set_title(" / ".join(str(k) for k in key) or "importance", fontsize=10)
         ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return save_figure(fig, path)
 
 
 def metric_table_html(summary: pd.DataFrame, path: str | Path, title: str, *, decimals: int = 2) -> Path:
@@ -151,7 +160,7 @@ def training_curves(histories: Mapping[int, pd.DataFrame], path: str | Path) -> 
     Returns:
         ``path``, or None (nothing written) when no history has a row.
     """
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     drawn = False
     for fold, history in histories.items():
@@ -170,10 +179,13 @@ def training_curves(histories: Mapping[int, pd.DataFrame], path: str | Path) -> 
     axes[0].legend(fontsize=6)
     axes[1].legend(fontsize=6)
     fig.tight_layout()
-    return _save(fig, plt, path, dpi=110)
+    return save_figure(fig, path, dpi=110)
 
 
-def _save(fig, plt, path: str | Path, dpi: int = DPI) -> Path:
+def save_figure(fig, path: str | Path, dpi: int = DPI) -> Path:
+    """Write ``fig`` as PNG (folders created) and close it, also when writing fails."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:

@@ -136,10 +136,9 @@ def _stars(p: float) -> str:
 def box_plot(boot: pd.DataFrame, tests: pd.DataFrame, path: Path, title: str) -> Path:
     """Fig. 3: mean F1 over classes on the bootstrap test sets; baselines grey, INFORMER blue; stars from the paired
     t-test against predictive entropy (the paper's reference)."""
-    import matplotlib
+    from medmlops.evaluation.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     order = [a for a in boot["approach"].unique() if not a.startswith("INFORMER_")] + sorted(
         a for a in boot["approach"].unique() if a.startswith("INFORMER_")
@@ -158,10 +157,7 @@ def box_plot(boot: pd.DataFrame, tests: pd.DataFrame, path: Path, title: str) ->
             ax.text(i, top + 0.005, _stars(float(row["p_value"].iloc[0])), ha="center", fontsize=10)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def failure_detection(outputs: dict[str, Any], targets: np.ndarray, calibration: dict[str, Any]) -> pd.DataFrame:

@@ -22,10 +22,9 @@ def save_nifti(saliency_map: np.ndarray, path: Path, affine: np.ndarray | None =
 
 def montage(volume: np.ndarray, saliency_map: np.ndarray, path: Path, n_slices: int = 6, title: str = "") -> Path:
     """The ``n_slices`` axial slices with the most |saliency| (volume axes x, y, z), saliency over the CT."""
-    import matplotlib
+    from medmlops.evaluation.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     volume, sal = np.asarray(volume), np.abs(np.asarray(saliency_map))
     per_slice = sal.reshape(-1, sal.shape[-1]).sum(axis=0)
@@ -40,10 +39,7 @@ def montage(volume: np.ndarray, saliency_map: np.ndarray, path: Path, n_slices: 
     if title:
         fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def saliency_png(image: torch.Tensor, saliency_map: torch.Tensor, size: int = 160) -> bytes:
