@@ -17,8 +17,8 @@ import pytest
 from medmlops.cli import main
 
 from .conftest import REPO, _free_port, project_registry
-from .monitor.records import call, start_monitor, wait_for
-from .test_serving import MAX_UPLOAD, _predict, _stop
+from tests.monitoring.records import call, start_monitor, wait_for
+from tests.shells.serving.test_service import MAX_UPLOAD, _predict, _stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 TOKEN = "system-test-token"
