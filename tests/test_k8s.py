@@ -1,6 +1,10 @@
 """Offline checks of the Kubernetes tree (k8s/): YAML, kustomize consistency both ways, Kubernetes schemas
 (strict), security settings of every container, images against params.yaml, Secrets only referenced,
-the overlays rendered by `kubectl kustomize`, and checkov.
+the overlays (and the GPU-worker component on prod) rendered by `kubectl kustomize`, and checkov.
+
+Custom resources have no schema in kubernetes-validate (its Python API raises SchemaNotFoundError, its CLI lets
+them pass): each kind is checked structurally here instead, KEDA's ScaledObject against the fields of its
+keda.sh/v1alpha1 CRD that this tree may use (unknown keys, trigger metadata that is not a string, bounds).
 
 kubectl and checkov come from the tools virtualenv (.venv-tools, `make tools`),
 never from .venv: checkov pins old packaging, dpath, networkx, cachetools and importlib_metadata.
@@ -8,8 +12,12 @@ never from .venv: checkov pins old packaging, dpath, networkx, cachetools and im
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import re
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +35,11 @@ TOOLS_BIN = REPO / ".venv-tools" / "bin"
 # Newest schema set bundled with kubernetes-validate 1.37.0 (requirements.lock).
 KUBERNETES_VERSION = "1.37"
 # Custom resources: no bundled schema; checked structurally below.
-CRD_API_VERSIONS = {"ServiceMonitor": "monitoring.coreos.com/v1", "PrometheusRule": "monitoring.coreos.com/v1"}
+CRD_API_VERSIONS = {
+    "ServiceMonitor": "monitoring.coreos.com/v1",
+    "PrometheusRule": "monitoring.coreos.com/v1",
+    "ScaledObject": "keda.sh/v1alpha1",
+}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 ONE_SHOT_KINDS = {"Job", "CronJob"}
 RUN_AS_USER = 10001
@@ -49,7 +61,12 @@ def _rel(path: Path) -> str:
 YAML_FILES = sorted([*K8S.rglob("*.yaml"), *K8S.rglob("*.yml")])
 KUSTOMIZATIONS = sorted(K8S.rglob("kustomization.yaml"))
 OVERLAYS = sorted(p.parent for p in (K8S / "overlays").glob("*/kustomization.yaml"))
+COMPONENTS = sorted(p.parent for p in (K8S / "components").glob("*/kustomization.yaml"))
 RENDERABLE = [*OVERLAYS, K8S / "pipelines"]
+GPU_WORKER = K8S / "components" / "monitoring-worker-gpu"
+SPOOL = "/var/spool/medmlops"
+# The worker's liveness signal: a file it touches on every queue poll and lease renewal (k8s/README.md).
+HEARTBEAT_ENV = "MEDMLOPS_WORKER_HEARTBEAT"
 
 
 def _kustomization(directory: Path) -> Doc:
@@ -172,9 +189,27 @@ def _render(directory: Path) -> list[Doc]:
     return [d for d in yaml.safe_load_all(done.stdout) if d is not None]
 
 
+def _render_with_component(overlay: Path, component: Path, where: Path) -> list[Doc]:
+    """``overlay`` with ``component`` added, as an operator's own kustomization would (kustomize takes relative
+    paths only)."""
+    where.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(overlay, where)],
+        "components": [os.path.relpath(component, where)],
+    }
+    (where / "kustomization.yaml").write_text(yaml.safe_dump(spec))
+    return _render(where)
+
+
 @pytest.fixture(scope="module")
-def rendered() -> dict[str, list[Doc]]:
-    return {d.name: _render(d) for d in RENDERABLE}
+def rendered(tmp_path_factory) -> dict[str, list[Doc]]:
+    docs = {d.name: _render(d) for d in RENDERABLE}
+    docs["prod-gpu-worker"] = _render_with_component(
+        K8S / "overlays" / "prod", GPU_WORKER, tmp_path_factory.mktemp("kustomize") / "prod-gpu-worker"
+    )
+    return docs
 
 
 # ---- files and kustomize consistency ----------------------------------------------------------------------
@@ -194,10 +229,15 @@ def test_every_yaml_file_parses(path):
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS, ids=_rel)
 def test_kustomization_paths_exist(kustomization):
     spec = yaml.safe_load(kustomization.read_text())
-    assert spec["kind"] == "Kustomization"
+    # A Component (k8s/components/) is a patch set an overlay opts into; everything else is a Kustomization.
+    components = K8S / "components"
+    expected = "Component" if kustomization.parent.parent == components else "Kustomization"
+    assert spec["kind"] == expected, f"{_rel(kustomization)}: kind {spec['kind']}"
     for resource in spec.get("resources", []):
         target = kustomization.parent / resource
         assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{resource} does not exist"
+    for component in spec.get("components", []):
+        assert (kustomization.parent / component / "kustomization.yaml").is_file(), f"{component} does not exist"
     for patch in spec.get("patches", []):
         assert ("path" in patch) != ("patch" in patch), f"a patch needs exactly one of path/patch: {patch}"
         if "path" in patch:
@@ -215,13 +255,15 @@ def test_every_manifest_file_is_listed_and_every_listed_file_exists(kustomizatio
 
 def test_every_patch_file_is_used():
     patch_files = {p.resolve() for p in K8S.glob("overlays/*/patches/*.yaml")}
+    patch_files |= {p.resolve() for p in K8S.glob("components/*/*.yaml") if p.name != "kustomization.yaml"}
     assert patch_files <= _patch_files(), f"unused patch files: {sorted(map(_rel, patch_files - _patch_files()))}"
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS, ids=_rel)
+@pytest.mark.parametrize("overlay", [*OVERLAYS, *COMPONENTS], ids=_rel)
 def test_overlay_patches_target_resources_that_exist_in_base(overlay):
     spec = _kustomization(overlay)
-    assert "../../base" in spec["resources"]
+    if spec["kind"] == "Kustomization":  # a Component has no resources of its own: it patches its overlay's
+        assert "../../base" in spec["resources"]
     assert spec.get("patches"), f"{_rel(overlay)} has no patches"
     for patch in spec["patches"]:
         body = (
@@ -275,6 +317,80 @@ def test_strict_schema_validation_rejects_unknown_fields():
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
 
 
+# KEDA's ScaledObject (keda.sh/v1alpha1, KEDA 2.x CRD): the fields this tree may use, each with its type. Unknown
+# keys fail, as the API server's structural schema would prune or reject them. Trigger metadata is a map of strings
+# in the CRD: a YAML number there (threshold: 25) is rejected by the API server, so it is rejected here.
+SCALED_OBJECT_SPEC: dict[str, Any] = {
+    "scaleTargetRef": {"apiVersion": str, "kind": str, "name": str, "envSourceContainerName": str},
+    "pollingInterval": int,
+    "cooldownPeriod": int,
+    "initialCooldownPeriod": int,
+    "idleReplicaCount": int,
+    "minReplicaCount": int,
+    "maxReplicaCount": int,
+    "fallback": {"failureThreshold": int, "replicas": int},
+    "advanced": {
+        "restoreToOriginalReplicaCount": bool,
+        "horizontalPodAutoscalerConfig": {"name": str, "behavior": dict},
+    },
+    "triggers": [{"type": str, "name": str, "metadata": {str: str}, "metricType": str}],
+}
+SCALED_OBJECT_REQUIRED = {"scaleTargetRef", "triggers"}
+
+
+def _check_shape(value: Any, shape: Any, where: str) -> None:
+    if isinstance(shape, list):
+        assert isinstance(value, list) and value, f"{where}: a non-empty list"
+        for i, item in enumerate(value):
+            _check_shape(item, shape[0], f"{where}[{i}]")
+    elif isinstance(shape, dict) and set(shape) == {str}:  # a map of strings (trigger metadata)
+        assert isinstance(value, dict) and value, f"{where}: a non-empty map"
+        for key, item in value.items():
+            assert isinstance(item, str), f"{where}.{key}: {item!r} must be a string (the CRD's map[string]string)"
+    elif isinstance(shape, dict):
+        assert isinstance(value, dict), f"{where}: an object"
+        unknown = set(value) - set(shape)
+        assert not unknown, f"{where}: unknown fields {sorted(unknown)} (expected some of {sorted(shape)})"
+        for key, item in value.items():
+            _check_shape(item, shape[key], f"{where}.{key}")
+    else:
+        assert isinstance(value, shape) and not (shape is int and isinstance(value, bool)), (
+            f"{where}: {value!r} is not {shape.__name__}"
+        )
+
+
+def _check_scaled_object(doc: Doc) -> None:
+    """The ScaledObject's structure (KEDA's CRD) and the rules KEDA's admission webhook enforces."""
+    spec = doc["spec"]
+    _check_shape(spec, SCALED_OBJECT_SPEC, f"ScaledObject/{doc['metadata']['name']}.spec")
+    assert set(spec) >= SCALED_OBJECT_REQUIRED
+    assert "name" in spec["scaleTargetRef"]
+    low, high = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    assert 0 <= low <= high, f"minReplicaCount {low} > maxReplicaCount {high}"
+    if "fallback" in spec:
+        fallback = spec["fallback"]
+        assert fallback["failureThreshold"] >= 1, "fallback failureThreshold"
+        assert low <= fallback["replicas"] <= high, f"fallback replicas {fallback['replicas']} outside {low}..{high}"
+        # KEDA applies a fallback only to AverageValue triggers (the default metricType).
+        assert all(t.get("metricType", "AverageValue") == "AverageValue" for t in spec["triggers"])
+    behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")
+    if behavior:  # an autoscaling/v2 HPA behavior: let the Kubernetes schema judge it
+        hpa = {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": "keda-hpa-check"},
+            "spec": {"scaleTargetRef": spec["scaleTargetRef"], "maxReplicas": max(high, 1), "behavior": behavior},
+        }
+        kubernetes_validate.validate(hpa, KUBERNETES_VERSION, strict=True)
+    for trigger in spec["triggers"]:
+        if trigger["type"] == "prometheus":
+            meta = trigger["metadata"]
+            assert {"serverAddress", "query", "threshold"} <= set(meta), meta
+            assert re.fullmatch(r"https?://[\w.\-]+(:\d+)?", meta["serverAddress"]), meta["serverAddress"]
+            assert float(meta["threshold"]) > 0
+            assert meta["query"].count("(") == meta["query"].count(")"), meta["query"]
+
+
 def test_custom_resources_have_no_bundled_schema_and_are_checked_structurally():
     crds = [d for _, d in MANIFESTS if d["kind"] in CRD_API_VERSIONS]
     assert {d["kind"] for d in crds} == set(CRD_API_VERSIONS)
@@ -284,7 +400,29 @@ def test_custom_resources_have_no_bundled_schema_and_are_checked_structurally():
         assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
         assert doc["apiVersion"] == CRD_API_VERSIONS[doc["kind"]]
         assert doc["metadata"]["namespace"] == "medmlops" and doc["metadata"]["name"]
-        assert "release" in doc["metadata"]["labels"], "Prometheus selects rules and monitors by label"
+        if doc["apiVersion"].startswith("monitoring.coreos.com/"):
+            assert "release" in doc["metadata"]["labels"], "Prometheus selects rules and monitors by label"
+        if doc["kind"] == "ScaledObject":
+            _check_scaled_object(doc)
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda s: s["triggers"][0]["metadata"].update(threshold=25), "must be a string"),
+        (lambda s: s.update(maxReplicas=4), "unknown fields"),
+        (lambda s: s["scaleTargetRef"].update(namespace="medmlops"), "unknown fields"),
+        (lambda s: s.update(minReplicaCount=5, maxReplicaCount=2), "minReplicaCount"),
+        (lambda s: s["fallback"].update(replicas=99), "fallback replicas"),
+    ],
+    ids=["number-metadata", "hpa-field-name", "unknown-ref-field", "min-above-max", "fallback-above-max"],
+)
+def test_scaled_object_structural_check_rejects_what_keda_would(mutation, message):
+    doc = yaml.safe_load(yaml.safe_dump(_find("ScaledObject", "monitoring-worker")))
+    _check_scaled_object(doc)  # the real one passes
+    mutation(doc["spec"])
+    with pytest.raises(AssertionError, match=message):
+        _check_scaled_object(doc)
 
 
 def test_service_monitors_select_services_with_the_named_port():
@@ -320,7 +458,8 @@ def test_prometheus_rule_alerts_are_well_formed_and_cover_the_platform_metrics()
         assert re.fullmatch(r"\d+[smh]", alert["for"])
         assert alert["expr"].count("(") == alert["expr"].count(")"), alert["alert"]
     expressions = " ".join(a["expr"] for a in alerts)
-    for metric in ("medmlops_informer_flag_rate", "medmlops_drift_share", "bentoml_service_request_total"):
+    for metric in ("medmlops_informer_flag_rate", "medmlops_drift_share", "bentoml_service_request_total",
+                   "medmlops_monitoring_queue_depth"):  # fmt: skip
         assert metric in expressions, f"no alert on {metric}"
     assert re.search(r'http_response_code=~"5\.\."', expressions), "no 5xx alert on BentoML requests"
 
@@ -332,10 +471,13 @@ def test_base_images_equal_params_images():
     images = load_params(REPO / "params.yaml").images
     pinned = {i["name"]: i for i in _kustomization(BASE)["images"]}
     assert set(pinned) == {images.train, images.serve}
-    for kind in ("train", "serve"):
-        entry = pinned[getattr(images, kind)]
-        assert f"{entry['newName']}:{entry['newTag']}" == images.ref(kind)
-        assert isinstance(entry["newTag"], str)
+    by_name = {images.train: "train", images.serve: "serve"}
+    # Every kustomization that maps an image (base, the GPU-worker component) maps it to params.yaml's.
+    for directory in (k.parent for k in KUSTOMIZATIONS):
+        for entry in _kustomization(directory).get("images", []):
+            assert entry["name"] in by_name, f"{_rel(directory)}: unknown image {entry['name']}"
+            assert f"{entry['newName']}:{entry['newTag']}" == images.ref(by_name[entry["name"]]), _rel(directory)
+            assert isinstance(entry["newTag"], str)
 
 
 def test_every_container_image_is_pinned():
@@ -455,17 +597,29 @@ def test_checkov_skips_are_annotated_with_a_justification():
 # ---- the platform's wiring -----------------------------------------------------------------------------
 
 
+def _spool_claim(statefulset: Doc) -> Doc:
+    """The volumeClaimTemplate behind the serving container's spool mount (fails when the spool is not a PVC)."""
+    container = statefulset["spec"]["template"]["spec"]["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == SPOOL)
+    volumes = {v["name"] for v in statefulset["spec"]["template"]["spec"].get("volumes", [])}
+    assert mount["name"] not in volumes, f"the spool is a pod volume ({mount['name']}), gone with the pod"
+    claims = {c["metadata"]["name"]: c for c in statefulset["spec"].get("volumeClaimTemplates", [])}
+    assert mount["name"] in claims, f"the spool mount {mount['name']} is no volumeClaimTemplate"
+    return claims[mount["name"]]
+
+
 @pytest.mark.parametrize("family", sorted(load_params(REPO / "params.yaml").registry.gates))
-def test_serving_family_deployment_service_hpa_pdb(family):
+def test_serving_family_statefulset_service_hpa_pdb(family):
     params = load_params(REPO / "params.yaml")
-    deployment = _find("Deployment", family)
+    deployment = _find("StatefulSet", family)
+    assert not [d for d in BASE_DOCS if d["kind"] == "Deployment" and d["metadata"]["name"] == family]
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["image"] == params.images.serve
     assert container["command"] == [
         "medmlops", "serve", family, "--alias", "champion", "--host", "0.0.0.0", "--port", "3000",
-        "--spool-dir", "/var/spool/medmlops",
+        "--spool-dir", SPOOL,
     ]  # fmt: skip
-    assert {"name": "spool", "mountPath": "/var/spool/medmlops"} in container["volumeMounts"]
+    assert {"name": "spool", "mountPath": SPOOL} in container["volumeMounts"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     env = {e["name"]: e for e in container["env"]}
@@ -480,22 +634,55 @@ def test_serving_family_deployment_service_hpa_pdb(family):
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
 
     service = _find("Service", family)
+    assert deployment["spec"]["serviceName"] == family
     assert _selector_matches({"matchLabels": service["spec"]["selector"]}, _pod_labels(deployment))
     hpa = _find("HorizontalPodAutoscaler", family)
     assert hpa["apiVersion"] == "autoscaling/v2"
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": family}
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": family}
     assert 1 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
     pdb = _find("PodDisruptionBudget", family)
     assert _selector_matches(pdb["spec"]["selector"], _pod_labels(deployment))
     assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"], "a PDB at minReplicas blocks every drain"
 
 
+@pytest.mark.parametrize("family", sorted(load_params(REPO / "params.yaml").registry.gates))
+@pytest.mark.reliability(
+    "Faults",
+    "serving pod deleted or its node lost with records not yet delivered to monitoring",
+    "the spool is a PersistentVolumeClaim per pod, retained on deletion and scale-down; the pod drains it on SIGTERM",
+)
+def test_serving_spool_is_a_retained_volume_per_pod_and_the_drain_fits_the_grace_period(family):
+    statefulset = _find("StatefulSet", family)
+    claim = _spool_claim(statefulset)
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert _to_number(claim["spec"]["resources"]["requests"]["storage"]) >= 2**30
+    # Retain (the default, stated): a deleted pod or a scaled-away ordinal keeps its records for when it returns.
+    assert statefulset["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": "Retain",
+        "whenScaled": "Retain",
+    }
+    # SIGTERM comes after preStop; then BentoML finishes requests in flight and the forwarder drains the spool for
+    # MEDMLOPS_SPOOL_DRAIN_S. All of it must end before the kubelet's SIGKILL at terminationGracePeriodSeconds.
+    pod = statefulset["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    drain = float({e["name"]: e for e in container["env"]}["MEDMLOPS_SPOOL_DRAIN_S"]["value"])
+    assert pre_stop >= 1 and drain >= 5
+    in_flight = 10  # seconds left for predictions in flight
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + in_flight, (pre_stop, drain)
+
+
 def test_platform_commands():
     commands = {d["metadata"]["name"]: _pod_spec(d)["containers"][0].get("command") for d in _workloads()}
-    assert commands["monitoring"] == ["medmlops", "monitor", "serve", "--host", "0.0.0.0", "--port", "8080"]
+    # The HTTP service runs no INFORMER worker: the monitoring-worker Deployment does that work.
+    assert commands["monitoring"] == [
+        "medmlops", "monitor", "serve", "--host", "0.0.0.0", "--port", "8080", "--no-worker",
+    ]  # fmt: skip
+    assert commands["monitoring-worker"][:3] == ["medmlops", "monitor", "worker"]
     # Beyond loopback the service refuses to start without a write token; serving sends the same one.
-    for name in ("monitoring", "cxr-findings", "ich-prognosis", "covid-prognosis"):
-        env = {e["name"]: e for e in _pod_spec(_find("Deployment", name))["containers"][0]["env"]}
+    for kind, name in (("Deployment", "monitoring"), *(("StatefulSet", f) for f in ("cxr-findings", "ich-prognosis",
+                                                                                    "covid-prognosis"))):  # fmt: skip
+        env = {e["name"]: e for e in _pod_spec(_find(kind, name))["containers"][0]["env"]}
         ref = env["MEDMLOPS_MONITORING_TOKEN"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "medmlops-monitoring-token", "key": "token"}, name
     assert commands["evidently-ui"] == [
@@ -532,15 +719,135 @@ def test_services_and_network_policies_select_existing_pods():
             for peer in rule.get("from", []):
                 if "podSelector" in peer and "namespaceSelector" not in peer:
                     assert any(_selector_matches(peer["podSelector"], p) for p in pods), (policy, peer)
-    # Every long-running workload is reachable by someone (else its port is dead behind the deny-all)...
+    # Every long-running workload with a port is reachable by someone (else its port is dead behind the deny-all)...
     allowed = [p for p in policies if p is not deny]
     for doc in _workloads():
         if doc["kind"] in ONE_SHOT_KINDS or doc["metadata"]["name"] == "evidently-ui":  # UI: port-forward only
+            continue
+        if not any(c.get("ports") for c, _ in _containers(_pod_spec(doc))):  # the worker: it only calls out
             continue
         assert any(_selector_matches(p["spec"]["podSelector"], _pod_labels(doc)) for p in allowed), doc["metadata"]
     # ... and the pipelines (namespace kubeflow) reach MLflow.
     mlflow_rule = _find("NetworkPolicy", "mlflow-from-clients")["spec"]["ingress"][0]["from"]
     assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kubeflow"}}} in mlflow_rule
+
+
+def _worker(docs: list[Doc] = BASE_DOCS) -> Doc:
+    return _find("Deployment", "monitoring-worker", docs)
+
+
+def test_monitoring_worker_runs_the_worker_against_the_monitoring_database():
+    params = load_params(REPO / "params.yaml")
+    worker = _worker()
+    pod = worker["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == params.images.serve, "the monitoring image (CPU torch) by default"
+    assert container["command"] == ["medmlops", "monitor", "worker", "--workers", "1"], "one process per pod"
+    env = {e["name"]: e for e in container["env"]}
+    api_env = {
+        e["name"]: e for e in _find("Deployment", "monitoring")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    database = {"name": "medmlops-monitoring-db", "key": "database-url"}
+    assert env["MEDMLOPS_MONITORING_DB_URL"]["valueFrom"]["secretKeyRef"] == database
+    assert env["MEDMLOPS_MONITORING_DB_URL"] == api_env["MEDMLOPS_MONITORING_DB_URL"], "one database, API and workers"
+    assert not any(arg.startswith("--db-url") for arg in container["command"]), "a password in argv is in /proc"
+    tracking = {"name": params.kubeflow.mlflow_secret, "key": "tracking-uri"}
+    assert env["MLFLOW_TRACKING_URI"]["valueFrom"]["secretKeyRef"] == tracking, "models come from the registry"
+    assert "MEDMLOPS_MONITORING_TOKEN" not in env, "a worker writes to the database, never to the HTTP API"
+    threads = {"containerName": container["name"], "resource": "limits.cpu", "divisor": "1"}
+    assert env["OMP_NUM_THREADS"]["valueFrom"]["resourceFieldRef"] == threads
+    assert "replicas" not in worker["spec"], "KEDA owns the replica count"
+    assert "nvidia.com/gpu" not in container["resources"]["limits"] and "nodeSelector" not in pod, "CPU by default"
+    # Nothing calls a worker: no port, no Service; it calls PostgreSQL and MLflow through the deny-all.
+    assert not container.get("ports")
+    services = [d for d in BASE_DOCS if d["kind"] == "Service"]
+    assert not [s for s in services if _selector_matches({"matchLabels": s["spec"]["selector"]}, _pod_labels(worker))]
+    for name in ("postgres-from-clients", "mlflow-from-clients"):
+        peers = [peer for rule in _find("NetworkPolicy", name)["spec"]["ingress"] for peer in rule["from"]]
+        assert any(
+            "namespaceSelector" not in peer and _selector_matches(peer["podSelector"], _pod_labels(worker))
+            for peer in peers
+            if "podSelector" in peer
+        ), f"{name} does not let the workers in"
+
+
+@pytest.mark.parametrize(("age_s", "healthy"), [(5, True), (600, False), (None, False)], ids=["fresh", "stale", "none"])
+def test_monitoring_worker_probes_follow_its_heartbeat(tmp_path, age_s, healthy):
+    """The probes run as written in the manifest (python from this venv): a fresh heartbeat passes, a stale or
+    missing one fails."""
+    container = _pod_spec(_worker())["containers"][0]
+    heartbeat = {e["name"]: e for e in container["env"]}[HEARTBEAT_ENV]["value"]
+    assert any(heartbeat.startswith(m["mountPath"] + "/") for m in container["volumeMounts"]), "a writable volume"
+    commands = {
+        tuple(container[probe]["exec"]["command"]) for probe in ("startupProbe", "readinessProbe", "livenessProbe")
+    }
+    assert len(commands) == 1, "one heartbeat check"
+    command = list(commands.pop())
+    assert command[0] == "python"
+    beat = tmp_path / "heartbeat"
+    if age_s is not None:
+        beat.write_text("")
+        os.utime(beat, (time.time() - age_s, time.time() - age_s))
+    environment = {**os.environ, HEARTBEAT_ENV: str(beat)}
+    done = subprocess.run([sys.executable, *command[1:]], env=environment, capture_output=True, text=True, timeout=60)
+    assert (done.returncode == 0) == healthy, done.stderr
+
+
+def _exported_metrics(tmp_path: Path) -> dict[str, str]:
+    """Name → type of every metric family on the monitoring service's /metrics (a real, empty store)."""
+    from medmlops.monitoring.metrics import MonitoringMetrics
+    from medmlops.monitoring.store import Store
+
+    store = Store(f"sqlite:///{tmp_path / 'monitoring.db'}")
+    try:
+        text, _ = MonitoringMetrics(store).render()
+    finally:
+        store.close()
+    return dict(re.findall(r"^# TYPE (\S+) (\S+)$", text.decode(), flags=re.MULTILINE))
+
+
+@pytest.mark.reliability(
+    "Load",
+    "INFORMER work outgrowing the workers (traffic bursts, a new model version)",
+    "KEDA adds worker pods on the queue depth the monitoring service exports; a backlog alert when they cannot",
+)
+def test_workers_scale_on_the_queue_depth_the_monitoring_service_exports(tmp_path):
+    scaled = _find("ScaledObject", "monitoring-worker")
+    worker = _worker()
+    assert scaled["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "monitoring-worker",
+    }
+    assert worker["metadata"]["name"] == scaled["spec"]["scaleTargetRef"]["name"]
+    hpas = [d for d in BASE_DOCS if d["kind"] == "HorizontalPodAutoscaler"]
+    assert not [h for h in hpas if h["spec"]["scaleTargetRef"]["name"] == "monitoring-worker"], "KEDA makes the HPA"
+    assert scaled["spec"]["minReplicaCount"] >= 1, "a worker is always up: flags follow the records within seconds"
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "prometheus"
+    query = trigger["metadata"]["query"]
+    selectors = re.findall(r"([a-zA-Z_:][\w:]*)\{([^}]*)\}", query)
+    assert selectors, query
+    exported = _exported_metrics(tmp_path)
+    monitor = _find("ServiceMonitor", "medmlops-monitoring")
+    services = [d for d in BASE_DOCS if d["kind"] == "Service"]
+    scraped = [
+        s["metadata"]["name"]
+        for s in services
+        if _selector_matches(monitor["spec"]["selector"], s["metadata"]["labels"])
+    ]
+    assert scraped == ["monitoring"]
+    for metric, matchers in selectors:
+        assert exported.get(metric) == "gauge", f"{metric}: not a gauge on the monitoring /metrics {sorted(exported)}"
+        # Prometheus labels each target with its namespace and Service (the ServiceMonitor's).
+        assert dict(re.findall(r'(\w+)="([^"]*)"', matchers)) == {"namespace": "medmlops", "service": scraped[0]}
+    # The gauge reads the database at scrape time: every monitoring pod reports the whole queue. Max, not sum.
+    assert re.match(r"sum\(max by \(family\) \(", query), query
+    # The Prometheus KEDA asks is the one k8s/README.md installs, and KEDA is installed at a stated version.
+    readme = (K8S / "README.md").read_text()
+    assert trigger["metadata"]["serverAddress"] == "http://kube-prometheus-stack-prometheus.monitoring.svc:9090"
+    assert "helm install kube-prometheus-stack prometheus-community/kube-prometheus-stack -n monitoring" in readme
+    assert re.search(r"helm install keda kedacore/keda --version \d+\.\d+\.\d+ -n keda", readme)
 
 
 def test_pipeline_data_volume_matches_params():
@@ -561,6 +868,8 @@ def test_overlays_render_and_validate(rendered):
     refs = {params.images.ref("train"), params.images.ref("serve")}
     for name, docs in rendered.items():
         for doc in docs:
+            if doc["kind"] == "ScaledObject":
+                _check_scaled_object(doc)
             if doc["kind"] in CRD_API_VERSIONS:
                 continue
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
@@ -570,6 +879,14 @@ def test_overlays_render_and_validate(rendered):
                 assert "/" in image and ":" in image, f"{name}: {image} was not rewritten by kustomize images"
                 if "medmlops" in image:
                     assert image in refs, f"{name}: {image} is not params.yaml's"
+        if name == "pipelines":
+            continue
+        # What the patches must not undo: the serving spool on a PVC, the workers scaled by KEDA on the queue.
+        for family in params.registry.gates:
+            _spool_claim(_find("StatefulSet", family, docs))
+        scaled = _find("ScaledObject", "monitoring-worker", docs)
+        assert scaled["spec"]["scaleTargetRef"]["name"] == _worker(docs)["metadata"]["name"]
+        assert _pod_spec(_worker(docs))["containers"][0]["command"][:3] == ["medmlops", "monitor", "worker"]
 
 
 def test_dev_overlay_is_small_and_keeps_the_in_cluster_stores(rendered):
@@ -578,6 +895,8 @@ def test_dev_overlay_is_small_and_keeps_the_in_cluster_stores(rendered):
         assert doc["spec"]["minReplicas"] == 1 and doc["spec"]["maxReplicas"] <= 2
     for doc in (d for d in dev if d["kind"] == "PodDisruptionBudget"):
         assert "minAvailable" not in doc["spec"] and doc["spec"]["maxUnavailable"] == 1
+    scaled = _find("ScaledObject", "monitoring-worker", dev)["spec"]
+    assert scaled["minReplicaCount"] == 1 and scaled["maxReplicaCount"] <= 2
     _find("Deployment", "minio", dev)
     _find("StatefulSet", "postgres", dev)
     assert all(d["metadata"]["labels"]["app.kubernetes.io/part-of"] == "medmlops" for d in dev)
@@ -596,11 +915,42 @@ def test_prod_overlay_scales_up_and_drops_minio(rendered):
         settings["data"]["MLFLOW_ARTIFACTS_DESTINATION"]
         != _find("ConfigMap", "medmlops-settings")["data"]["MLFLOW_ARTIFACTS_DESTINATION"]
     )
-    serving = _find("Deployment", "ich-prognosis", prod)["spec"]["template"]["spec"]["containers"][0]
-    base_serving = _find("Deployment", "ich-prognosis")["spec"]["template"]["spec"]["containers"][0]
+    serving = _find("StatefulSet", "ich-prognosis", prod)["spec"]["template"]["spec"]["containers"][0]
+    base_serving = _find("StatefulSet", "ich-prognosis")["spec"]["template"]["spec"]["containers"][0]
     assert _to_number(serving["resources"]["limits"]["memory"]) > _to_number(
         base_serving["resources"]["limits"]["memory"]
     )
+    for family in load_params(REPO / "params.yaml").registry.gates:
+        size = _spool_claim(_find("StatefulSet", family, prod))["spec"]["resources"]["requests"]["storage"]
+        base_size = _spool_claim(_find("StatefulSet", family))["spec"]["resources"]["requests"]["storage"]
+        assert _to_number(size) > _to_number(base_size), "room for a long monitoring outage"
+    scaled, base_scaled = _find("ScaledObject", "monitoring-worker", prod), _find("ScaledObject", "monitoring-worker")
+    assert scaled["spec"]["minReplicaCount"] >= 2, "one worker may be rescheduled at any time"
+    assert scaled["spec"]["maxReplicaCount"] > base_scaled["spec"]["maxReplicaCount"]
+    worker, base_worker = _worker(prod), _worker()
+    limits = [_pod_spec(w)["containers"][0]["resources"]["limits"]["memory"] for w in (worker, base_worker)]
+    assert _to_number(limits[0]) > _to_number(limits[1])
+
+
+def test_gpu_worker_component_puts_the_workers_on_the_gpu_pool(rendered):
+    """k8s/components/monitoring-worker-gpu on prod: the CUDA image, one GPU per worker, params.yaml's GPU pool."""
+    params = load_params(REPO / "params.yaml")
+    train = params.kubeflow.train
+    gpu, prod = rendered["prod-gpu-worker"], rendered["prod"]
+    pod = _pod_spec(_worker(gpu))
+    container = pod["containers"][0]
+    assert container["image"] == params.images.ref("train"), "torch's CUDA wheels are in the train image only"
+    assert container["command"] == [*_pod_spec(_worker(prod))["containers"][0]["command"], "--device", "cuda"]
+    assert container["resources"]["limits"][train.accelerator_type] == 1
+    assert pod["nodeSelector"] == train.node_selector
+    assert pod["tolerations"] == [
+        {k: v for k, v in dataclasses.asdict(t).items() if v != ""} for t in train.tolerations
+    ]
+    # Only the workers change: the API and everything else render as in prod.
+    changed = {(d["kind"], d["metadata"]["name"]) for d in gpu if d not in prod}
+    assert changed == {("Deployment", "monitoring-worker"), ("ScaledObject", "monitoring-worker")}
+    readme = (K8S / "README.md").read_text()
+    assert "../../components/monitoring-worker-gpu" in readme
 
 
 def _checkov(directory: Path, framework: str = "kubernetes") -> subprocess.CompletedProcess[str]:
