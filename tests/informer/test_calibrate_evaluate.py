@@ -42,8 +42,15 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
     calibration = load_calibration("cxr-findings", version, contract)
     classes = contract.output_names()
     assert calibration["classes"] == classes and len(classes) == 5
-    assert set(calibration["methods"]) == {"ixg", "lrp"} and set(calibration["baselines"]) == {"msr", "entropy", "tta"}
+    assert set(calibration["methods"]) == {"ixg", "lrp"}
+    assert set(calibration["baselines"]) == {"msr", "entropy", "energy", "tta"}
     assert contract.informer["method"] == "ixg" and contract.informer["tau"] == calibration["methods"]["ixg"]["tau"]
+    # The logit tier: one score chosen by validation AURC, its per-class tau and direction; the contract carries it.
+    tier = calibration["logit_tier"]
+    assert tier["score"] in {"msr", "entropy", "energy"} and set(tier["selection"]) == {"msr", "entropy", "energy"}
+    assert len(tier["tau"]) == len(tier["direction"]) == len(classes)
+    assert tier["tau"] == [calibration["baselines"][tier["score"]]["tau"][c] for c in classes]
+    assert contract.informer["logit_tier"] == tier
     for fit in calibration["methods"].values():
         for cls in classes:
             assert fit["f1_after"][cls] >= fit["f1_before"][cls]  # the search never picks a worse threshold
@@ -96,6 +103,7 @@ def test_multi_task_family_calibrates_with_its_heads_as_classes(in_project):
     assert guarded["methods"]["ixg"]["too_few"] == guarded["classes"]
     assert set(guarded["methods"]["ixg"]["tau"].values()) == {None}
     assert set(guarded["baselines"]["msr"]["tau"].values()) == {None}
+    assert guarded["logit_tier"]["tau"] == [None] * 4
 
 
 def test_evaluate_writes_the_papers_table_figure_and_fd_shifts(in_project, capsys):

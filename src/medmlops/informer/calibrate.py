@@ -4,12 +4,13 @@ The calibration uses the validation split of the fold whose weights were registe
 trained on and the prediction thresholds were chosen on, as in Shu et al.). It stores, with the model version:
 
 * ``informer/calibration.json``: per saliency method and per class the threshold τ_c and flag direction; the
-  baselines' (MSR, entropy, TTA) thresholds from the same grid search; the embedding PCA; validation F1 before
-  and after flag-and-swap;
+  baselines' (MSR, entropy, energy, TTA) thresholds from the same grid search; the logit tier (the logit score
+  monitoring flags by at ingest, see :mod:`medmlops.informer.logit_tier`); the embedding PCA; validation F1
+  before and after flag-and-swap;
 * ``informer/reference.csv``: the per-image features of the fold's held-out images, validation and test split
   (the drift reports' reference; see :func:`reference_features`);
-* ``contract.json`` rewritten with its ``informer`` field filled (method, direction, τ, baselines' τ), so
-  everything that reads the contract sees the calibration.
+* ``contract.json`` rewritten with its ``informer`` field filled (method, direction, τ, baselines' τ, the logit
+  tier), so everything that reads the contract sees the calibration.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import torch
 
 from medmlops.config import Params
 from medmlops.errors import UserError
-from medmlops.informer import scores
+from medmlops.informer import logit_tier, scores
 from medmlops.informer.outputs import batched_outputs, feature_frame
 from medmlops.interpret.saliency import METHODS, LogitsModel
 from medmlops.registry.contract import ModelContract
@@ -96,9 +97,12 @@ def version_split(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def baseline_scores(outputs: dict[str, Any]) -> dict[str, np.ndarray]:
-    """The baselines' per-class uncertainty scores: MSR, predictive entropy and (when computed) TTA's std."""
+def baseline_scores(outputs: dict[str, Any], contract: ModelContract | None = None) -> dict[str, np.ndarray]:
+    """The baselines' per-class uncertainty scores: MSR, predictive entropy, with the ``contract`` the free energy
+    (it needs the heads' layout; computed as the logit tier computes it at ingest) and (when computed) TTA's std."""
     out = {"msr": outputs["msr"], "entropy": outputs["entropy"]}
+    if contract is not None:
+        out["energy"] = scores.logit_energy(contract, outputs["logits"])
     if "tta" in outputs:
         out["tta"] = outputs["tta"]
     return out
@@ -140,23 +144,26 @@ def fit_calibration(
 ) -> dict[str, Any]:
     """The calibration dict from validation outputs (:func:`~medmlops.informer.outputs.batched_outputs`) and
     per-logit targets; classes with fewer than ``min_per_class`` validation positives or negatives get no τ (see
-    scores.fit_flag_threshold)."""
+    scores.fit_flag_threshold). The ``logit_tier`` section reuses the baseline fit of the logit score with the
+    lowest validation AURC (:func:`~medmlops.informer.logit_tier.tier_calibration`)."""
     classes = contract.output_names()
     predictions = outputs["predictions"]
     fitted = {
         m: fit_scores(outputs["d"][m], targets, predictions, classes, direction, step, min_per_class) for m in methods
     }
+    candidates = baseline_scores(outputs, contract)
     baselines = {
         name: fit_scores(score, targets, predictions, classes, scores.SCORE_DIRECTIONS[name], step, min_per_class)
-        for name, score in baseline_scores(outputs).items()
+        for name, score in candidates.items()
     }
+    tier = logit_tier.tier_calibration(candidates, baselines, targets, predictions, classes, min_per_class)
     emb = outputs["embedding"]
     mean = emb.mean(axis=0)
     k = int(min(n_pcs, emb.shape[0] - 1, emb.shape[1]))
     components = np.linalg.svd(emb - mean, full_matrices=False)[2][:k] if k > 0 else np.zeros((0, emb.shape[1]))
     return {
         "schema": SCHEMA, "family": contract.family, "method": methods[0], "direction": direction, "step": step,
-        "classes": classes, "methods": fitted, "baselines": baselines,
+        "classes": classes, "methods": fitted, "baselines": baselines, logit_tier.SECTION: tier,
         "pca": {"mean": mean.tolist(), "components": components.tolist()},
         "n_validation": int(len(targets)), "min_per_class": int(min_per_class),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -164,14 +171,16 @@ def fit_calibration(
 
 
 def contract_summary(calibration: dict[str, Any]) -> dict[str, Any]:
-    """What the model contract carries: the primary method's τ and direction and the baselines' τ."""
+    """What the model contract carries: the primary method's τ and direction, the baselines' τ and the logit tier
+    (its section as the calibration stores it; absent from calibrations made before the tier existed)."""
     method = calibration["method"]
+    tier = {logit_tier.SECTION: calibration[logit_tier.SECTION]} if logit_tier.SECTION in calibration else {}
     return {
         "method": method, "direction": calibration["direction"], "tau": calibration["methods"][method]["tau"],
         "methods": {m: {"direction": f["direction"], "tau": f["tau"]} for m, f in calibration["methods"].items()},
         "baselines": {b: {"direction": f["direction"], "tau": f["tau"]} for b, f in calibration["baselines"].items()},
         "n_validation": calibration["n_validation"], "created_at": calibration["created_at"],
-        "artifact": CALIBRATION_FILE,
+        "artifact": CALIBRATION_FILE, **tier,
     }  # fmt: skip
 
 

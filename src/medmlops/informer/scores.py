@@ -7,18 +7,22 @@ threshold, one class of a softmax head); each has a binary prediction that a fla
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from medmlops.registry.contract import ModelContract
+from medmlops.registry.contract import ModelContract, TaskSpec
+
+if TYPE_CHECKING:
+    import torch
 
 DIRECTIONS = ("low", "high")
 
 # Which side of the threshold is "uncertain" for each score (INFORMER's is a param; the paper: low distinctiveness
-# = similar class maps = an uncertain model).
-SCORE_DIRECTIONS = {"msr": "low", "entropy": "high", "tta": "high"}
+# = similar class maps = an uncertain model). Energy is the free energy (Liu et al. 2020): low = confident.
+SCORE_DIRECTIONS = {"msr": "low", "entropy": "high", "energy": "high", "tta": "high"}
 
 
 def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -30,6 +34,9 @@ def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.n
     Returns:
         ``(B, C)``; each entry in ``[0, 2 (C - 1)]``. A map that is all zeros has cosine 0 with every other map.
     """
+    # Imported here: the logit-only scores below run at monitoring ingest, where nothing else needs torch.
+    import torch
+
     s = torch.as_tensor(maps, dtype=torch.float64).flatten(2)
     unit = s / s.norm(dim=2, keepdim=True).clamp_min(eps)
     cos = unit @ unit.transpose(1, 2)  # (B, C, C)
@@ -43,18 +50,31 @@ def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.n
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def head_slices(contract: ModelContract) -> Iterator[tuple[TaskSpec, slice]]:
+    """Each task with the columns of its logits in the ``(N, C)`` output, in contract order."""
+    start = 0
+    for spec in contract.tasks:
+        yield spec, slice(start, start + spec.n_logits)
+        start += spec.n_logits
+
+
+def _logsumexp(block: np.ndarray) -> np.ndarray:
+    """``log sum exp`` over axis 1, shifted by the row maximum so large logits do not overflow."""
+    top = block.max(axis=1, keepdims=True)
+    return (top + np.log(np.exp(block - top).sum(axis=1, keepdims=True)))[:, 0]
+
+
 def logit_probabilities(contract: ModelContract, logits: np.ndarray) -> np.ndarray:
     """``(N, C)`` probability of each logit's positive side: sigmoid, or the softmax within a multiclass head."""
     logits = np.asarray(logits, dtype=np.float64)
-    out, start = np.empty_like(logits), 0
-    for spec in contract.tasks:
-        block = logits[:, start : start + spec.n_logits]
+    out = np.empty_like(logits)
+    for spec, cols in head_slices(contract):
+        block = logits[:, cols]
         if spec.kind == "multiclass":
             e = np.exp(block - block.max(axis=1, keepdims=True))
-            out[:, start : start + spec.n_logits] = e / e.sum(axis=1, keepdims=True)
+            out[:, cols] = e / e.sum(axis=1, keepdims=True)
         else:
-            out[:, start : start + spec.n_logits] = 1.0 / (1.0 + np.exp(-block))
-        start += spec.n_logits
+            out[:, cols] = 1.0 / (1.0 + np.exp(-block))
     return out
 
 
@@ -62,17 +82,16 @@ def logit_predictions(contract: ModelContract, probs: np.ndarray) -> np.ndarray:
     """``(N, C)`` 0/1 predictions at the contract's thresholds (Youden for the findings classifier): binary and
     multilabel per logit; ordinal bits from the monotone decoding; multiclass one-hot of the argmax."""
     probs = np.asarray(probs)
-    out, start = np.zeros(probs.shape, dtype=np.int64), 0
-    for spec in contract.tasks:
-        block = probs[:, start : start + spec.n_logits]
+    out = np.zeros(probs.shape, dtype=np.int64)
+    for spec, cols in head_slices(contract):
+        block = probs[:, cols]
         if spec.kind == "multiclass":
-            out[np.arange(len(block)), start + block.argmax(axis=1)] = 1
+            out[np.arange(len(block)), cols.start + block.argmax(axis=1)] = 1
         elif spec.kind == "ordinal":
             level = np.cumprod(block >= np.asarray(spec.thresholds), axis=1).sum(axis=1)
-            out[:, start : start + spec.n_logits] = level[:, None] >= np.arange(1, spec.n_logits + 1)[None, :]
+            out[:, cols] = level[:, None] >= np.arange(1, spec.n_logits + 1)[None, :]
         else:
-            out[:, start : start + spec.n_logits] = block >= np.asarray(spec.thresholds)
-        start += spec.n_logits
+            out[:, cols] = block >= np.asarray(spec.thresholds)
     return out
 
 
@@ -110,6 +129,26 @@ def max_response(p: np.ndarray) -> np.ndarray:
     return np.maximum(p, 1 - p)
 
 
+def logit_energy(contract: ModelContract, logits: np.ndarray) -> np.ndarray:
+    """``(N, C)`` free energy ``E = -log sum_k exp(z_k)`` (Liu et al. 2020); lower = more confident.
+
+    A sigmoid logit ``z`` (binary, ordinal, multilabel) is the 2-class logit pair ``(0, z)``: ``E = -log(1 + e^z)``
+    (the per-label term of Wang et al.'s JointEnergy). A softmax head's energy is one value per image, given to each
+    of its classes. The binary form is monotone in ``z``, not in ``|z|``: a confident negative (``z << 0``) has
+    ``E ~ 0``, as high as it gets, so as a failure score it favours positive predictions; the calibration's
+    AURC selection decides whether that ranking beats the maximum response on a model's validation split.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    out = np.empty_like(logits)
+    for spec, cols in head_slices(contract):
+        block = logits[:, cols]
+        if spec.kind == "multiclass":
+            out[:, cols] = -_logsumexp(block)[:, None]
+        else:
+            out[:, cols] = -np.logaddexp(0.0, block)  # stable for |z| in the hundreds, where exp(z) overflows
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Flags and the threshold search
 # ---------------------------------------------------------------------------------------------------------------
@@ -139,6 +178,14 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     fn = (~pred & y).sum(axis=1)
     denominator = 2 * tp + fp + fn
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def too_few_cases(y_true: np.ndarray, min_per_class: int) -> bool:
+    """Fewer than ``min_per_class`` positives or negatives among the known 0/1 targets ``y_true`` (NaN = unknown):
+    too few to fit a τ or rank scores on (see :func:`fit_flag_threshold`)."""
+    y = np.asarray(y_true, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    return min(int((y == 1).sum()), int((y == 0).sum())) < min_per_class
 
 
 @dataclass(frozen=True)
@@ -174,7 +221,7 @@ def fit_flag_threshold(
     before = float(f1_scores(y_true, y_pred[None, :])[0])
     if len(score) == 0:
         return ThresholdFit(None, before, before, 0)
-    if min(int(y_true.sum()), int((1 - y_true).sum())) < min_per_class:
+    if too_few_cases(y_true, min_per_class):
         return ThresholdFit(None, before, before, 0, too_few=True)
     lo = np.floor(score.min() / step) * step
     hi = np.ceil(score.max() / step) * step + step
@@ -214,6 +261,26 @@ def aurc(confidence: np.ndarray, errors: np.ndarray) -> float:
     coverage, risk, _ = _risk_steps(confidence, errors)
     widths = np.diff(np.r_[0.0, coverage])
     return float((risk * widths).sum())
+
+
+def class_aurc(
+    score: np.ndarray, direction: str, targets: np.ndarray, predictions: np.ndarray, min_per_class: int = 0
+) -> np.ndarray:
+    """``(C,)`` AURC of each class's score as the confidence of its own 0/1 prediction (error = prediction differs
+    from the known target; rows with NaN targets left out). The score is oriented by its flag ``direction`` so
+    that high = confident. NaN for a class with no known target or too few positives or negatives
+    (:func:`too_few_cases`, the rule that leaves it without a τ)."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    score, targets = np.asarray(score, dtype=np.float64), np.asarray(targets, dtype=np.float64)
+    confidence = score if direction == "low" else -score  # "low" flags low scores: a low score is the uncertain one
+    out = np.full(score.shape[1], np.nan)
+    for j in range(score.shape[1]):
+        keep = np.isfinite(targets[:, j])
+        if keep.any() and not too_few_cases(targets[keep, j], min_per_class):
+            errors = (np.asarray(predictions)[keep, j] != targets[keep, j]).astype(np.float64)
+            out[j] = aurc(confidence[keep, j], errors)
+    return out
 
 
 def eaurc(confidence: np.ndarray, errors: np.ndarray) -> float:
