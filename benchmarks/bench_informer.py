@@ -43,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from medmlops.informer.analyser import Analyser
-    from medmlops.interpret.saliency import LogitsModel, _gradients_per_class, captum_class_saliency, class_saliency
+    from medmlops.interpret.saliency import LogitsModel, captum_class_saliency, class_saliency, gradients_per_class
     from medmlops.models.cxr import FindingsDenseNet121
     from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 
@@ -58,7 +58,7 @@ def main() -> None:
 
     def floor() -> None:
         xg = x.clone().requires_grad_(True)
-        _gradients_per_class(model(xg), xg)
+        gradients_per_class(model(xg), xg)
 
     with torch.no_grad():
         t_forward = _timed(lambda: model(x), args.repeats)

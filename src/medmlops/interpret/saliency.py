@@ -171,7 +171,7 @@ def saliency(
     return attr.detach().cpu().numpy()
 
 
-def _gradients_per_class(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def gradients_per_class(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """d logits[:, c] / d x for every class c, from one forward graph → (B, C, *x.shape[1:])."""
     n_classes = logits.shape[1]
     eye = torch.eye(n_classes, dtype=logits.dtype, device=logits.device)
@@ -208,7 +208,7 @@ def class_saliency(
         xg = x.clone().requires_grad_(True)
         with torch.enable_grad():
             logits = model(xg)
-            maps = _gradients_per_class(logits, xg) * x.unsqueeze(1)
+            maps = gradients_per_class(logits, xg) * x.unsqueeze(1)
         logits = logits.detach()
     else:
         with torch.no_grad():
