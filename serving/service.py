@@ -7,8 +7,10 @@ torch forward, with BentoML's adaptive batching, so concurrent requests share on
 ``medmlops serve`` and passed in the environment (:meth:`~medmlops.inference.service.ServingSettings.from_env`).
 
 Every prediction is forwarded to monitoring as a :class:`~medmlops.inference.record.PredictionRecord` through a
-disk spool and a background sender (``medmlops.inference.forwarding``): off the request path, retried with backoff
-while monitoring is down, idempotent by request id.
+disk spool and a background sender (``medmlops.inference.forwarding``): off the request path, retried with jittered
+backoff while monitoring is down, idempotent by the record id (the server's; a client's ``X-Request-ID`` is kept as
+the record's ``correlation_id``). On SIGTERM, BentoML finishes the requests in flight and then runs
+``Gateway.drain``: the sender gets ``MEDMLOPS_SPOOL_DRAIN_S`` seconds to deliver the spool, the rest stays on disk.
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class Gateway:
         # A dropped keep-alive connection never reached the model (resent); BentoML's own errors mean it refused.
         resend_on, give_up_on = (aiohttp.ClientError,), (bentoml.exceptions.BentoMLException,)
         self.core = GatewayCore.from_registry(SETTINGS, resend_on=resend_on, give_up_on=give_up_on)
+
+    @bentoml.on_shutdown
+    def drain(self) -> None:
+        # Blocks this worker's event loop for at most the drain period: no request is left to serve by then.
+        self.core.close()
 
     @app.post("/predict")
     async def predict(self, request: Request) -> JSONResponse:

@@ -172,8 +172,13 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """Resolve ``FAMILY@ALIAS`` once, check its model and contract, then run the BentoML server in the foreground."""
     from medmlops import registry
+    from medmlops.inference.forwarding import prepare_spool
     from medmlops.registry import tracking
 
+    monitoring_url = args.monitoring_url or os.environ.get("MONITORING_URL", "")
+    spool = (Path(args.spool_dir) / args.family).resolve()
+    if monitoring_url:  # first: a spool the server's worker cannot use makes it restart forever, answering nothing
+        prepare_spool(spool)
     params = params_from_args(args)
     uri = registry.configure(params.registry)
     version = str(tracking.resolve_version(args.family, args.alias).version)  # one sentence if missing
@@ -183,8 +188,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         **os.environ, "MLFLOW_TRACKING_URI": uri, "MEDMLOPS_FAMILY": args.family, "MEDMLOPS_MODEL_VERSION": version,
         "MEDMLOPS_MAX_UPLOAD_BYTES": str(args.max_upload_bytes), "MEDMLOPS_BATCHING": "0" if args.no_batching else "1",
         "MEDMLOPS_MAX_BATCH_SIZE": str(args.max_batch_size), "MEDMLOPS_MAX_LATENCY_MS": str(args.max_latency_ms),
-        "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": args.monitoring_url or os.environ.get("MONITORING_URL", ""),
-        "MEDMLOPS_SPOOL_DIR": str((Path(args.spool_dir) / args.family).resolve()),
+        "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": monitoring_url, "MEDMLOPS_SPOOL_DIR": str(spool),
         "MEDMLOPS_ALIAS": "" if args.alias.isdigit() else args.alias, "MEDMLOPS_RELOAD_S": str(args.reload_s),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }  # fmt: skip

@@ -12,7 +12,14 @@ import json
 import numpy as np
 import pytest
 
-from medmlops.inference.record import PredictionRecord, RecordError, iso, request_id_from_header, unix_seconds
+from medmlops.inference.record import (
+    PredictionRecord,
+    RecordError,
+    correlation_id_from_header,
+    iso,
+    new_request_id,
+    unix_seconds,
+)
 from medmlops.monitoring.service import parse_labels
 
 from ..monitoring.records import make_record
@@ -126,7 +133,9 @@ def test_request_ids_inside_the_rule_pass_everywhere(request_id):
     wire = {**make_record("r1"), "request_id": request_id}
     assert PredictionRecord.parse(wire).request_id == request_id
     assert _built(request_id=request_id).request_id == request_id
-    assert request_id_from_header(request_id) == request_id
+    assert correlation_id_from_header(request_id) == request_id
+    assert _built(correlation_id=request_id).correlation_id == request_id
+    assert PredictionRecord.parse({**make_record("r1"), "correlation_id": request_id}).correlation_id == request_id
     assert parse_labels({"request_id": request_id, "labels": {"Edema": 1}}) == (request_id, {"Edema": 1})
 
 
@@ -141,15 +150,39 @@ def test_request_ids_outside_the_rule_are_refused_everywhere(request_id):
         with pytest.raises(RecordError, match=expected) as caught:
             make()
         assert (caught.value.field, caught.value.error, caught.value.status) == ("request_id", "bad_request_id", 422)
-    if request_id:  # an empty header means "none sent": serving makes one
+    for make in (
+        lambda: PredictionRecord.parse({**make_record("r1"), "correlation_id": request_id}),
+        lambda: _built(correlation_id=request_id),
+    ):
+        with pytest.raises(RecordError, match=expected.replace("must", "'correlation_id' must")) as caught:
+            make()
+        assert (caught.value.field, caught.value.error, caught.value.status) == (
+            "correlation_id", "bad_correlation_id", 422
+        )  # fmt: skip
+    if request_id:  # an empty header means "none sent"
         with pytest.raises(RecordError, match=expected) as caught:
-            request_id_from_header(request_id)
+            correlation_id_from_header(request_id)
         assert (caught.value.field, caught.value.error, caught.value.status) == ("X-Request-ID", "bad_request_id", 400)
 
 
-def test_a_missing_header_gets_a_fresh_id_inside_the_rule():
-    made = {request_id_from_header(None) for _ in range(20)} | {request_id_from_header("")}
-    assert len(made) == 21 and all(PredictionRecord.parse({**make_record("r"), "request_id": m}) for m in made)
+def test_record_ids_are_new_for_each_prediction_and_inside_the_rule():
+    made = {new_request_id() for _ in range(20)}
+    assert len(made) == 20 and all(PredictionRecord.parse({**make_record("r"), "request_id": m}) for m in made)
+    assert correlation_id_from_header(None) is None and correlation_id_from_header("") is None
+
+
+def test_the_correlation_id_travels_with_the_record_and_is_optional_on_the_wire():
+    record = _built(correlation_id="client-7")
+    wire = record.to_json()
+    assert wire["correlation_id"] == "client-7" and record.answer()["correlation_id"] == "client-7"
+    assert PredictionRecord.parse(json.loads(json.dumps(wire))) == record
+    # A record spooled before the field existed (or one without a client id) parses, and keeps the old wire form.
+    old = {key: value for key, value in make_record("r1").items() if key != "correlation_id"}
+    assert PredictionRecord.parse(old).correlation_id is None
+    assert PredictionRecord.parse({**old, "correlation_id": None}).correlation_id is None
+    assert "correlation_id" not in _built().to_json() and "correlation_id" not in _built().answer()
+    with pytest.raises(RecordError, match="'correlation_id' must be a string, not a number"):
+        PredictionRecord.parse({**old, "correlation_id": 7})
 
 
 def test_times_and_their_iso_form():

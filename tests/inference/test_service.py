@@ -1,14 +1,16 @@
 """``medmlops.inference.service``: the serving core without BentoML. A PNG upload goes through the contract's real
 preprocessing chain and a tiny torch model to the client's answer and the spooled record; the forward is resent
 when its connection drops and given up at once when the model service refuses; the answer is decoded with the
-contract of the version that computed it; a bad request id, a bad upload or a broken spool is an error naming it.
-The real BentoML server is exercised in ``tests/shells/serving``."""
+contract of the version that computed it; each prediction gets a record id of the server's own, a client's
+X-Request-ID being kept as its correlation id; a bad request id, a bad upload or a broken spool is an error naming
+it; closing gives the spool its bounded drain. The real BentoML server is exercised in ``tests/shells/serving``."""
 
 from __future__ import annotations
 
 import io
 import json
 import shutil
+import time
 
 import anyio
 import numpy as np
@@ -87,7 +89,8 @@ def test_an_upload_becomes_the_answer_and_its_record_is_spooled_first(gateway, t
     data = _png()
     answer = _predict(gateway, ModelService(VERSION_3), data, "case-0001")
     findings = answer["predictions"]["findings"]
-    assert (answer["request_id"], answer["model"], answer["version"]) == ("case-0001", "cxr-findings", "3")
+    assert (answer["correlation_id"], answer["model"], answer["version"]) == ("case-0001", "cxr-findings", "3")
+    assert len(answer["request_id"]) == 32 and answer["request_id"] != "case-0001"  # the server's id
     assert findings["labels"] == ["Atelectasis", "Edema"]  # sigmoid(2.0), sigmoid(0.1) >= 0.5
     assert findings["probabilities"]["Atelectasis"] == pytest.approx(1 / (1 + np.exp(-2.0)))
     (record,) = _spooled(tmp_path)
@@ -101,6 +104,43 @@ def test_the_answer_is_decoded_with_the_contract_of_the_version_that_computed_it
     answer = _predict(gateway, ModelService(version_4), _png())
     assert answer["version"] == "4" and answer["predictions"]["findings"]["labels"] == ["Edema"]
     assert len(answer["request_id"]) == 32 and [r.version for r in _spooled(tmp_path)] == ["4"]
+
+
+@pytest.mark.reliability(
+    "Load",
+    "8 concurrent predictions sent with one X-Request-ID",
+    "all answered; 8 records with 8 server ids, each keeping the client's id as its correlation id",
+)
+def test_requests_reusing_one_client_id_are_distinct_records(gateway, tmp_path):
+    model = ModelService(VERSION_3)
+
+    async def eight() -> list[dict]:
+        answers: list[dict] = []
+
+        async def one(seed: int) -> None:
+            answers.append(await gateway.predict(_png(seed), "study-42", model.forward))
+
+        async with anyio.create_task_group() as group:
+            for seed in range(8):
+                group.start_soon(one, seed)
+        return answers
+
+    answers = anyio.run(eight)
+    assert len({a["request_id"] for a in answers}) == 8 and {a["correlation_id"] for a in answers} == {"study-42"}
+    records = _spooled(tmp_path)
+    assert sorted(r.request_id for r in records) == sorted(a["request_id"] for a in answers)
+    assert {r.correlation_id for r in records} == {"study-42"} and len({r.upload for r in records}) == 8
+    assert "correlation_id" not in _predict(gateway, model, _png())  # none sent, none echoed
+
+
+def test_closing_gives_the_spool_a_bounded_drain(tmp_path):
+    settings = ServingSettings("cxr-findings", "3", monitoring_url="http://127.0.0.1:9",
+                               spool_dir=str(tmp_path / "spool"), spool_drain_s=0.5)  # fmt: skip
+    gateway = Gateway(settings, _contract())
+    _predict(gateway, ModelService(VERSION_3), _png())
+    started = time.monotonic()
+    gateway.close()  # monitoring is down throughout: the record stays, whole, for the next start
+    assert time.monotonic() - started < 2 and len(_spooled(tmp_path)) == 1
 
 
 def test_a_dropped_connection_is_resent_and_a_refusal_is_not(gateway, tmp_path):
@@ -166,12 +206,14 @@ def test_the_served_model_appends_the_version_to_each_row():
 
 def test_settings_come_from_the_environment_medmlops_serve_writes():
     assert ServingSettings.from_env({}) == ServingSettings("", "")
+    assert ServingSettings("", "").spool_drain_s == 20.0  # below Kubernetes' default 30 s grace period
     env = {"MEDMLOPS_FAMILY": "ich-prognosis", "MEDMLOPS_MODEL_VERSION": "2", "MEDMLOPS_MAX_UPLOAD_BYTES": "1000",
            "MEDMLOPS_BATCHING": "0", "MEDMLOPS_MAX_BATCH_SIZE": "4", "MEDMLOPS_MAX_LATENCY_MS": "500",
            "MEDMLOPS_ALIAS": "champion", "MEDMLOPS_RELOAD_S": "0.5", "MONITORING_URL": "http://m:8080",
-           "MEDMLOPS_SPOOL_DIR": "/spool/ich", "MEDMLOPS_MONITORING_TOKEN": "secret"}  # fmt: skip
+           "MEDMLOPS_SPOOL_DIR": "/spool/ich", "MEDMLOPS_MONITORING_TOKEN": "secret",
+           "MEDMLOPS_SPOOL_DRAIN_S": "7.5"}  # fmt: skip
     assert ServingSettings.from_env(env) == ServingSettings(
         "ich-prognosis", "2", max_upload_bytes=1000, batching=False, max_batch_size=4, max_latency_ms=500,
         alias="champion", reload_s=0.5, monitoring_url="http://m:8080", spool_dir="/spool/ich",
-        monitoring_token="secret",
+        monitoring_token="secret", spool_drain_s=7.5,
     )  # fmt: skip

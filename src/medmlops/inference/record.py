@@ -8,10 +8,13 @@ On the wire (JSON)::
 
     {"request_id": "...", "model": family, "version": "3", "created_at": ISO 8601 (UTC) or Unix seconds,
      "predictions": {task: {...}}, "logits": [number, ...],
-     "input": {"sha256": 64 hex digits, "bytes_b64": the upload, base64}}
+     "input": {"sha256": 64 hex digits, "bytes_b64": the upload, base64},
+     "correlation_id": "..."}   (optional: only when the client sent an X-Request-ID)
 
-The request-id rule lives here and only here: an id becomes a spool file name and a database key, so it is kept to
-a short run of characters that are safe in both.
+The record id is the server's (:func:`new_request_id`, one per prediction): a client reusing its ``X-Request-ID``
+would otherwise make two predictions one record, and monitoring would keep only the first. What the client sent is
+kept beside it as ``correlation_id``. The request-id rule lives here and only here and holds for both: an id becomes
+a spool file name and a database key, so it is kept to a short run of characters that are safe in both.
 """
 
 from __future__ import annotations
@@ -51,21 +54,27 @@ def is_request_id(value: object) -> bool:
     return isinstance(value, str) and _REQUEST_ID.fullmatch(value) is not None
 
 
-def check_request_id(value: str) -> str:
-    """``value`` when it follows the request-id rule; RecordError naming field 'request_id' otherwise."""
+def check_request_id(value: str, field: str = "request_id") -> str:
+    """``value`` when it follows the request-id rule; RecordError naming ``field`` otherwise."""
     if not is_request_id(value):
         raise RecordError(
-            "request_id",
-            f"field 'request_id' must be {REQUEST_ID_RULE}, not {str(value)[:40]!r}",
-            error="bad_request_id",
+            field, f"field '{field}' must be {REQUEST_ID_RULE}, not {str(value)[:40]!r}", error=f"bad_{field}"
         )
     return value
 
 
-def request_id_from_header(header: str | None) -> str:
-    """The client's ``X-Request-ID`` when it sent one, else a new random id; RecordError (400) if it breaks the rule."""
+def new_request_id() -> str:
+    """A record id no other prediction has (32 hex digits, inside the request-id rule)."""
+    return uuid.uuid4().hex
+
+
+def correlation_id_from_header(header: str | None) -> str | None:
+    """The client's ``X-Request-ID``, None when it sent none; RecordError (400) naming the header if it breaks the rule.
+
+    It becomes the record's ``correlation_id``, never its id: clients reuse ids (retries, one id per study).
+    """
     if not header:
-        return uuid.uuid4().hex
+        return None
     if not is_request_id(header):
         raise RecordError("X-Request-ID", f"X-Request-ID must be {REQUEST_ID_RULE}", error="bad_request_id", status=400)
     return header
@@ -162,6 +171,7 @@ class PredictionRecord:
         sha256: their lower-case hex digest (``input.sha256``); :meth:`parse` checks it matches.
         predictions: serving's decoded answer, strict JSON.
         logits: the model's raw outputs, finite.
+        correlation_id: the client's ``X-Request-ID``, the request-id rule; None when it sent none.
     """
 
     request_id: str
@@ -172,9 +182,12 @@ class PredictionRecord:
     sha256: str
     predictions: dict[str, Any]
     logits: tuple[float, ...]
+    correlation_id: str | None = None  # last and optional: records spooled before it existed still parse
 
     def __post_init__(self) -> None:
         check_request_id(self.request_id)
+        if self.correlation_id is not None:
+            check_request_id(self.correlation_id, "correlation_id")
         if not 1 <= len(self.family) <= 128:
             raise RecordError("model", "field 'model' must name the registered model in 1-128 characters")
         if not 1 <= len(self.version) <= 64:
@@ -190,12 +203,12 @@ class PredictionRecord:
     @classmethod
     def build(
         cls, *, request_id: str, family: str, version: str, upload: bytes, predictions: Mapping[str, Any],
-        logits: Sequence[float], created_at: float | None = None,
+        logits: Sequence[float], created_at: float | None = None, correlation_id: str | None = None,
     ) -> PredictionRecord:  # fmt: skip
         """The record of a prediction just made (``created_at`` defaults to now, to the millisecond the wire keeps)."""
         return cls(
             request_id, family, version, round(time.time() if created_at is None else created_at, 3), upload,
-            hashlib.sha256(upload).hexdigest(), jsonable(dict(predictions)), tuple(map(float, logits)),
+            hashlib.sha256(upload).hexdigest(), jsonable(dict(predictions)), tuple(map(float, logits)), correlation_id,
         )  # fmt: skip
 
     @classmethod
@@ -204,6 +217,9 @@ class PredictionRecord:
         if not isinstance(obj, Mapping):
             raise RecordError("record", f"the record must be a JSON object, not {type(obj).__name__}", error="bad_type")
         request_id = check_request_id(required(obj, "request_id", str))
+        correlation_id = None  # absent or null: the client sent no X-Request-ID, or serving predates the field
+        if obj.get("correlation_id") is not None:
+            correlation_id = check_request_id(required(obj, "correlation_id", str), "correlation_id")
         family = required(obj, "model", str).strip()
         version = str(required(obj, "version", (str, int))).strip()
         given = required(obj, "created_at", (str, int, float))
@@ -226,7 +242,9 @@ class PredictionRecord:
             raise RecordError(
                 "input.bytes_b64", "field 'input.bytes_b64' is not valid base64", error="bad_base64"
             ) from exc
-        record = cls(request_id, family, version, created_at, upload, sha256, finite(dict(predictions)), logits)
+        record = cls(
+            request_id, family, version, created_at, upload, sha256, finite(dict(predictions)), logits, correlation_id
+        )
         if hashlib.sha256(upload).hexdigest() != sha256:
             raise RecordError(
                 "input.sha256", "field 'input.sha256' does not match the decoded upload", error="sha256_mismatch"
@@ -234,11 +252,15 @@ class PredictionRecord:
         return record
 
     def answer(self) -> dict[str, Any]:
-        """What serving answers the client: the record without the upload and the logits."""
-        return {
+        """What serving answers the client: the record without the upload and the logits (``correlation_id`` echoes
+        the client's X-Request-ID, when it sent one)."""
+        answer = {
             "request_id": self.request_id, "model": self.family, "version": self.version,
             "created_at": iso(self.created_at), "predictions": self.predictions,
         }  # fmt: skip
+        if self.correlation_id is not None:
+            answer["correlation_id"] = self.correlation_id
+        return answer
 
     def to_json(self) -> dict[str, Any]:
         """The wire payload (JSON types only); :meth:`parse` turns it back into an equal record."""

@@ -23,8 +23,8 @@ import anyio
 import numpy as np
 
 from medmlops.errors import UserError
-from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR, Forwarder, SpoolError
-from medmlops.inference.record import PredictionRecord, request_id_from_header
+from medmlops.inference.forwarding import DEFAULT_DRAIN_S, DEFAULT_SPOOL_DIR, Forwarder, SpoolError
+from medmlops.inference.record import PredictionRecord, correlation_id_from_header, new_request_id
 
 if TYPE_CHECKING:
     from medmlops.inference.predict import Predictor
@@ -52,13 +52,14 @@ class ServingSettings:
     monitoring_url: str = ""
     spool_dir: str = ""
     monitoring_token: str = ""
+    spool_drain_s: float = DEFAULT_DRAIN_S  # on shutdown, how long to keep delivering the spool before leaving it
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServingSettings:
         """``MEDMLOPS_FAMILY``, ``MEDMLOPS_MODEL_VERSION``, ``MEDMLOPS_MAX_UPLOAD_BYTES``, ``MEDMLOPS_BATCHING``
         (``0``: off), ``MEDMLOPS_MAX_BATCH_SIZE``, ``MEDMLOPS_MAX_LATENCY_MS``, ``MEDMLOPS_ALIAS``,
         ``MEDMLOPS_RELOAD_S``, ``MONITORING_URL`` (empty: no forwarding), ``MEDMLOPS_SPOOL_DIR``,
-        ``MEDMLOPS_MONITORING_TOKEN``; defaults where unset."""
+        ``MEDMLOPS_MONITORING_TOKEN``, ``MEDMLOPS_SPOOL_DRAIN_S``; defaults where unset."""
         default = cls("", "")
         return cls(
             family=env.get("MEDMLOPS_FAMILY", ""), version=env.get("MEDMLOPS_MODEL_VERSION", ""),
@@ -69,6 +70,7 @@ class ServingSettings:
             alias=env.get("MEDMLOPS_ALIAS", ""), reload_s=float(env.get("MEDMLOPS_RELOAD_S", default.reload_s)),
             monitoring_url=env.get("MONITORING_URL", ""), spool_dir=env.get("MEDMLOPS_SPOOL_DIR", ""),
             monitoring_token=env.get("MEDMLOPS_MONITORING_TOKEN", ""),
+            spool_drain_s=float(env.get("MEDMLOPS_SPOOL_DRAIN_S", default.spool_drain_s)),
         )  # fmt: skip
 
 
@@ -179,18 +181,28 @@ class Gateway:
             self.contracts[version] = load_contract(self.settings.family, version)
         return self.contracts[version]
 
-    async def predict(self, upload: bytes, request_id_header: str | None, forward: Forward) -> dict[str, Any]:
-        """The client's answer for ``upload``.
+    def close(self) -> None:
+        """Serving shuts down: give the sender up to ``spool_drain_s`` to deliver the spool; the rest stays on disk
+        for the next start."""
+        if self.forwarder is not None:
+            left = self.forwarder.stop(self.settings.spool_drain_s)
+            if left:
+                log.warning("%d records for monitoring stay in %s for the next start", left, self.forwarder.spool)
+
+    async def predict(self, upload: bytes, x_request_id: str | None, forward: Forward) -> dict[str, Any]:
+        """The client's answer for ``upload``: a record id of the server's own, and the client's ``X-Request-ID`` (if
+        it sent one) as its correlation id.
 
         Raises:
             RecordError: the X-Request-ID header breaks the request-id rule.
             InputError: the upload is not an image this model takes.
             ServiceUnavailable: the model service did not take it, or the spool cannot keep the record.
         """
-        request_id = request_id_from_header(request_id_header)
+        correlation_id = correlation_id_from_header(x_request_id)
+        request_id = new_request_id()
         image = await anyio.to_thread.run_sync(self.preprocess, upload)
         outputs = await self._forward(forward, image.numpy()[None], request_id)
-        return await anyio.to_thread.run_sync(self.answer, request_id, upload, outputs)
+        return await anyio.to_thread.run_sync(self.answer, request_id, upload, outputs, correlation_id)
 
     async def _forward(self, forward: Forward, images: np.ndarray, request_id: str) -> np.ndarray:
         for _attempt in range(self.attempts):
@@ -208,7 +220,9 @@ class Gateway:
             "model_unavailable", f"the model could not take the request now ({failure}); retry", retry_after_s=1
         )
 
-    def answer(self, request_id: str, upload: bytes, outputs: np.ndarray) -> dict[str, Any]:
+    def answer(
+        self, request_id: str, upload: bytes, outputs: np.ndarray, correlation_id: str | None = None
+    ) -> dict[str, Any]:
         """Decode ``outputs`` (:meth:`ServedModel.forward`'s) and spool the record; the client's answer."""
         from medmlops.inference.predict import decode, split_outputs
 
@@ -218,6 +232,7 @@ class Gateway:
         record = PredictionRecord.build(
             request_id=request_id, family=self.settings.family, version=version, upload=upload,
             predictions=decode(contract, split_outputs(contract, logits))[0], logits=logits[0].tolist(),
+            correlation_id=correlation_id,
         )  # fmt: skip
         if self.forwarder is not None:
             try:

@@ -1,7 +1,8 @@
 """`medmlops serve FAMILY`: the real BentoML server on 127.0.0.1 for registered smoke models, over HTTP: good
 predictions (NIfTI for ich-prognosis; JPEG/PNG/DICOM for cxr-findings), concurrent requests, a corpus of bad
-requests each answered 4xx JSON naming the problem (never 5xx), the server serving good requests afterwards, and
-a clear refusal to start without a model."""
+requests each answered 4xx JSON naming the problem (never 5xx), the server serving good requests afterwards, records
+reaching monitoring (one per prediction, whatever X-Request-ID clients send), the spool drained on SIGTERM within its
+grace period, and a clear refusal to start without a model or with a spool folder where a file is."""
 
 from __future__ import annotations
 
@@ -52,14 +53,16 @@ def _post(url: str, body: bytes, content_type: str | None, headers: dict | None 
         return err.code, json.loads(err.read() or b"{}")
 
 
-def _predict(url: str, data: bytes, filename: str = "case.bin", field: str = "image") -> tuple[int, dict]:
+def _predict(
+    url: str, data: bytes, filename: str = "case.bin", field: str = "image", headers: dict | None = None
+) -> tuple[int, dict]:
     body, content_type = _multipart({field: (filename, data)})
-    return _post(f"{url}/predict", body, content_type)
+    return _post(f"{url}/predict", body, content_type, headers)
 
 
-def _start(project: Path, family: str, *extra: str):
+def _start(project: Path, family: str, *extra: str, env: dict[str, str] | None = None):
     port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / '.medmlops' / 'mlflow.db'}", **(env or {})}
     log = (project / f"serve-{family}.log").open("w")
     command = [sys.executable, "-m", "medmlops.cli", "serve", family, "--alias", "candidate", "--port", str(port),
                "--max-upload-bytes", str(MAX_UPLOAD), "--repo", str(REPO), *extra]  # fmt: skip
@@ -287,14 +290,16 @@ def test_bento_builds_offline(tmp_path):
 
 @pytest.mark.reliability(
     "Faults",
-    "N predictions while the monitoring service is down, then it starts",
-    "exactly N records delivered (disk spool, retries with backoff, idempotent by request id)",
+    "N predictions while the monitoring service is down (8 at once reusing one X-Request-ID), then it starts",
+    "all answered 200; exactly N records delivered, each with its own id (the client's kept as correlation id)",
 )
 def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_project, tmp_path):
     """N requests while the monitoring endpoint is down: all answered; once it is up, exactly N records arrive,
-    each with its request id, version, outputs and the upload (sha256 checked)."""
+    each with its request id, version, outputs and the upload (sha256 checked). Eight of them are sent at once with
+    the same X-Request-ID: eight records, each keeping the client's id as its correlation id."""
     import base64
     import hashlib
+    import json
 
     from medmlops.inference.record import PredictionRecord
 
@@ -308,13 +313,16 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
     receiver = None
     try:
         files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:4]
-        sent = {}
-        for i in range(12):
-            data = files[i % len(files)].read_bytes()
-            status, body = _predict(url, data)
-            assert status == 200, body
-            sent[body["request_id"]] = (data, body)
-        assert len(list((tmp_path / "spool" / "cxr-findings").glob("*.json"))) == 12  # kept on disk meanwhile
+        uploads = [files[i % len(files)].read_bytes() for i in range(12)]
+        answers = [_predict(url, data) for data in uploads[:4]]
+        with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:  # one client id, reused at once
+            answers += pool.map(lambda d: _predict(url, d, headers={"X-Request-ID": "study-42"}), uploads[4:])
+        assert [status for status, _ in answers] == [200] * 12, answers
+        sent = {body["request_id"]: (data, body) for data, (_, body) in zip(uploads, answers, strict=True)}
+        assert len(sent) == 12 and [body.get("correlation_id") for _, body in answers] == [None] * 4 + ["study-42"] * 8
+        spooled = list((tmp_path / "spool" / "cxr-findings").glob("*.json"))
+        assert len(spooled) == 12  # kept on disk meanwhile
+        assert {json.loads(p.read_text())["request_id"] for p in spooled} == set(sent)
         receiver = Receiver(monitoring_port)
         assert wait_for(lambda: len(receiver.records) == 12, timeout_s=90), f"{len(receiver.records)} of 12 arrived"
         time.sleep(1.0)
@@ -327,6 +335,7 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
             assert base64.b64decode(record["input"]["bytes_b64"]) == data
             assert len(record["logits"]) == 5
             assert PredictionRecord.parse(record).answer() == body  # the record is what the client was told
+            assert record.get("correlation_id") == body.get("correlation_id")
         assert not list((tmp_path / "spool" / "cxr-findings").glob("*.json"))
     finally:
         _stop(process)
@@ -384,3 +393,75 @@ def test_a_moved_alias_is_served_without_dropping_requests(registered_project, m
     assert versions[0] == "1" and versions[-1] == new
     switch = versions.index(new)
     assert set(versions[switch:]) == {new}, "once switched, the new version serves every request"
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "SIGTERM to serving with 10 records spooled while monitoring was down; monitoring back, but stalling after 4",
+    "every record delivered or still spooled as valid JSON, none half-written; the server exits once the drain "
+    "period is over",
+)
+def test_sigterm_drains_the_spool_within_its_grace_period(registered_project, tmp_path):
+    """Ten predictions while monitoring is down, each with its X-Request-ID; monitoring comes back, takes four records
+    and then stops answering; SIGTERM. The server tries to deliver for its drain period (MEDMLOPS_SPOOL_DRAIN_S) and
+    no longer: the four are delivered, the six others stay in the spool, whole, for the next start."""
+    import json
+
+    from medmlops.inference.record import PredictionRecord
+
+    from ...inference.test_forwarding import Receiver
+
+    drain_s, monitoring_port, spool = 8.0, _free_port(), tmp_path / "spool" / "cxr-findings"
+    process, url = _start(
+        registered_project, "cxr-findings", "--monitoring-url", f"http://127.0.0.1:{monitoring_port}",
+        "--spool-dir", str(tmp_path / "spool"), env={"MEDMLOPS_SPOOL_DRAIN_S": str(drain_s)},
+    )  # fmt: skip
+    receiver = None
+    try:
+        data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+        answers = [_predict(url, data, headers={"X-Request-ID": f"case-{i}"}) for i in range(10)]
+        assert [status for status, _ in answers] == [200] * 10, answers
+        sent = {body["request_id"]: body["correlation_id"] for _, body in answers}
+        assert len(list(spool.glob("*.json"))) == 10
+        receiver = Receiver(monitoring_port, hang_after=4)
+        started = time.monotonic()
+        clean = _stop(process)
+        stopped_s = time.monotonic() - started
+    finally:
+        if process.poll() is None:
+            _stop(process)
+        if receiver is not None:
+            receiver.close()
+    assert clean, "workers outlived the server after SIGTERM"
+    # Monitoring stalls on the fifth record, so the drain uses its whole period (a quicker stop means it never ran),
+    # then BentoML stops its workers: with the default 20 s, well inside Kubernetes' default 30 s grace period.
+    assert drain_s - 0.5 < stopped_s < drain_s + 5, f"the server took {stopped_s:.1f} s to stop"
+    delivered = {request_id: record.get("correlation_id") for request_id, record in receiver.records.items()}
+    kept = {}
+    for path in spool.glob("*.json"):
+        record = PredictionRecord.parse(json.loads(path.read_text()))  # valid JSON, a whole record
+        kept[record.request_id] = record.correlation_id
+    assert len(delivered) == 4 and len(kept) == 6 and {**delivered, **kept} == sent  # none lost, none twice
+    assert not [p.name for p in spool.iterdir() if p.suffix != ".json"]  # no temporary file left behind
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "`medmlops serve --spool-dir X` where X, or a folder above it, is a regular file",
+    "refuses to start: one sentence naming the path and the fix, exit 1 (no server that listens but never answers)",
+)
+@pytest.mark.parametrize("below", ["", "sub"], ids=["the spool dir is a file", "a parent is a file"])
+def test_refuses_to_start_with_a_spool_where_a_file_is(tmp_path, below):
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    spool_dir = taken / below if below else taken
+    result = subprocess.run(
+        [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--spool-dir", str(spool_dir),
+         "--monitoring-url", "http://127.0.0.1:9", "--port", str(_free_port()), "--repo", str(REPO)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 1 and result.stdout == "", result.stdout + result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"medmlops: error: the monitoring spool {spool_dir / 'cxr-findings'} cannot be created because {taken} is a "
+        "file, not a folder; move that file away or choose another spool folder (--spool-dir)"
+    ]
