@@ -13,7 +13,8 @@ from pathlib import Path
 
 from medmlops.commandline import run_main
 from medmlops.errors import UserError
-from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, READ_TOKEN_ENV, TOKEN_ENV
+from medmlops.monitoring.cli import add_worker_options
+from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_SAMPLE_P, READ_TOKEN_ENV, TOKEN_ENV
 from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
@@ -35,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--read-token", default=None, help=f"bearer token for reads (default: ${READ_TOKEN_ENV}; unset: reads are open)"
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="records per INFORMER pass (one model version)")
     parser.add_argument(
         "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
         help="largest record body accepted (the upload travels base64-encoded: 4/3 of its size)",
@@ -45,14 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="window of medmlops_informer_flag_rate: the last N records per family (500) or hours (24h)",
     )  # fmt: skip
     parser.add_argument(
+        "--sample-p", type=float, default=DEFAULT_SAMPLE_P,
+        help="probability with which a record the logit tier does not flag is drawn into the random sample that "
+        "workers analyse before the rest under a backlog (the rate estimates weight by it)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-source", default=None, metavar="MODULE:CALLABLE",
+        help="(family, version) -> (contract, calibration) for the logit tier at ingest (default: the registry's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--no-worker", action="store_true",
+        help="run no INFORMER worker in this process: `medmlops monitor worker` processes analyse the records",
+    )  # fmt: skip
+    add_worker_options(parser)
+    parser.add_argument(
         "--worker-nice", type=int, default=10,
         help="CPU niceness added to the INFORMER worker thread (0: none), so serving on the same node comes first",
     )  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
-    parser.add_argument(
-        "--analyser-factory", default=None, metavar="MODULE:CALLABLE",
-        help="(family, version) -> analyser (default: medmlops.informer.analyser.Analyser.from_registry)",
-    )  # fmt: skip
     parser.add_argument(
         "--repo", default=".", help="project root holding monitoring/ (default: here, else the checkout)"
     )
@@ -80,7 +90,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get(TOKEN_ENV) or None,
         read_token=args.read_token or os.environ.get(READ_TOKEN_ENV) or None,
         batch_size=args.batch_size, max_body_bytes=args.max_body_bytes, flag_window=args.flag_window,
-        analyser_factory=args.analyser_factory, worker_nice=args.worker_nice,
+        analyser_factory=args.analyser_factory, calibration_source=args.calibration_source,
+        worker_nice=args.worker_nice, no_worker=args.no_worker, lease_s=args.lease_s, max_attempts=args.max_attempts,
+        backlog_bound=args.backlog_bound, sample_p=args.sample_p,
     )  # fmt: skip
     check_exposure(settings.host, settings.token)
     import uvicorn
@@ -88,7 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from monitoring.app import create_app
 
     registry = ""
-    if settings.analyser_factory is None:  # the registry's analyser: MLflow resolved as every medmlops command does
+    if settings.analyser_factory is None or settings.calibration_source is None:  # MLflow as every command does it
         from medmlops.config import RegistryConfig
         from medmlops.registry import tracking
 

@@ -2,9 +2,11 @@
 
 Run it with ``medmlops monitor serve``. Routes:
 
-    POST /records, /v1/records          a prediction record from serving → 202 once committed; 409 if already stored
+    POST /records, /v1/records          a prediction record from serving → 202 once committed with its logit tier;
+                                        409 if already stored
     POST /v1/labels                     delayed ground truth {"request_id", "labels": {class: 0|1}}
-    GET  /v1/records/{id}               status, INFORMER probabilities, labels, distinctiveness, flags, entropy, version
+    GET  /v1/records/{id}               status, tier ("logit" until INFORMER's "saliency" follows) and when, both tiers'
+                                        results (probabilities, distinctiveness, flags, ...), version, queue state
     GET  /v1/records/{id}/saliency.png  the saliency thumbnail
     GET  /v1/summary                    counts and flag rates (?family=&version=&since=&until=)
     GET  /v1/timeseries                 flag rates per time bucket (?family=&version=&bucket_s=&since=&until=)
@@ -16,11 +18,13 @@ Run it with ``medmlops monitor serve``. Routes:
 
 Writes need ``Authorization: Bearer <write token>`` when a write token is set; reads need either token when a read
 token is set. Errors are JSON ``{"error": code, "detail": sentence}``; bad input is a 4xx, never a 5xx.
+
+The lifespan starts the in-process INFORMER worker, unless ``--no-worker`` (then ``medmlops monitor worker``
+processes do the saliency tier from the same database).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -35,7 +39,7 @@ from starlette.routing import Match
 
 from medmlops.errors import UserError
 from medmlops.inference.record import RecordError
-from medmlops.monitoring.service import Monitor, NotFound, parse_time
+from medmlops.monitoring.service import Monitor, NotFound, load_json, parse_count, parse_time
 
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
@@ -86,10 +90,7 @@ async def _json(request: Request, limit: int, what: str) -> Any:
         if size > limit:
             raise BodyError(413, "too_large", f"the {what} body has more than {limit} bytes, the limit")
         chunks.append(chunk)
-    try:
-        return await run_in_threadpool(json.loads, b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BodyError(400, "bad_json", f"the body is not valid JSON ({str(exc)[:120]})") from exc
+    return await run_in_threadpool(load_json, b"".join(chunks))  # RecordError (400) if not JSON or too deep
 
 
 def _query(request: Request, name: str) -> str | None:
@@ -111,7 +112,7 @@ def _window(request: Request) -> dict[str, Any]:
 
 
 def create_app(monitor: Monitor) -> FastAPI:
-    """The FastAPI app over ``monitor``; its lifespan starts the worker and closes the store."""
+    """The FastAPI app over ``monitor``; its lifespan starts the worker (if it has one) and closes the store."""
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -206,7 +207,7 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.get("/v1/flagged")
     def get_flagged(request: Request) -> Response:
-        limit = int(_number(request, "limit", 20))
+        limit = parse_count(_query(request, "limit"), "limit", 20)
         return JSONResponse({"cases": monitor.flagged_cases(family=_query(request, "family"), limit=limit)})
 
     @app.get("/v1/drift")

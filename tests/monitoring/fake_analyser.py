@@ -1,11 +1,16 @@
-"""A stand-in INFORMER analyser for the monitoring tests: deterministic results from the upload's bytes, no model.
+"""A stand-in INFORMER analyser and logit-tier calibration source for the monitoring tests: deterministic results
+from the upload's bytes, no model, no MLflow.
 
-Used in-process (worker tests) and by a real ``medmlops monitor serve`` subprocess through ``--analyser-factory
-tests.monitoring.fake_analyser:factory``. Environment (subprocess): ``FAKE_ANALYSER_DELAY_S`` (seconds per upload, so a
-test can kill the service mid-batch), ``FAKE_ANALYSER_LOG`` (a file that gets one line per analysed request).
+Used in-process (worker tests) and by real ``medmlops monitor serve|worker`` subprocesses through
+``--analyser-factory tests.monitoring.fake_analyser:factory`` and ``--calibration-source
+tests.monitoring.fake_analyser:calibration_source``. Environment (subprocess): ``FAKE_ANALYSER_DELAY_S`` (seconds per
+upload, so a test can kill a process mid-batch), ``FAKE_ANALYSER_LOG`` (a file that gets one line per analysed
+request), ``FAKE_ANALYSER_CALLS`` (a folder that gets one empty file per analysed upload, named
+``<sha256>.<pid>.<ns>``: which process analysed what, and how often, without concurrent appends).
 
 Uploads starting with ``b"BAD"`` give an InputError in their slot; ``b"RAISE"`` makes the whole call raise; family
-``"missing"`` cannot be loaded.
+``"missing"`` cannot be loaded nor scored; family ``"uncalibrated"`` is scored at ingest but never flagged there. The
+logit tier flags a class when its MSR is below :data:`LOGIT_TAU` (logits within about ±0.4 of zero).
 """
 
 from __future__ import annotations
@@ -17,7 +22,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-CLASSES = ["Atelectasis", "Cardiomegaly"]
+from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
+
+FINDINGS = ("Atelectasis", "Cardiomegaly")
+CLASSES = [f"findings/{name}" for name in FINDINGS]  # the contract's output names, as the real analyser's classes
+LOGIT_TAU = 0.6
 
 
 def tiny_png(seed: int) -> bytes:
@@ -44,8 +53,10 @@ def fake_result(family: str, version: str, upload: bytes) -> dict[str, Any]:
 
 
 class FakeAnalyser:
-    def __init__(self, family: str, version: str, *, delay_s: float = 0.0, log: str | None = None) -> None:
-        self.family, self.version, self.delay_s, self.log = family, version, delay_s, log
+    def __init__(
+        self, family: str, version: str, *, delay_s: float = 0.0, log: str | None = None, calls: str | None = None
+    ) -> None:
+        self.family, self.version, self.delay_s, self.log, self.calls_dir = family, version, delay_s, log, calls
         self.calls: list[int] = []
 
     def analyse_bytes(self, uploads: Sequence[bytes]) -> list[Any]:
@@ -56,9 +67,12 @@ class FakeAnalyser:
             raise RuntimeError("the analyser crashed")
         out: list[Any] = []
         for upload in uploads:
+            digest = hashlib.sha256(upload).hexdigest()
             if self.log:  # before the work: a test can see a batch in flight
                 with open(self.log, "a", encoding="utf-8") as f:
-                    f.write(hashlib.sha256(upload).hexdigest() + "\n")
+                    f.write(digest + "\n")
+            if self.calls_dir:
+                open(os.path.join(self.calls_dir, f"{digest}.{os.getpid()}.{time.time_ns()}"), "x").close()
             time.sleep(self.delay_s)
             if upload.startswith(b"BAD"):
                 out.append(InputError("unreadable_image", "the upload is not a PNG, JPEG, DICOM or NIfTI file"))
@@ -72,5 +86,23 @@ def factory(family: str, version: str) -> FakeAnalyser:
         raise RuntimeError(f"registered model '{family}' version {version} not found")
     return FakeAnalyser(
         family, version, delay_s=float(os.environ.get("FAKE_ANALYSER_DELAY_S", "0")),
-        log=os.environ.get("FAKE_ANALYSER_LOG") or None,
+        log=os.environ.get("FAKE_ANALYSER_LOG") or None, calls=os.environ.get("FAKE_ANALYSER_CALLS") or None,
     )  # fmt: skip
+
+
+def fake_contract(family: str, *, calibrated: bool = True) -> ModelContract:
+    """A two-finding multilabel contract whose ``informer`` field carries a logit-tier section (MSR, τ 0.6)."""
+    tier = {"score": "msr", "tau": [LOGIT_TAU] * 2, "direction": ["low"] * 2, "selection": {}}
+    return ModelContract(
+        family=family, tasks=(TaskSpec("findings", "multilabel", FINDINGS, (0.5, 0.5)),),
+        input=InputSpec("xray", ("png",), (1, 8, 8), None, None, 1), preprocessing={}, data_version="test",
+        git_commit="test", metrics={}, informer={"method": "ixg", "logit_tier": tier} if calibrated else None,
+    )  # fmt: skip
+
+
+def calibration_source(family: str, version: str) -> tuple[ModelContract, dict[str, Any] | None]:
+    """What ``--calibration-source`` gives the logit tier: ``(contract, calibration)``, as the registry would."""
+    if family == "missing":
+        raise RuntimeError(f"registered model '{family}' version {version} not found")
+    contract = fake_contract(family, calibrated=family != "uncalibrated")
+    return contract, contract.informer

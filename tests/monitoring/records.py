@@ -1,4 +1,5 @@
-"""Prediction records as serving sends them (tiny uploads) and a real ``medmlops monitor serve`` on 127.0.0.1."""
+"""Prediction records as serving sends them (tiny uploads), a real ``medmlops monitor serve`` on 127.0.0.1 and real
+``medmlops monitor worker`` processes."""
 
 from __future__ import annotations
 
@@ -21,18 +22,21 @@ from medmlops.inference.record import PredictionRecord
 from ..conftest import REPO, _free_port
 
 FAKE_FACTORY = "tests.monitoring.fake_analyser:factory"
+FAKE_SOURCE = "tests.monitoring.fake_analyser:calibration_source"
+CONFIDENT = (2.0, -2.0)  # MSR 0.88: the fake logit tier (τ 0.6) flags neither class
+UNSURE = (0.1, -0.1)  # MSR 0.52: it flags both
 
 
 def make_record(
     request_id: str, *, data: bytes | None = None, family: str = "cxr-findings", version: str = "3",
-    created_at: float | None = None,
+    created_at: float | None = None, logits: tuple[float, ...] = CONFIDENT,
 ) -> dict[str, Any]:  # fmt: skip
     data = f"image-{request_id}".encode() if data is None else data
     moment = dt.datetime.fromtimestamp(time.time() if created_at is None else created_at, dt.UTC)
     return {
         "request_id": request_id, "model": family, "version": version,
         "created_at": moment.isoformat(timespec="milliseconds"),
-        "predictions": {"findings": {"probabilities": {"Atelectasis": 0.3}, "labels": []}}, "logits": [0.1, -0.4],
+        "predictions": {"findings": {"probabilities": {"Atelectasis": 0.3}, "labels": []}}, "logits": list(logits),
         "input": {"sha256": hashlib.sha256(data).hexdigest(), "bytes_b64": base64.b64encode(data).decode()},
     }  # fmt: skip
 
@@ -72,11 +76,22 @@ def wait_for(condition, timeout_s: float = 30.0, every_s: float = 0.2) -> bool:
     return bool(condition())
 
 
+def _environment(env: dict[str, str] | None) -> dict[str, str]:
+    """The test's environment for a child, with the repository importable and no monitoring settings leaking in."""
+    environment = {**os.environ, **(env or {})}
+    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
+    for key in ("MEDMLOPS_MONITORING_TOKEN", "MEDMLOPS_MONITORING_READ_TOKEN", "MEDMLOPS_MONITORING_DB_URL",
+                "MEDMLOPS_WORKER_HEARTBEAT"):  # fmt: skip
+        if key not in (env or {}):
+            environment.pop(key, None)
+    return environment
+
+
 @dataclass
-class Served:
+class Child:
+    """A ``medmlops`` command running as a process, its output in ``log``."""
+
     process: subprocess.Popen
-    url: str
-    db_url: str
     log: Path
 
     def log_text(self) -> str:
@@ -94,26 +109,32 @@ class Served:
         return self.process.returncode
 
 
+@dataclass
+class Served(Child):
+    url: str
+    db_url: str
+
+
 def start_monitor(
     workdir: Path, *args: str, db_url: str | None = None, env: dict[str, str] | None = None,
     factory: str | None = FAKE_FACTORY, timeout_s: float = 90.0, name: str = "monitor", cwd: Path | None = None,
-    port: int | None = None,
+    port: int | None = None, source: str | None = None,
 ) -> Served:  # fmt: skip
     """``medmlops monitor serve`` as a subprocess on ``port`` or a free one (log and default database in
-    ``workdir``, run in ``cwd`` or ``workdir``); returns once /healthz answers 200."""
+    ``workdir``, run in ``cwd`` or ``workdir``); returns once /healthz answers 200. ``factory`` and ``source``: the
+    analyser and logit-tier source (None: the registry's; the fake analyser comes with the fake source)."""
     port = port or _free_port()
+    source = source or (FAKE_SOURCE if factory == FAKE_FACTORY else None)
     db_url = db_url or f"sqlite:///{workdir / 'monitoring.db'}"
     log = workdir / f"{name}-{port}.log"
     command = [sys.executable, "-m", "medmlops.cli", "monitor", "serve", "--port", str(port), "--db-url", db_url,
-               "--repo", str(REPO), *(["--analyser-factory", factory] if factory else []), *args]  # fmt: skip
-    environment = {**os.environ, **(env or {})}
-    environment["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), environment.get("PYTHONPATH")]))
-    for key in ("MEDMLOPS_MONITORING_TOKEN", "MEDMLOPS_MONITORING_READ_TOKEN", "MEDMLOPS_MONITORING_DB_URL"):
-        if key not in (env or {}):
-            environment.pop(key, None)
+               "--repo", str(REPO), *(["--analyser-factory", factory] if factory else []),
+               *(["--calibration-source", source] if source else []), *args]  # fmt: skip
     with log.open("w") as out:
-        process = subprocess.Popen(command, cwd=cwd or workdir, env=environment, stdout=out, stderr=subprocess.STDOUT)
-    served = Served(process, f"http://127.0.0.1:{port}", db_url, log)
+        process = subprocess.Popen(
+            command, cwd=cwd or workdir, env=_environment(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    served = Served(process, log, f"http://127.0.0.1:{port}", db_url)
     started = time.monotonic()
     while True:
         try:
@@ -126,3 +147,18 @@ def start_monitor(
             served.stop()
             raise RuntimeError(f"medmlops monitor serve did not start:\n{served.log_text()[-3000:]}")
         time.sleep(0.3)
+
+
+def start_worker(
+    workdir: Path, *args: str, db_url: str, env: dict[str, str] | None = None, factory: str = FAKE_FACTORY,
+    name: str = "worker", cwd: Path | None = None,
+) -> Child:  # fmt: skip
+    """``medmlops monitor worker`` as a subprocess (fake analyser by default), its log ``workdir/<name>.log``."""
+    log = workdir / f"{name}.log"
+    command = [sys.executable, "-m", "medmlops.cli", "monitor", "worker", "--db-url", db_url,
+               "--analyser-factory", factory, *args]  # fmt: skip
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            command, cwd=cwd or workdir, env=_environment(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    return Child(process, log)

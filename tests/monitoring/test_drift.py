@@ -261,7 +261,9 @@ def _store_record(store, request_id: str, version: str, created_at: float, row: 
     assert store.add_record(record)
     values = {k: float(v) for k, v in row.items() if isinstance(k, str) and "." in k and not k.startswith("label:")}
     flags = {k[len("flag.") :]: bool(v) for k, v in values.items() if k.startswith("flag.")}
-    assert store.finish(done={request_id: {"features": values, "flags": flags}}) == 1
+    (claimed,) = store.claim("drift-test", 1, lease_s=60)  # the one pending record: the worker's lease, then done
+    assert claimed.request_id == request_id
+    assert store.finish("drift-test", done={request_id: {"features": values, "flags": flags}}) == 1
 
 
 def test_report_command_reads_the_store_and_keeps_the_summary(reference, tmp_path, monkeypatch, capsys):

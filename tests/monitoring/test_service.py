@@ -1,23 +1,35 @@
 """``medmlops.monitoring.service.Monitor`` without a server: a posted record is parsed and stored once (nothing of a
-bad one), labels are checked and need a known record, and what is missing says what it is; the worker runs in-process
-with the fake analyser. The HTTP mapping of these answers is tested in ``tests/shells/monitoring``."""
+bad one) with its logit tier at once, the saliency tier follows from the worker, labels are checked and need a known
+record, and what is missing says what it is; the worker runs in-process with the fake analyser and the fake
+logit-tier source. The HTTP mapping of these answers is tested in ``tests/shells/monitoring``."""
 
 from __future__ import annotations
+
+import random
+import time
 
 import pytest
 
 from medmlops.inference.record import RecordError
 from medmlops.monitoring.service import Monitor, NotFound, Settings, parse_labels
 
-from .fake_analyser import factory
-from .records import make_record
+from .fake_analyser import CLASSES, calibration_source, factory
+from .records import UNSURE, make_record
 
 
 @pytest.fixture
 def monitor(tmp_path):
-    monitor = Monitor(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}"), factory=factory)
+    monitor = Monitor(
+        Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", sample_p=0.5), factory=factory,
+        calibration=calibration_source, rng=random.Random(3),
+    )  # fmt: skip
     yield monitor
     monitor.close()
+
+
+def _drain(monitor: Monitor) -> None:
+    while monitor.worker.run_once():
+        pass
 
 
 def test_a_posted_record_is_stored_once_and_a_bad_one_not_at_all(monitor):
@@ -33,7 +45,8 @@ def test_a_posted_record_is_stored_once_and_a_bad_one_not_at_all(monitor):
     assert (missing.value.error, missing.value.detail) == ("unknown_request_id", "no record r2 is stored")
     assert monitor.summary()["counts"]["total"] == 1
     assert (
-        'medmlops_monitoring_records_ingested_total{family="cxr-findings"} 1.0' in monitor.metrics.render()[0].decode()
+        'medmlops_monitoring_records_ingested_total{family="cxr-findings",version="3"} 1.0'
+        in monitor.metrics.render()[0].decode()
     )
 
 
@@ -65,8 +78,7 @@ def test_a_saliency_map_or_drift_report_that_is_not_there_says_what_is_missing(m
     with pytest.raises(NotFound) as unknown:
         monitor.saliency("nope")
     assert unknown.value.error == "unknown_request_id"
-    while monitor.worker.run_once():
-        pass
+    _drain(monitor)
     assert monitor.saliency("r1").startswith(b"\x89PNG")
 
     html = tmp_path / "report.html"
@@ -78,3 +90,73 @@ def test_a_saliency_map_or_drift_report_that_is_not_there_says_what_is_missing(m
     for report_id in (elsewhere, not_html, 12345):
         with pytest.raises(NotFound, match=f"drift report {report_id} has no HTML file here"):
             monitor.drift_html(report_id)
+
+
+def test_the_logit_tier_is_there_at_ingest_and_the_saliency_tier_follows(monitor):
+    before = time.time()
+    monitor.ingest(make_record("sure"))
+    monitor.ingest(make_record("unsure", logits=UNSURE))
+    sure, unsure = monitor.record_view("sure"), monitor.record_view("unsure")
+    assert sure["tier"] == unsure["tier"] == "logit" and sure["saliency_tier"] is None and "flags" not in sure
+    tier = unsure["logit_tier"]
+    assert tier["at"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(before - 1))
+    assert tier["score"] == "msr" and tier["calibrated"] and tier["error"] is None and tier["flagged"] is True
+    assert tier["flags"] == dict.fromkeys(CLASSES, True) and set(tier["scores"]) == {"msr", "entropy", "energy"}
+    assert tier["scores"]["msr"][CLASSES[0]] == pytest.approx(0.5250, abs=1e-4)
+    assert sure["logit_tier"]["flags"] == dict.fromkeys(CLASSES, False) and sure["logit_tier"]["flagged"] is False
+    assert unsure["queue"]["stratum"] == "flagged" and unsure["queue"]["sample_p"] is None
+    assert sure["queue"]["stratum"] in ("sample", "rest") and sure["queue"]["sample_p"] == 0.5
+    _drain(monitor)
+    done = monitor.record_view("unsure")
+    assert (
+        done["tier"] == "saliency" and done["status"] == "done" and done["saliency_tier"]["at"] == done["processed_at"]
+    )
+    assert done["logit_tier"] == tier and set(done["flags"]) == set(CLASSES)
+    summary = monitor.summary()
+    assert summary["logit"] == {"scored": 2, "flagged": 1, "flag_rate": dict.fromkeys(CLASSES, 0.5)}
+    assert summary["estimate"]["complete"] and summary["estimate"]["analysed"] == 2
+
+
+def test_a_version_the_registry_lacks_is_stored_unscored_then_failed_naming_it(monitor):
+    assert monitor.ingest(make_record("lost", family="missing", version="7")) == ("lost", True)
+    view = monitor.record_view("lost")
+    assert view["tier"] == "unscored" and view["logit_tier"]["at"] is None
+    assert view["logit_tier"]["error"].startswith("missing version 7: contract not available")
+    monitor.ingest(make_record("plain", family="uncalibrated"))  # scored, never flagged: no calibration
+    plain = monitor.record_view("plain")["logit_tier"]
+    assert plain["at"] and plain["calibrated"] is False and plain["flags"] is None and plain["scores"]
+    monitor.worker.min_backoff_s = 0  # no retry delays: the attempts follow each other
+    for _ in range(monitor.settings.max_attempts):
+        _drain(monitor)
+    lost = monitor.record_view("lost")
+    assert lost["status"] == "failed" and lost["attempts"] == monitor.settings.max_attempts
+    assert lost["error"].startswith("model missing version 7 cannot be loaded") and "gave up after 5" in lost["error"]
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "error"),
+    [({"created_at": 1e18}, "created_at", "bad_time"), ({"created_at": time.time() + 3 * 86400}, "created_at", "bad_time"),
+     ({"model": "cxr\x00findings"}, "model", "invalid_field"), ({"version": "3\x00b"}, "version", "invalid_field")],
+)  # fmt: skip
+def test_records_the_store_cannot_hold_are_refused_at_ingest_naming_the_field(monitor, change, field, error):
+    with pytest.raises(RecordError) as caught:
+        monitor.ingest({**make_record("hostile"), **change})
+    assert (caught.value.field, caught.value.error) == (field, error) and field in caught.value.detail
+    with pytest.raises(NotFound):
+        monitor.record_view("hostile")
+
+
+def test_hostile_ids_and_report_numbers_are_4xx_answers(monitor):
+    for request_id in ("a\x00b", "x" * 129, "../etc"):
+        with pytest.raises(RecordError) as caught:
+            monitor.record_view(request_id)
+        assert caught.value.error == "bad_request_id"
+        with pytest.raises(RecordError):
+            monitor.saliency(request_id)
+    with pytest.raises(NotFound, match="drift report 99999999999999999999 does not exist"):
+        monitor.drift_html(99999999999999999999)
+    for query in ({"family": "a\x00"}, {"version": "\x00"}):
+        with pytest.raises(Exception, match="must not hold control characters"):
+            monitor.summary(**query)
+        with pytest.raises(Exception, match="must not hold control characters"):
+            monitor.timeseries(**query)

@@ -1,68 +1,21 @@
-"""The same store and service on PostgreSQL (the cluster's database), against a throwaway local server.
-
-Needs the PostgreSQL server binaries (``initdb``, ``pg_ctl``) on PATH (this machine kind has them) and psycopg2 (a
-project dependency); without them the tests fail, they are never silently skipped.
-"""
+"""The same store and service on PostgreSQL (the cluster's database), against a throwaway local server
+(``tests/monitoring/conftest.py``): the store and worker, concurrent claims taking disjoint rows (``FOR UPDATE SKIP
+LOCKED``), the service with its hostile inputs answered 4xx (a NUL character PostgreSQL text cannot hold)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
+import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from medmlops.monitoring.store import Store
 from medmlops.monitoring.worker import Worker
 
-from ..conftest import _free_port
 from .fake_analyser import factory as fake_factory
 from .records import call, make_record, prediction_record, start_monitor, wait_for
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _as_postgres(command: list[str]) -> list[str]:
-    if os.geteuid() != 0:
-        return command
-    runuser = shutil.which("runuser")
-    assert runuser is not None, "PostgreSQL refuses to run as root and runuser (util-linux) is missing"
-    return [runuser, "-u", "postgres", "--", *command]
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    import psycopg2  # noqa: F401 - a project dependency: the cluster's monitoring store is PostgreSQL
-
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    # Not skipped: a store that only ever met SQLite is untested for the cluster. Debian: apt-get install postgresql.
-    assert initdb and pg_ctl, "the PostgreSQL server binaries (initdb, pg_ctl) are not on PATH"
-    root = Path(tempfile.mkdtemp(prefix="medmlops-pg-"))  # outside pytest's 0700 folders: the postgres user reads it
-    root.chmod(0o755)
-    data = root / "data"
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    port = _free_port()
-    try:
-        subprocess.run(
-            _as_postgres([initdb, "-D", str(data), "-A", "trust", "-U", "monitoring", "--no-sync"]),
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        subprocess.run(
-            _as_postgres([pg_ctl, "-D", str(data), "-o", options, "-l", str(root / "server.log"), "-w", "start"]),
-            check=True, capture_output=True, timeout=120,
-        )  # fmt: skip
-        yield f"postgresql+psycopg2://monitoring@127.0.0.1:{port}/postgres"
-    finally:
-        if data.exists():
-            subprocess.run(
-                _as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "stop"]), capture_output=True, timeout=60
-            )
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_the_store_and_worker_run_on_postgresql(postgres_url):
@@ -78,7 +31,7 @@ def test_the_store_and_worker_run_on_postgresql(postgres_url):
         while worker.run_once():
             pass
         assert store.pending_count() == 0 and store.record("pg-bad")["status"] == "failed"
-        assert store.finish({"pg-1": {"flags": {}}}) == 0
+        assert store.finish(worker.owner, {"pg-1": {"flags": {}}}) == 0
         assert store.add_labels("pg-2", {"Atelectasis": 1}) and store.add_labels("pg-2", {"Atelectasis": 0})
         frame = store.results_frame("cxr-findings", version="3", since=t0 + 30, limit=2)
         assert list(frame["request_id"]) == ["pg-2", "pg-3"] and frame.loc[0, "label:Atelectasis"] == 0.0
@@ -97,6 +50,35 @@ def test_the_store_and_worker_run_on_postgresql(postgres_url):
         store.close()
 
 
+def test_concurrent_claims_take_disjoint_rows(postgres_url):
+    """Eight threads claiming at once from one queue: SKIP LOCKED hands each row to exactly one of them."""
+    store = Store(postgres_url)
+    try:
+        for i in range(120):
+            store.add_record(prediction_record(f"c{i:03d}"), received_at=1_000.0 + i)
+        claimed: dict[str, list[str]] = {}
+        start = threading.Barrier(8)
+
+        def claim(owner: str) -> None:
+            start.wait()
+            ids = claimed.setdefault(owner, [])
+            while batch := store.claim(owner, 4, lease_s=600, backlog_bound=10):
+                ids += [r.request_id for r in batch]
+
+        threads = [threading.Thread(target=claim, args=(f"w{k}",)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        every = [request_id for ids in claimed.values() for request_id in ids]
+        assert sorted(every) == [f"c{i:03d}" for i in range(120)]  # each row once, none left out
+        assert sum(bool(ids) for ids in claimed.values()) >= 2
+        owners = {store.record(f"c{i:03d}")["lease_owner"] for i in range(120)}
+        assert owners == {owner for owner, ids in claimed.items() if ids}
+    finally:
+        store.close()
+
+
 def test_the_service_runs_on_postgresql(postgres_url, tmp_path):
     server = start_monitor(tmp_path, db_url=postgres_url)
     try:
@@ -104,7 +86,25 @@ def test_the_service_runs_on_postgresql(postgres_url, tmp_path):
         assert call(f"{server.url}/records", method="POST", body=make_record("pg-http-1"))[0] == 202
         assert call(f"{server.url}/records", method="POST", body=make_record("pg-http-1"))[0] == 409
         assert wait_for(lambda: call(f"{server.url}/v1/records/pg-http-1")[1]["status"] == "done", 60)
+        assert call(f"{server.url}/v1/records/pg-http-1")[1]["tier"] == "saliency"
         assert call(f"{server.url}/v1/summary?family=cxr-findings")[1]["counts"]["done"] >= 1
         assert b"medmlops_informer_flag_rate" in call(f"{server.url}/metrics")[1]
+        hostile = [
+            (call(f"{server.url}/v1/records/pg%00http"), 422, "bad_request_id"),
+            (call(f"{server.url}/v1/records/pg%00http/saliency.png"), 422, "bad_request_id"),
+            (call(f"{server.url}/v1/summary?family=cxr%00findings"), 422, "bad_query"),
+            (call(f"{server.url}/v1/timeseries?version=3%00"), 422, "bad_query"),
+            (call(f"{server.url}/v1/flagged?family=%00"), 422, "bad_query"),
+            (call(f"{server.url}/v1/drift?family=%00"), 422, "bad_query"),
+            (call(f"{server.url}/records", method="POST", body={**make_record("pg-nul"), "model": "cxr\x00"}), 422,
+             "invalid_field"),
+            (call(f"{server.url}/v1/labels", method="POST", body={"request_id": "pg\x00", "labels": {"a": 1}}), 422,
+             "bad_request_id"),
+            (call(f"{server.url}/v1/drift/99999999999999999999/report.html"), 404, "no_report"),
+            (call(f"{server.url}/v1/drift/2147483648/report.html"), 404, "no_report"),
+        ]  # fmt: skip
+        for (status, body, _headers), expected, error in hostile:
+            assert (status, body["error"]) == (expected, error), body
+        assert call(f"{server.url}/healthz")[0] == 200 and server.process.poll() is None
     finally:
         assert server.stop() == 0

@@ -1,11 +1,38 @@
-"""``medmlops monitor serve|report``: argument parsing only; ``serve`` starts the HTTP shell (``python -m monitoring``),
-``report`` calls the core's drift report."""
+"""``medmlops monitor serve|worker|report``: argument parsing only; ``serve`` starts the HTTP shell (``python -m
+monitoring``), ``worker`` the core's saliency workers (:mod:`medmlops.monitoring.pool`), ``report`` the core's drift
+report."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from medmlops.commandline import add_params_args, add_shell_parser, params_from_args
+
+
+def add_worker_options(parser: argparse.ArgumentParser) -> None:
+    """The worker's options, shared by ``monitor worker`` and the in-process worker of ``monitor serve``."""
+    from medmlops.monitoring.worker import DEFAULT_BACKLOG_BOUND, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
+
+    parser.add_argument("--batch-size", type=int, default=8, help="records per claim and INFORMER pass (one version)")
+    parser.add_argument(
+        "--lease-s", type=float, default=DEFAULT_LEASE_S,
+        help="seconds a claim holds its records without renewal (renewed every third while a batch runs); a dead "
+        "worker's records go to another after this",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+        help="claims of a record (model not loadable, analyser errors, worker deaths) before it is marked failed",
+    )  # fmt: skip
+    parser.add_argument(
+        "--backlog-bound", type=int, default=DEFAULT_BACKLOG_BOUND,
+        help="more pending records than this: claim logit-flagged records first, then the random sample, then the "
+        "rest (each oldest first)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--analyser-factory", default=None, metavar="MODULE:CALLABLE",
+        help="(family, version) -> analyser (default: medmlops.informer.analyser.Analyser.from_registry)",
+    )  # fmt: skip
 
 
 def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +43,19 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     db_help = f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})"
     # The HTTP service's options are parsed by the shell that runs it (monitoring/__main__.py).
     add_shell_parser(msub, "serve", "HTTP service: ingest prediction records, INFORMER flags, dashboard, /metrics")
+
+    worker = msub.add_parser(
+        "worker", help="INFORMER (saliency tier) workers: claim pending records from the database and analyse them"
+    )
+    worker.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
+    worker.add_argument("--db-url", default=None, help=db_help)
+    add_worker_options(worker)
+    worker.add_argument("--device", default=None, help="torch device of the analysers, e.g. cuda (default: cpu)")
+    worker.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks at an empty queue")
+    worker.add_argument(
+        "--nice", type=int, default=0, help="CPU niceness added to the workers (on a node shared with serving)"
+    )
+    worker.set_defaults(func=cmd_worker)
 
     report = msub.add_parser("report", help="Evidently drift report of production features vs the reference set")
     report.add_argument(
@@ -29,6 +69,31 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--out", default=None, metavar="DIR", help="also write the HTML/JSON report files here")
     add_params_args(report)
     report.set_defaults(func=cmd_report)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import os
+
+    from medmlops.errors import UserError
+    from medmlops.monitoring.pool import WorkerOptions, run_pool
+    from medmlops.monitoring.store import resolve_db_url
+    from medmlops.monitoring.worker import HEARTBEAT_ENV
+
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} must be at least 1")
+    uri = None
+    if args.analyser_factory is None:  # the registry's analysers: MLflow resolved as every medmlops command does
+        from medmlops.config import RegistryConfig
+        from medmlops.registry import tracking
+
+        uri = tracking.configure(RegistryConfig(), cwd=Path.cwd())
+    options = WorkerOptions(
+        db_url=resolve_db_url(args.db_url), batch_size=args.batch_size, lease_s=args.lease_s,
+        max_attempts=args.max_attempts, backlog_bound=args.backlog_bound, poll_s=args.poll_s, nice=args.nice,
+        analyser_factory=args.analyser_factory, device=args.device, tracking_uri=uri,
+        heartbeat=os.environ.get(HEARTBEAT_ENV) or None, verbose=args.verbose,
+    )  # fmt: skip
+    return run_pool(options, args.workers)
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -1,9 +1,12 @@
 """Prometheus metrics of the monitoring service, in a registry of its own (never the process-global one).
 
-The names are fixed by ``k8s/base/prometheusrule.yaml``. Counters and the processing histogram are updated as
-things happen; the gauges that describe the database (flag rates over the window, the latest drift report of each
-family, the queue depth) are read from the store when ``/metrics`` is scraped, so they survive restarts and
-include reports written by ``medmlops monitor report`` in another process.
+The names are fixed by ``k8s/base/prometheusrule.yaml`` and the workers' ScaledObject. Counters and the processing
+histogram are updated as things happen (the processed counter and the histogram by this process's own worker
+only); the gauges that describe the database (flag rates over the window, the latest drift report of each family,
+the queue depth) are read from the store when ``/metrics`` is scraped, so they survive restarts, count the work of
+``medmlops monitor worker`` processes, and include reports written by ``medmlops monitor report``. What is per
+family is per model version too (label ``version``), except the drift gauges: a drift report covers a family's
+window whatever versions it holds.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from medmlops.errors import UserError
+from medmlops.monitoring.estimate import logit_rates, saliency_rates
 from medmlops.monitoring.store import Store
 
 log = logging.getLogger(__name__)
@@ -48,22 +52,20 @@ def parse_flag_window(text: str | int) -> FlagWindow:
     return FlagWindow(last=int(match.group(1)), hours=None)
 
 
-def flag_rates(flags: Iterable[Mapping[str, bool] | None]) -> dict[str, float]:
-    """Per class, the fraction of records flagged among those that have that class."""
-    seen: dict[str, int] = {}
-    flagged: dict[str, int] = {}
-    for row in flags:
-        for name, value in (row or {}).items():
-            seen[name] = seen.get(name, 0) + 1
-            flagged[name] = flagged.get(name, 0) + bool(value)
-    return {name: flagged[name] / seen[name] for name in seen}
-
-
 def window_rows(store: Store, family: str, window: FlagWindow, *, now: float | None = None) -> list[dict[str, Any]]:
+    """The records of ``family`` in the window, analysed or not (:meth:`Store.population`): the estimates of
+    :mod:`medmlops.monitoring.estimate` need the ones still waiting too."""
     if window.hours is not None:
         since = (time.time() if now is None else now) - window.hours * 3600
-        return store.processed(family=family, since=since)
-    return store.processed(family=family, limit=window.last)
+        return store.population(family=family, since=since)
+    return store.population(family=family, limit=window.last)
+
+
+def by_version(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["version"], []).append(row)
+    return groups
 
 
 class _StoreCollector(Collector):
@@ -73,12 +75,24 @@ class _StoreCollector(Collector):
         self.store, self.window = store, window
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        queue = GaugeMetricFamily("medmlops_monitoring_queue_depth", "Prediction records waiting for INFORMER.")
+        # Unlabelled: KEDA scales the workers on it, and one series answers even while no family has a record.
+        depth = GaugeMetricFamily("medmlops_monitoring_queue_depth", "Prediction records waiting for INFORMER.")
+        pending = GaugeMetricFamily(
+            "medmlops_monitoring_queue_pending", "Prediction records waiting for INFORMER, per model version.",
+            labels=["family", "version"],
+        )  # fmt: skip
+        described = self.window.describe()
         rate = GaugeMetricFamily(
             "medmlops_informer_flag_rate",
-            f"Fraction of the window's processed predictions INFORMER flagged, per class ({self.window.describe()}).",
-            labels=["family", "class_name"],
-        )
+            f"Estimated share of the window's predictions INFORMER (saliency tier) flags, per class ({described}; "
+            "stratum-weighted while the workers run behind).",
+            labels=["family", "version", "class_name"],
+        )  # fmt: skip
+        logit_rate = GaugeMetricFamily(
+            "medmlops_logit_flag_rate",
+            f"Share of the window's predictions the logit tier flags at ingest, per class ({described}).",
+            labels=["family", "version", "class_name"],
+        )  # fmt: skip
         share = GaugeMetricFamily(
             "medmlops_drift_share", "Share of drifted features in the latest drift report.", labels=["family"]
         )
@@ -86,19 +100,24 @@ class _StoreCollector(Collector):
             "medmlops_drift_report_timestamp_seconds", "Unix time of the latest drift report.", labels=["family"]
         )
         try:
-            queue.add_metric([], self.store.pending_count())
+            waiting = {(family, version): n for family, version, n in self.store.pending_by_version()}
+            depth.add_metric([], sum(waiting.values()))
             for family in self.store.families():
-                for name, value in sorted(
-                    flag_rates(r["flags"] for r in window_rows(self.store, family, self.window)).items()
-                ):
-                    rate.add_metric([family, name], value)
+                for version, rows in sorted(by_version(window_rows(self.store, family, self.window)).items()):
+                    waiting.setdefault((family, version), 0)  # a version in the window with nothing waiting: 0
+                    for name, value in saliency_rates(rows).items():
+                        rate.add_metric([family, version, name], value)
+                    for name, value in logit_rates(rows).items():
+                        logit_rate.add_metric([family, version, name], value)
+            for (family, version), n in sorted(waiting.items()):
+                pending.add_metric([family, version], n)
             for report in self.store.latest_drifts():
                 if report["drift_share"] is not None and math.isfinite(report["drift_share"]):
                     share.add_metric([report["family"]], report["drift_share"])
                 stamp.add_metric([report["family"]], report["created_at"])
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
             log.exception("reading metrics from the monitoring store failed")
-        yield from (queue, rate, share, stamp)
+        yield from (depth, pending, rate, logit_rate, share, stamp)
 
 
 class MonitoringMetrics:
@@ -111,12 +130,13 @@ class MonitoringMetrics:
             ["handler", "method", "status"], registry=self.registry,
         )  # fmt: skip
         self.ingested = Counter(
-            "medmlops_monitoring_records_ingested", "Prediction records accepted (stored) by family.", ["family"],
-            registry=self.registry,
+            "medmlops_monitoring_records_ingested", "Prediction records accepted (stored) by model version.",
+            ["family", "version"], registry=self.registry,
         )  # fmt: skip
         self.processed = Counter(
-            "medmlops_monitoring_records_processed", "Records the worker finished, by family and status (done, failed).",
-            ["family", "status"], registry=self.registry,
+            "medmlops_monitoring_records_processed",
+            "Records this process's worker finished, by model version and status (done, failed).",
+            ["family", "version", "status"], registry=self.registry,
         )  # fmt: skip
         self.processing_seconds = Histogram(
             "medmlops_monitoring_processing_seconds",
@@ -131,9 +151,9 @@ class MonitoringMetrics:
         for _ in range(n):
             self.processing_seconds.observe(seconds / n)
         if n_done:
-            self.processed.labels(family, "done").inc(n_done)
+            self.processed.labels(family, version, "done").inc(n_done)
         if n_failed:
-            self.processed.labels(family, "failed").inc(n_failed)
+            self.processed.labels(family, version, "failed").inc(n_failed)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

@@ -7,10 +7,13 @@ record must hold, what a summary counts) is here, testable without a server.
 from __future__ import annotations
 
 import hmac
-import importlib
 import ipaddress
+import json
 import logging
 import math
+import random
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,15 +29,31 @@ from medmlops.inference.record import (
     required,
     unix_seconds,
 )
-from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, flag_rates, parse_flag_window, window_rows
-from medmlops.monitoring.store import Store
-from medmlops.monitoring.worker import AnalyserFactory, Worker
+from medmlops.monitoring.estimate import coverage, logit_rates, saliency_flagged_share, saliency_rates
+from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_flag_window, window_rows
+from medmlops.monitoring.store import STRATA, Store
+from medmlops.monitoring.tiers import CalibrationSource, LogitScorer, load_source, triage
+from medmlops.monitoring.worker import (
+    DEFAULT_BACKLOG_BOUND,
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_ATTEMPTS,
+    AnalyserFactory,
+    Worker,
+    load_factory,
+)
 
 log = logging.getLogger(__name__)
 TOKEN_ENV = "MEDMLOPS_MONITORING_TOKEN"
 READ_TOKEN_ENV = "MEDMLOPS_MONITORING_READ_TOKEN"
 # A record carries the upload base64-encoded (4/3 of its size) plus JSON: serving's 64 MiB upload limit needs ~86 MiB.
 DEFAULT_MAX_BODY_BYTES = 96 * 1024 * 1024
+# Serving's decoded answers are a few levels deep; every JSON walker (ours, the database driver's) recurses.
+MAX_JSON_DEPTH = 64
+DEFAULT_SAMPLE_P = 0.1
+# A record may come from a machine whose clock runs ahead, not from the far future (time windows would skew).
+MAX_CLOCK_AHEAD_S = 86400.0
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL text cannot hold NUL; none of these belongs in a name
+_MAX_REPORT_ID = 2**31 - 1  # drift_reports.id is a 32-bit integer on PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -50,8 +69,14 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     flag_window: str = "500"
     analyser_factory: str | None = None
+    calibration_source: str | None = None
     poll_s: float = 1.0
     worker_nice: int = 10
+    no_worker: bool = False
+    lease_s: float = DEFAULT_LEASE_S
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    backlog_bound: int | None = DEFAULT_BACKLOG_BOUND
+    sample_p: float = DEFAULT_SAMPLE_P
 
 
 def is_loopback(host: str) -> bool:
@@ -71,22 +96,6 @@ def check_exposure(host: str, token: str | None) -> None:
         )
 
 
-def load_factory(spec: str) -> AnalyserFactory:
-    """``"package.module:attribute.path"`` → that callable ``(family, version) -> analyser``."""
-    module_name, _, attribute = spec.partition(":")
-    if not module_name or not attribute:
-        raise UserError(f"--analyser-factory '{spec}' must look like package.module:callable")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise UserError(f"--analyser-factory '{spec}' cannot be imported ({exc})") from exc
-    if not callable(target):
-        raise UserError(f"--analyser-factory '{spec}' is not callable")
-    return target
-
-
 def bearer(authorization: str | None) -> str | None:
     """The token of an ``Authorization: Bearer <token>`` header, else None."""
     if not authorization:
@@ -102,15 +111,90 @@ def _same(given: str | None, expected: str | None) -> bool:
 
 
 def parse_time(text: str | None, name: str) -> float | None:
-    """A query time: Unix seconds or ISO 8601 (UTC when it has no offset); UserError naming ``name``."""
+    """A query time: Unix seconds or ISO 8601 (UTC when it has no offset), within the years 1-9999; UserError
+    naming ``name``."""
     if text is None or text == "":
         return None
     try:
-        return unix_seconds(text)
-    except ValueError as exc:
+        seconds = unix_seconds(text)
+        iso(seconds)  # a time with no calendar date (e.g. -1e300) cannot be shown or compared meaningfully
+    except (ValueError, OverflowError, OSError) as exc:
         raise UserError(
-            f"query parameter '{name}' must be Unix seconds or an ISO 8601 time, not {text[:40]!r}"
+            f"query parameter '{name}' must be Unix seconds or an ISO 8601 time in the years 1-9999, not {text[:40]!r}"
         ) from exc
+    return seconds
+
+
+def parse_count(text: str | None, name: str, default: int, low: int = 1, high: int = 500) -> int:
+    """A query count: a whole number, at least ``low``; more than ``high`` is taken as ``high``. UserError naming
+    ``name`` for anything else (``inf``, ``nan``, ``1e400``, ``2.5``)."""
+    if text is None or text == "":
+        return default
+    if not text.isascii() or not text.isdigit():
+        raise UserError(f"query parameter '{name}' must be a whole number from {low} to {high}, not {text[:40]!r}")
+    return max(low, min(int(text[:12]), high))
+
+
+def check_name(text: str | None, name: str) -> str | None:
+    """A query's family or version as given; UserError naming ``name`` when it holds a control character (NUL)."""
+    if text is not None and _CONTROL.search(text):
+        raise UserError(f"query parameter '{name}' must not hold control characters (NUL, newline, ...)")
+    return text
+
+
+def _depth(value: Any) -> int:
+    """How deeply ``value`` nests lists and objects, without recursion (the value itself may be hostile)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            if level > MAX_JSON_DEPTH:
+                break
+            stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def load_json(body: bytes) -> Any:
+    """A request body as JSON; RecordError (400, field "body") when it is not JSON or nests more than
+    :data:`MAX_JSON_DEPTH` levels (Python's parser gives up at about 1000 with a RecursionError; anything deeper
+    than our limit would make the record's own walkers and the database driver recurse as deep)."""
+    try:
+        value = json.loads(body)
+    except RecursionError as exc:
+        raise RecordError(
+            "body", f"the body nests more than {MAX_JSON_DEPTH} levels", error="bad_json", status=400
+        ) from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(
+            "body", f"the body is not valid JSON ({str(exc)[:120]})", error="bad_json", status=400
+        ) from exc
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise RecordError("body", f"the body nests more than {MAX_JSON_DEPTH} levels", error="bad_json", status=400)
+    return value
+
+
+def check_storable(record: PredictionRecord, now: float) -> None:
+    """What the store needs beyond the record schema: names without control characters (PostgreSQL text cannot
+    hold NUL), and a creation time with a calendar date, not in the future beyond a clock's drift.
+
+    Raises:
+        RecordError: naming the field.
+    """
+    for field, value in (("model", record.family), ("version", record.version)):
+        if _CONTROL.search(value):
+            raise RecordError(field, f"field '{field}' must not hold control characters (NUL, newline, ...)")
+    try:
+        iso(record.created_at)
+    except (ValueError, OverflowError, OSError):
+        ok = False
+    else:
+        ok = record.created_at <= now + MAX_CLOCK_AHEAD_S
+    if not ok:
+        raise RecordError(
+            "created_at", f"field 'created_at' ({record.created_at:g}) is more than a day in the future or has no "
+            "calendar date", error="bad_time",
+        )  # fmt: skip
 
 
 def parse_labels(obj: Any) -> tuple[str, dict[str, int]]:
@@ -147,34 +231,55 @@ _RESULT_FIELDS = (
 
 
 class Monitor:
-    """The store, the worker and the metrics of one service process, plus the rules of its HTTP surface."""
+    """The store, the worker and the metrics of one service process, plus the rules of its HTTP surface.
 
-    def __init__(self, settings: Settings, *, factory: AnalyserFactory | None = None) -> None:
+    Args:
+        settings: what the command line asked for.
+        factory: the analyser factory (default: ``settings.analyser_factory``, else the registry's).
+        calibration: the logit tier's contract and calibration source (default: ``settings.calibration_source``,
+            else the registry's).
+        rng: the draws of the backlog sample (tests pass a seeded one).
+    """
+
+    def __init__(
+        self, settings: Settings, *, factory: AnalyserFactory | None = None,
+        calibration: CalibrationSource | None = None, rng: random.Random | None = None,
+    ) -> None:  # fmt: skip
         if settings.max_body_bytes < 1024:
             raise UserError(f"--max-body-bytes {settings.max_body_bytes} is too small (at least 1024)")
-        if settings.batch_size < 1:
-            raise UserError(f"--batch-size {settings.batch_size} must be at least 1")
+        if not 0.0 <= settings.sample_p <= 1.0:
+            raise UserError(f"--sample-p {settings.sample_p} must be a probability from 0 to 1")
         self.settings = settings
         self.window: FlagWindow = parse_flag_window(settings.flag_window)
         if factory is None and settings.analyser_factory:
             factory = load_factory(settings.analyser_factory)
+        if calibration is None and settings.calibration_source:
+            calibration = load_source(settings.calibration_source)
+        self.scorer = LogitScorer(calibration)
+        self.rng = rng or random.Random()
         self.store = Store(settings.db_url)
         self.metrics = MonitoringMetrics(self.store, self.window)
-        self.worker = Worker(
-            self.store, factory=factory, batch_size=settings.batch_size, poll_s=settings.poll_s,
-            on_batch=self.metrics.observe_batch, nice=settings.worker_nice,
-        )  # fmt: skip
+        self.worker: Worker | None = None
+        if not settings.no_worker:
+            self.worker = Worker(
+                self.store, factory=factory, batch_size=settings.batch_size, poll_s=settings.poll_s,
+                lease_s=settings.lease_s, max_attempts=settings.max_attempts, backlog_bound=settings.backlog_bound,
+                on_batch=self.metrics.observe_batch, nice=settings.worker_nice,
+            )  # fmt: skip
 
     # -- lifecycle ----------------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         if not self.settings.token:
             log.warning("no write token (--token / $%s): anyone on this machine can post records and labels", TOKEN_ENV)
-        self.worker.start()
+        if self.worker is not None:
+            self.worker.start()
+        else:
+            log.info("no in-process worker (--no-worker): `medmlops monitor worker` processes analyse the records")
 
     def close(self, timeout_s: float = 30.0) -> None:
-        if not self.worker.stop(timeout_s):
-            log.warning("the worker did not finish its batch within %.0f s; its records stay pending", timeout_s)
+        if self.worker is not None and not self.worker.stop(timeout_s):
+            log.warning("the worker did not finish its batch within %.0f s; its leases will expire", timeout_s)
         self.store.close()
 
     # -- access -------------------------------------------------------------------------------------------------------
@@ -192,16 +297,21 @@ class Monitor:
     # -- writes -------------------------------------------------------------------------------------------------------
 
     def ingest(self, body: Any) -> tuple[str, bool]:
-        """Check and store one posted record: (its request_id, False when that id was already stored).
+        """Check and store one posted record with its logit tier and backlog stratum (:func:`tiers.triage`):
+        (its request_id, False when that id was already stored).
 
         Raises:
             RecordError: a field is missing or wrong (nothing stored).
         """
         record = PredictionRecord.parse(body)
-        stored = self.store.add_record(record)
+        now = time.time()
+        check_storable(record, now)
+        intake = triage(record, self.scorer, sample_p=self.settings.sample_p, rng=self.rng, now=now)
+        stored = self.store.add_record(record, received_at=now, intake=intake)
         if stored:
-            self.metrics.ingested.labels(record.family).inc()
-            self.worker.wake()
+            self.metrics.ingested.labels(record.family, record.version).inc()
+            if self.worker is not None:
+                self.worker.wake()
         return record.request_id, stored
 
     def post_labels(self, body: Any) -> dict[str, Any]:
@@ -216,19 +326,37 @@ class Monitor:
     def healthy(self) -> dict[str, Any] | None:
         if not self.store.ping():
             return None
-        return {"status": "ok", "database": self.store.dialect, "worker": self.worker.running}
+        worker = "off" if self.worker is None else self.worker.running
+        return {"status": "ok", "database": self.store.dialect, "worker": worker}
 
     def record_view(self, request_id: str) -> dict[str, Any]:
+        """One record: its fields, which tier it has and since when (``tier``: "saliency" once INFORMER analysed
+        it, "logit" while only the ingest tier has, "unscored" when neither), both tiers' results, its place in
+        the queue (status, attempts, lease, stratum)."""
+        check_request_id(request_id)
         row = self.store.record(request_id)
         if row is None:
             raise _unknown(request_id)
+        result, logit, logit_flags = row["result"], row["logit"] or {}, row["logit_flags"]
+        scored = row["logit_at"] is not None
         view: dict[str, Any] = {
             "request_id": row["request_id"], "model": row["family"], "version": row["version"],
-            "status": row["status"], "created_at": iso(row["created_at"]), "received_at": iso(row["received_at"]),
+            "correlation_id": row["correlation_id"], "status": row["status"],
+            "tier": "saliency" if result is not None else "logit" if scored else "unscored",
+            "created_at": iso(row["created_at"]), "received_at": iso(row["received_at"]),
             "attempts": row["attempts"], "error": row["error"], "predictions": row["predictions"],
             "ground_truth": row["labels"],
+            "logit_tier": {
+                "at": iso(row["logit_at"]), "score": logit.get("score"), "calibrated": logit.get("calibrated", False),
+                "scores": logit.get("scores"), "flags": logit_flags, "error": logit.get("error"),
+                "flagged": None if logit_flags is None else any(logit_flags.values()),
+            },
+            "saliency_tier": None if result is None else {"at": iso(row["processed_at"])},
+            "queue": {
+                "stratum": STRATA[row["stratum"]], "sample_p": row["sample_p"],
+                "lease_owner": row["lease_owner"], "lease_expires": iso(row["lease_expires"]),
+            },
         }  # fmt: skip
-        result = row["result"]
         if result is not None:
             view["processed_at"] = iso(row["processed_at"])
             view.update({key: result.get(key) for key in _RESULT_FIELDS})
@@ -238,6 +366,7 @@ class Monitor:
 
     def saliency(self, request_id: str) -> bytes:
         """The saliency PNG of a processed record; NotFound says whether the record or only its map is missing."""
+        check_request_id(request_id)
         png = self.store.saliency_png(request_id)
         if png is not None:
             return png
@@ -249,72 +378,68 @@ class Monitor:
         self, *, family: str | None = None, version: str | None = None, since: float | None = None,
         until: float | None = None,
     ) -> dict[str, Any]:  # fmt: skip
-        """Counts by status, flag rates per class, the same per (family, version), and the window's bounds."""
-        counts = self.store.status_counts(family=family, version=version, since=since, until=until)
-        rows = self.store.processed(family=family, version=version, since=since, until=until)
-        groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for c in counts:
-            group = groups.setdefault((c["family"], c["version"]), _empty_counts())
-            group["counts"][c["status"]] = group["counts"].get(c["status"], 0) + c["n"]
-            group["counts"]["total"] += c["n"]
-        by_group: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        """Counts by status, both tiers' flag rates per class, the same per (family, version), the window's bounds.
+
+        Saliency-tier rates (``flag_rate``, ``flagged_rate``) are the stratified estimates of
+        :mod:`medmlops.monitoring.estimate`: what the share would be if every record in the window had been
+        analysed, unbiased while the workers run behind. Logit-tier rates are exact counts.
+        """
+        rows = self.store.population(family=check_name(family, "family"), version=check_name(version, "version"),
+                                     since=since, until=until)  # fmt: skip
+        groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in rows:
-            by_group.setdefault((row["family"], row["version"]), []).append(row)
-        versions = []
-        for (fam, ver), group in sorted(groups.items(), key=lambda kv: (kv[0][0], _version_key(kv[0][1]))):
-            members = by_group.get((fam, ver), [])
-            group["counts"]["flagged"] = sum(bool(r["flagged"]) for r in members)
-            versions.append(
-                {"family": fam, "version": ver, **group, "flag_rate": flag_rates(r["flags"] for r in members)}
-            )
-        totals = _empty_counts()["counts"]
-        for group in groups.values():
-            for key, value in group["counts"].items():
-                totals[key] = totals.get(key, 0) + value
-        first = min((c["first"] for c in counts), default=None)
-        last = max((c["last"] for c in counts), default=None)
+            groups.setdefault((row["family"], row["version"]), []).append(row)
+        versions = [
+            {"family": fam, "version": ver, **_rates(members)}
+            for (fam, ver), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _version_key(kv[0][1])))
+        ]
+        first = min((r["created_at"] for r in rows), default=None)
+        last = max((r["created_at"] for r in rows), default=None)
         return finite({
             "family": family, "version": version,
             "window": {"since": iso(since), "until": iso(until), "first": iso(first), "last": iso(last)},
-            "counts": totals,
-            "flagged_rate": totals["flagged"] / totals["done"] if totals["done"] else None,
-            "flag_rate": flag_rates(r["flags"] for r in rows),
-            "versions": versions,
+            **_rates(rows), "versions": versions,
             "flag_window": {"description": self.window.describe(), "flag_rate": self.window_flag_rates(family)},
         })  # fmt: skip
 
     def window_flag_rates(self, family: str | None) -> dict[str, dict[str, float]] | dict[str, float]:
-        """Flag rates over the metrics window (what ``medmlops_informer_flag_rate`` exports)."""
+        """Estimated saliency-tier flag rates over the metrics window (``medmlops_informer_flag_rate`` exports them
+        per version)."""
         if family is not None:
-            return flag_rates(r["flags"] for r in window_rows(self.store, family, self.window))
-        return {
-            f: flag_rates(r["flags"] for r in window_rows(self.store, f, self.window)) for f in self.store.families()
-        }
+            return saliency_rates(window_rows(self.store, family, self.window))
+        return {f: saliency_rates(window_rows(self.store, f, self.window)) for f in self.store.families()}
 
     def timeseries(
         self, *, family: str | None = None, version: str | None = None, bucket_s: float = 3600.0,
         since: float | None = None, until: float | None = None, limit: int = 20000,
     ) -> dict[str, Any]:  # fmt: skip
-        """Processed records in buckets of ``bucket_s`` seconds of created_at: n, flagged, flag rate per class."""
+        """Records in buckets of ``bucket_s`` seconds of created_at: records, analysed, both tiers' flag rates per
+        class (saliency: the stratified estimate per bucket)."""
         if not math.isfinite(bucket_s) or bucket_s <= 0:
             raise UserError(f"query parameter 'bucket_s' must be a positive number of seconds, not {bucket_s}")
-        rows = self.store.processed(family=family, version=version, since=since, until=until, limit=limit)
+        rows = self.store.population(family=check_name(family, "family"), version=check_name(version, "version"),
+                                     since=since, until=until, limit=limit)  # fmt: skip
         buckets: dict[float, list[dict[str, Any]]] = {}
         for row in rows:
             buckets.setdefault(math.floor(row["created_at"] / bucket_s) * bucket_s, []).append(row)
-        classes = sorted({name for row in rows for name in (row["flags"] or {})})
-        points = [
-            {"t": start, "time": iso(start), "n": len(members), "flagged": sum(bool(r["flagged"]) for r in members),
-             "flag_rate": flag_rates(r["flags"] for r in members)}
-            for start, members in sorted(buckets.items())
-        ]  # fmt: skip
+        classes = sorted({name for row in rows for name in {**(row["flags"] or {}), **(row["logit_flags"] or {})}})
+        points = []
+        for start, members in sorted(buckets.items()):
+            rates = _rates(members)
+            points.append({
+                "t": start, "time": iso(start), "records": len(members), "n": rates["counts"]["done"],
+                "flagged": rates["counts"]["flagged"], "flagged_rate": rates["flagged_rate"],
+                "flag_rate": rates["flag_rate"], "logit_flag_rate": rates["logit"]["flag_rate"],
+            })  # fmt: skip
         return finite(
             {"family": family, "version": version, "bucket_s": bucket_s, "classes": classes, "points": points}
         )
 
     def flagged_cases(self, *, family: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
-        """The newest flagged records, newest first, with their flagged classes and distinctiveness."""
-        rows = self.store.processed(family=family, limit=max(1, min(limit, 500)), flagged_only=True, full=True)
+        """The newest records INFORMER flagged, newest first, with their flagged classes and distinctiveness."""
+        if not 1 <= limit <= 500:
+            raise UserError(f"query parameter 'limit' must be a whole number from 1 to 500, not {limit}")
+        rows = self.store.processed(family=check_name(family, "family"), limit=limit, flagged_only=True, full=True)
         cases = []
         for row in reversed(rows):
             result = row["result"] or {}
@@ -330,7 +455,7 @@ class Monitor:
     def drift(self, family: str | None = None) -> list[dict[str, Any]]:
         """The latest drift report of ``family`` (or of every family)."""
         if family is not None:
-            report = self.store.latest_drift(family)
+            report = self.store.latest_drift(check_name(family, "family"))
             reports = [report] if report else []
         else:
             reports = self.store.latest_drifts()
@@ -338,6 +463,8 @@ class Monitor:
 
     def drift_html(self, report_id: int) -> Path:
         """The HTML file of a drift report, when it is one and is here; NotFound otherwise."""
+        if not 1 <= report_id <= _MAX_REPORT_ID:  # the database would refuse the number itself
+            raise NotFound("no_report", f"drift report {report_id} does not exist (ids run from 1 to {_MAX_REPORT_ID})")
         report = self.store.drift_report(report_id)
         path = Path(report["html_path"]) if report and report["html_path"] else None
         if path is None or path.suffix.lower() not in (".html", ".htm") or not path.is_file():
@@ -353,8 +480,24 @@ class Monitor:
         return [{"family": f, "counts": counts.get(f, {"total": 0})} for f in self.store.families()]
 
 
-def _empty_counts() -> dict[str, Any]:
-    return {"counts": {"total": 0, "pending": 0, "done": 0, "failed": 0, "flagged": 0}}
+def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts, both tiers' rates and the estimate's coverage of a window's rows (:meth:`Store.population`)."""
+    counts = {"total": len(rows), "pending": 0, "done": 0, "failed": 0}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    counts["flagged"] = sum(bool(r["flagged"]) for r in rows)
+    logit_scored = [r for r in rows if r["logit_at"] is not None]
+    return {
+        "counts": counts,
+        "flagged_rate": saliency_flagged_share(rows),
+        "flag_rate": saliency_rates(rows),
+        "logit": {
+            "scored": len(logit_scored),
+            "flagged": sum(any((r["logit_flags"] or {}).values()) for r in logit_scored),
+            "flag_rate": logit_rates(logit_scored),
+        },  # fmt: skip
+        "estimate": coverage(rows),
+    }
 
 
 def _version_key(version: str) -> tuple[int, str]:

@@ -1,13 +1,16 @@
-"""``medmlops monitor serve`` as a real process on 127.0.0.1 (fake analyser, temp SQLite): ingest and results,
-409 on a duplicate, auth, bad input answered 4xx JSON with the server staying up, /metrics names, the forwarder
-delivering spooled records, clean SIGTERM, refusal to listen beyond loopback without a token, and the kill test:
-SIGKILL mid-processing, restart, every record processed exactly once."""
+"""``medmlops monitor serve`` as a real process on 127.0.0.1 (fake analyser and logit-tier source, temp SQLite):
+ingest with the logit tier at once and the saliency tier after, 409 on a duplicate, auth, bad and hostile input
+answered 4xx JSON with the server staying up, /metrics names and labels, the forwarder delivering spooled records,
+clean SIGTERM, refusal to listen beyond loopback without a token, ``--no-worker`` with a ``medmlops monitor worker``
+process doing the saliency tier, and the kill test: SIGKILL mid-processing, restart, every record processed exactly
+once."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -22,16 +25,18 @@ from medmlops.inference.record import PredictionRecord
 from medmlops.monitoring.store import Store
 
 from ...conftest import REPO
-from ...monitoring.records import call, make_record, start_monitor, wait_for
+from ...monitoring.fake_analyser import CLASSES
+from ...monitoring.records import UNSURE, call, make_record, start_monitor, start_worker, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 WRITE = "write-secret"
 READ = "read-secret"
-MAX_BODY = 300_000
+MAX_BODY = 410_000  # room for a JSON body nested 200,000 deep (400 kB), which must be refused for its depth
 METRIC_NAMES = (
     "medmlops_monitoring_http_requests_total", "medmlops_informer_flag_rate", "medmlops_drift_share",
     "medmlops_drift_report_timestamp_seconds", "medmlops_monitoring_records_ingested_total",
-    "medmlops_monitoring_processing_seconds", "medmlops_monitoring_queue_depth",
+    "medmlops_monitoring_processing_seconds", "medmlops_monitoring_queue_depth", "medmlops_monitoring_queue_pending",
+    "medmlops_logit_flag_rate",
 )  # fmt: skip
 
 
@@ -70,7 +75,8 @@ def test_a_record_is_accepted_then_processed_and_a_duplicate_is_409(served):
 
     result = _done(served.url, "http-ok-1")
     assert result["status"] == "done" and result["version"] == "3" and result["error"] is None
-    assert result["classes"] == ["Atelectasis", "Cardiomegaly"]
+    assert result["classes"] == CLASSES and result["tier"] == "saliency" and result["saliency_tier"]["at"]
+    assert result["logit_tier"]["at"] <= result["saliency_tier"]["at"] and result["logit_tier"]["flagged"] is False
     assert (
         set(result["distinctiveness"]) == set(result["flags"]) == set(result["probabilities"]) == set(result["classes"])
     )
@@ -95,14 +101,14 @@ def test_summary_timeseries_flagged_families_and_labels(served):
     assert summary["counts"] == {"total": 7, "pending": 0, "done": 6, "failed": 1,
                                  "flagged": summary["counts"]["flagged"]}  # fmt: skip
     assert {v["version"]: v["counts"]["done"] for v in summary["versions"]} == {"1": 3, "2": 3}
-    assert set(summary["flag_rate"]) == {"Atelectasis", "Cardiomegaly"}
+    assert set(summary["flag_rate"]) == set(CLASSES) and summary["estimate"]["complete"]
     assert all(0 <= r <= 1 for r in summary["flag_rate"].values())
     since = now - 7200 + 1800 * 4 - 1
     status, windowed, _ = call(f"{served.url}/v1/summary?family=covid-prognosis&version=1&since={since}")
     assert windowed["counts"]["done"] == 1  # sum-4 only (version 1, created in the window)
 
     status, series, _ = call(f"{served.url}/v1/timeseries?family=covid-prognosis&bucket_s=3600")
-    assert status == 200 and series["classes"] == ["Atelectasis", "Cardiomegaly"]
+    assert status == 200 and series["classes"] == CLASSES
     assert sum(p["n"] for p in series["points"]) == 6 and len(series["points"]) >= 3
     assert [p["t"] for p in series["points"]] == sorted(p["t"] for p in series["points"])
 
@@ -174,7 +180,7 @@ def _raw(url: str, body: bytes, content_type: str | None):
 )
 def test_bad_requests_get_a_4xx_json_naming_the_problem_and_the_server_stays_up(served):
     good = make_record("bad-corpus-good")
-    too_big = make_record("big", data=os.urandom(MAX_BODY))
+    too_big = make_record("big", data=os.urandom(MAX_BODY * 3 // 4 + 2_000))  # base64: just over the limit
     no_sha = make_record("x1")
     del no_sha["input"]["sha256"]
     cases = [
@@ -206,10 +212,24 @@ def test_bad_requests_get_a_4xx_json_naming_the_problem_and_the_server_stays_up(
         (call(f"{served.url}/v1/drift/12345/report.html"), 404, "no_report"),
         (call(f"{served.url}/no/such/route"), 404, "not_found"),
         (call(f"{served.url}/records"), 405, "method_not_allowed"),
-    ]
+        # Found by a hostile test run: each was a 500 (or a stored record nothing could show).
+        *((call(f"{served.url}/v1/flagged?limit={limit}"), 422, "bad_query") for limit in ("inf", "nan", "1e400")),
+        (call(f"{served.url}/v1/summary?since=-1e300"), 422, "bad_query"),
+        (call(f"{served.url}/v1/timeseries?until=1e300"), 422, "bad_query"),
+        (call(f"{served.url}/v1/drift/99999999999999999999/report.html"), 404, "no_report"),
+        (_raw(served.url, b"[" * 200_000 + b"]" * 200_000, "application/json"), 400, "bad_json"),
+        (call(f"{served.url}/v1/labels", method="POST", raw=b'{"a":' * 80_000 + b"1" + b"}" * 80_000, token=WRITE),
+         400, "bad_json"),
+        (_post(served.url, {**good, "predictions": json.loads("[" * 500 + "]" * 500)}), 400, "bad_json"),
+        (_post(served.url, {**good, "created_at": 1e18}), 422, "bad_time"),
+        (call(f"{served.url}/v1/records/a%00b"), 422, "bad_request_id"),
+        (call(f"{served.url}/v1/summary?family=cxr%00findings"), 422, "bad_query"),
+    ]  # fmt: skip
     for (status, body, _headers), expected, error in cases:
         assert status == expected and isinstance(body, dict), (expected, error, status, body)
         assert body["error"] == error and body["detail"].strip(), body
+    deep = _raw(served.url, b"[" * 200_000 + b"]" * 200_000, "application/json")[1]
+    assert deep["detail"] == "the body nests more than 64 levels" and deep["field"] == "body"
     named = _post(served.url, no_sha)[1]
     assert named["field"] == "input.sha256" and "'input.sha256'" in named["detail"]
     assert call(f"{served.url}/v1/records/big")[0] == 404  # nothing of the refused records was stored
@@ -235,8 +255,11 @@ def test_metrics_export_the_names_the_alert_rules_use(served):
         assert f"\n{name}" in text, name
     assert 'medmlops_drift_share{family="ich-prognosis"} 0.25' in text
     assert 'medmlops_drift_report_timestamp_seconds{family="ich-prognosis"} 1.7900000005e+09' in text
-    assert 'medmlops_monitoring_records_ingested_total{family="ich-prognosis"} 1.0' in text
-    assert 'medmlops_informer_flag_rate{class_name="Atelectasis",family="ich-prognosis"}' in text
+    assert 'medmlops_monitoring_records_ingested_total{family="ich-prognosis",version="3"} 1.0' in text
+    assert f'medmlops_informer_flag_rate{{class_name="{CLASSES[0]}",family="ich-prognosis",version="3"}}' in text
+    assert f'medmlops_logit_flag_rate{{class_name="{CLASSES[0]}",family="ich-prognosis",version="3"}} 0.0' in text
+    assert 'medmlops_monitoring_records_processed_total{family="ich-prognosis",status="done",version="3"}' in text
+    assert re.search(r"^medmlops_monitoring_queue_depth \d", text, flags=re.MULTILINE)
     assert 'medmlops_monitoring_http_requests_total{handler="/records",method="POST",status="202"}' in text
     assert 'handler="unmatched",method="GET",status="404"' in text
     assert "medmlops_monitoring_processing_seconds_count" in text
@@ -333,7 +356,8 @@ def test_sigterm_stops_the_worker_and_exits_cleanly(tmp_path):
     _done(server.url, "term-1")
     assert server.stop() == 0
     log = server.log_text()
-    assert "no write token" in log and "monitoring worker stopped" in log and "Application shutdown complete" in log
+    assert "no write token" in log and re.search(r"monitoring worker \S+ stopped", log)
+    assert "Application shutdown complete" in log
     assert f"monitoring on {server.url}" in log
 
 
@@ -370,7 +394,8 @@ def _sqlite_counts(db_path: Path) -> dict[str, int]:
 def test_sigkill_mid_processing_then_restart_processes_every_record_exactly_once(tmp_path):
     n = 40
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
-    server = start_monitor(tmp_path, "--batch-size", "4", env={"FAKE_ANALYSER_DELAY_S": "0.15",
+    # A short lease: the restarted service's worker takes the killed one's records once their leases run out.
+    server = start_monitor(tmp_path, "--batch-size", "4", "--lease-s", "3", env={"FAKE_ANALYSER_DELAY_S": "0.15",
                                                                "FAKE_ANALYSER_LOG": str(first_log)})  # fmt: skip
     db_path = tmp_path / "monitoring.db"
     try:
@@ -409,3 +434,33 @@ def test_sigkill_mid_processing_then_restart_processes_every_record_exactly_once
     assert len(reanalysed) == n - len(done_before)  # the restart analysed exactly the records not yet done
     hashes_done = {hashlib.sha256(f"image-{k}".encode()).hexdigest() for k in done_before}
     assert not hashes_done & set(reanalysed)  # nothing done was processed again
+
+
+def test_no_worker_answers_with_the_logit_tier_and_a_worker_process_adds_the_saliency_tier(tmp_path):
+    """The cluster's split: ``monitor serve --no-worker`` stores records with their logit tier and analyses nothing;
+    a ``medmlops monitor worker`` process on the same database does the saliency tier."""
+    server = start_monitor(tmp_path, "--no-worker")
+    worker = None
+    try:
+        assert call(f"{server.url}/healthz")[1]["worker"] == "off"
+        assert _post(server.url, make_record("split-sure"), token=None)[0] == 202
+        assert _post(server.url, make_record("split-unsure", logits=UNSURE), token=None)[0] == 202
+        time.sleep(1.5)  # an in-process worker would have taken them by now
+        waiting = call(f"{server.url}/v1/records/split-unsure")[1]
+        assert (waiting["status"], waiting["tier"], waiting["saliency_tier"]) == ("pending", "logit", None)
+        assert waiting["logit_tier"]["flagged"] is True and waiting["queue"]["stratum"] == "flagged"
+        summary = call(f"{server.url}/v1/summary")[1]
+        assert summary["logit"]["flagged"] == 1 and summary["flag_rate"] == {} and summary["flagged_rate"] is None
+        text = call(f"{server.url}/metrics")[1].decode()
+        assert 'medmlops_monitoring_queue_pending{family="cxr-findings",version="3"} 2.0' in text
+        assert "medmlops_monitoring_queue_depth 2.0" in text
+
+        worker = start_worker(tmp_path, db_url=server.db_url)
+        for request_id in ("split-sure", "split-unsure"):
+            done = _done(server.url, request_id)
+            assert done["status"] == "done" and done["tier"] == "saliency" and done["queue"]["lease_owner"] is None
+        assert "medmlops_monitoring_queue_depth 0.0" in call(f"{server.url}/metrics")[1].decode()
+    finally:
+        if worker is not None:
+            assert worker.stop() == 0
+        assert server.stop() == 0

@@ -1,7 +1,8 @@
 """``medmlops monitor serve`` with the real INFORMER analyser over registered smoke models: records built as serving
-builds them (the model's own prediction and logits for a real simulated upload) come back with INFORMER results
-computed by the version that made the prediction; an unreadable upload fails alone; a version that does not exist
-stays pending while the service keeps serving."""
+builds them (the model's own prediction and logits for a real simulated upload) get the logit tier from the
+version's contract at ingest and come back with INFORMER results computed by the version that made the prediction;
+an unreadable upload fails alone; a version that does not exist is stored unscored and, after its bounded retries,
+marked failed naming it, while the service keeps serving."""
 
 from __future__ import annotations
 
@@ -102,6 +103,8 @@ def test_real_informer_results_by_the_version_that_predicted(registered_project,
             assert isinstance(result["flags"][name], bool)
         if not result["calibrated"]:
             assert not any(result["flags"].values()) and result["flagged"] is False
+        assert result["tier"] == "saliency" and result["logit_tier"]["at"] <= result["saliency_tier"]["at"]
+        assert list(result["logit_tier"]["scores"]["msr"]) == result["classes"]  # the served logits, scored at ingest
         assert result["features"] and all(isinstance(v, float | None) for v in result["features"].values())
         status, png, _ = call(f"{service.url}{result['saliency_url']}")
         assert status == 200 and Image.open(io.BytesIO(png)).size[0] > 0
@@ -122,16 +125,17 @@ def test_an_unreadable_upload_fails_and_an_unknown_version_waits_while_the_servi
     bad = _record("cxr-findings", version, b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # a truncated PNG: serving refuses it
     missing = _record("cxr-findings", "999", _png_from_array(1))
     assert _post(service.url, bad) == 202 and _post(service.url, missing) == 202
+    unscored = call(f"{service.url}/v1/records/{missing['request_id']}")[1]
+    assert unscored["tier"] == "unscored" and "cxr-findings version 999" in unscored["logit_tier"]["error"]
     failed = _finished(service.url, bad["request_id"])
     assert failed["status"] == "failed" and failed["error"] and failed.get("probabilities") is None
-    assert wait_for(lambda: call(f"{service.url}/v1/records/{missing['request_id']}")[1]["attempts"] >= 1, 300)
-    waiting = call(f"{service.url}/v1/records/{missing['request_id']}")[1]
-    assert waiting["status"] == "pending" and "version 999 cannot be loaded" in waiting["error"]
     assert call(f"{service.url}/healthz")[0] == 200
     late = _served_record(predictors["cxr-findings"], _png_from_array(2))  # other records go on
     assert _post(service.url, late) == 202
     assert _finished(service.url, late["request_id"])["status"] == "done"
-    assert call(f"{service.url}/v1/records/{missing['request_id']}")[1]["status"] == "pending"
+    gone = _finished(service.url, missing["request_id"])  # 5 attempts, 1 + 2 + 4 + 8 s apart
+    assert gone["status"] == "failed" and gone["attempts"] == 5
+    assert "model cxr-findings version 999 cannot be loaded" in gone["error"] and "gave up after 5" in gone["error"]
 
 
 def _png_from_array(seed: int) -> bytes:

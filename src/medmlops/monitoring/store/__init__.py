@@ -1,10 +1,11 @@
 """The monitoring service's durable store: prediction records, their INFORMER results, delayed labels, drift reports.
 
 One SQLAlchemy URL decides where it lives: SQLite (WAL journal, ``synchronous=FULL``: a record acknowledged is on
-disk) on one machine, PostgreSQL in the cluster. Queries use SQLAlchemy Core only, no dialect-specific SQL.
+disk) on one machine, PostgreSQL in the cluster. Queries use SQLAlchemy Core; the one place the backends differ is
+how a worker claims records (:mod:`.queue`).
 
 :class:`Store` is the one object callers hold; each concern is a module of its own: :mod:`.tables` (URL, engine,
-schema), :mod:`.queue` (records in, batches to the worker, results back), :mod:`.queries` (the reads),
+schema), :mod:`.queue` (records in, leased batches to the workers, results back), :mod:`.queries` (the reads),
 :mod:`.feedback` (labels and drift reports). Records arrive already checked
 (:class:`~medmlops.inference.record.PredictionRecord`).
 """
@@ -15,10 +16,13 @@ import sqlalchemy as sa
 
 from medmlops.monitoring.store.feedback import Feedback
 from medmlops.monitoring.store.queries import Queries
-from medmlops.monitoring.store.queue import PendingRecord, Queue
+from medmlops.monitoring.store.queue import FLAGGED, REST, SAMPLE, STRATA, Intake, PendingRecord, Queue
 from medmlops.monitoring.store.tables import DB_URL_ENV, DEFAULT_DB_URL, connect, resolve_db_url
 
-__all__ = ["DB_URL_ENV", "DEFAULT_DB_URL", "PendingRecord", "Store", "resolve_db_url"]
+__all__ = [
+    "DB_URL_ENV", "DEFAULT_DB_URL", "FLAGGED", "REST", "SAMPLE", "STRATA", "Intake", "PendingRecord", "Store",
+    "resolve_db_url",
+]  # fmt: skip
 
 
 class Store(Queue, Queries, Feedback):

@@ -40,23 +40,15 @@ class Queries:
 
     def record(self, request_id: str) -> dict[str, Any] | None:
         """Everything known about one record (the upload bytes and saliency PNG excepted), or None."""
+        columns = [
+            records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.received_at,
+            records.c.correlation_id, records.c.status, records.c.attempts, records.c.error, records.c.predictions,
+            records.c.sha256, records.c.lease_owner, records.c.lease_expires, records.c.logit, records.c.logit_flags,
+            records.c.logit_at, records.c.stratum, records.c.sample_p, results.c.processed_at, results.c.result,
+            (results.c.saliency_png.is_not(None)).label("has_saliency"), labels.c.labels,
+        ]  # fmt: skip
         query = (
-            sa.select(
-                records.c.request_id,
-                records.c.family,
-                records.c.version,
-                records.c.created_at,
-                records.c.received_at,
-                records.c.status,
-                records.c.attempts,
-                records.c.error,
-                records.c.predictions,
-                records.c.sha256,
-                results.c.processed_at,
-                results.c.result,
-                (results.c.saliency_png.is_not(None)).label("has_saliency"),
-                labels.c.labels,
-            )  # fmt: skip
+            sa.select(*columns)
             .select_from(records.outerjoin(results).outerjoin(labels))
             .where(records.c.request_id == request_id)
         )
@@ -105,6 +97,27 @@ class Queries:
         query = _window(query, family, version, since, until)
         if flagged_only:
             query = query.where(results.c.flagged.is_(True))
+        query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
+        if limit is not None:
+            query = query.limit(int(limit))
+        with self.engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        rows.reverse()
+        return rows
+
+    def population(
+        self, *, family: str | None = None, version: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """Every record in the window (the newest ``limit`` when given), oldest first, with what the rate
+        estimates need (:mod:`medmlops.monitoring.estimate`): family, version, created_at, received_at, status,
+        stratum, sample_p, logit_flags, logit_at, and the saliency tier's flagged and flags (None: not analysed)."""
+        query = sa.select(
+            records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.received_at,
+            records.c.status, records.c.stratum, records.c.sample_p, records.c.logit_flags, records.c.logit_at,
+            results.c.flagged, results.c.flags,
+        ).select_from(records.outerjoin(results))  # fmt: skip
+        query = _window(query, family, version, since, until)
         query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
         if limit is not None:
             query = query.limit(int(limit))
