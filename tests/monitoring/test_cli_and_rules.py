@@ -122,7 +122,7 @@ def test_worker_arguments_reach_the_worker_pool(monkeypatch):
     assert (options.batch_size, options.lease_s, options.max_attempts, options.backlog_bound) == (4, 30.0, 2, 50)
     assert options.device == "cuda" and options.tracking_uri is None  # a factory given: MLflow is not configured
     defaults = build_parser().parse_args(["monitor", "worker"])
-    assert (defaults.workers, defaults.batch_size, defaults.lease_s, defaults.max_attempts) == (1, 8, 300.0, 5)
+    assert (defaults.workers, defaults.batch_size, defaults.lease_s, defaults.max_attempts) == (1, 8, 60.0, 5)
     bad = build_parser().parse_args(["monitor", "worker", "--workers", "0"])
     with pytest.raises(UserError, match="--workers 0 must be at least 1"):
         bad.func(bad)

@@ -1,11 +1,13 @@
 """``medmlops monitor worker`` as real processes sharing one database, SQLite and PostgreSQL: three workers (a pool of
-two children and a lone one) analyse every record exactly once; a worker SIGKILLed mid-batch loses its records to
-another worker once its lease expires, and only those are analysed twice; SIGTERM ends a worker cleanly. The fake
-analyser leaves one file per analysed upload (``FAKE_ANALYSER_CALLS``): which process analysed what, and how often."""
+two children and a lone one) analyse every record exactly once, and a pool restarts a child that dies; a worker
+SIGKILLed mid-batch loses its records to another worker once its lease expires, and only those are analysed twice;
+SIGTERM ends a worker cleanly. The fake analyser leaves one file per analysed upload (``FAKE_ANALYSER_CALLS``):
+which process analysed what, and how often."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import signal
 import time
@@ -73,11 +75,15 @@ def test_three_worker_processes_analyse_every_record_exactly_once(db_url, tmp_pa
         assert len(workers) >= 2, workers  # the work was shared, not one worker's alone
         assert pool.process.pid not in workers  # the pool itself analyses nothing: its children do
         assert {store.record(f"r{i:02d}")["attempts"] for i in range(n)} == {1}
+        child = int(re.search(r"workers started \(pids (\d+)", pool.log_text()).group(1))
+        os.kill(child, signal.SIGKILL)  # a pool's child dies: the pool starts another in its place
+        assert wait_for(lambda: _started(pool, 3), 60), pool.log_text()
+        assert f"(pid {child}) died (exit code -9); restarting it" in pool.log_text()
     finally:
         codes = pool.stop(), lone.stop()
         store.close()
     assert codes == (0, 0), pool.log_text()[-2000:] + lone.log_text()[-2000:]
-    assert (_count(pool, "stopped"), _count(lone, "stopped")) == (2, 1)
+    assert (_count(pool, "stopped"), _count(lone, "stopped")) == (2, 1)  # the two alive at the end
 
 
 def test_a_worker_killed_mid_batch_loses_its_records_to_another_once_the_lease_expires(db_url, tmp_path):

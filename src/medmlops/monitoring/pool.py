@@ -61,8 +61,9 @@ class WorkerOptions:
         return functools.partial(registry_analyser, device=self.device)
 
 
-def _stop_on_signals(worker: Worker) -> None:
-    """SIGTERM or SIGINT: stop after the batch in hand; a second one: stop now (KeyboardInterrupt)."""
+def _stop_on_signals(worker: Worker, *, interrupt: bool) -> None:
+    """SIGTERM (and SIGINT when ``interrupt``): stop after the batch in hand; a second one: stop now
+    (KeyboardInterrupt)."""
 
     def handler(signum: int, _frame: object) -> None:
         if worker.stopping:
@@ -71,11 +72,13 @@ def _stop_on_signals(worker: Worker) -> None:
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    # A pool's child: Ctrl-C reaches the whole process group, and the pool passes it on as SIGTERM; taking both
+    # would count as the second signal that stops a batch half done.
+    signal.signal(signal.SIGINT, handler if interrupt else signal.SIG_IGN)
 
 
-def run_worker(options: WorkerOptions) -> int:
-    """One worker in this process, until SIGTERM or Ctrl-C."""
+def run_worker(options: WorkerOptions, *, interrupt: bool = True) -> int:
+    """One worker in this process, until SIGTERM (or Ctrl-C, when ``interrupt``)."""
     if options.tracking_uri:
         from medmlops.config import RegistryConfig
         from medmlops.registry import tracking
@@ -89,7 +92,7 @@ def run_worker(options: WorkerOptions) -> int:
             max_attempts=options.max_attempts, backlog_bound=options.backlog_bound, nice=options.nice,
             heartbeat=options.heartbeat,
         )  # fmt: skip
-        _stop_on_signals(worker)
+        _stop_on_signals(worker, interrupt=interrupt)
         worker.run()
     finally:
         store.close()
@@ -100,8 +103,10 @@ def _child(options: WorkerOptions) -> None:
     """A worker process's entry point (spawned): the project's error contract, its exit code."""
     from medmlops.commandline import run_command, setup
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # until run_worker's handlers: the pool forwards Ctrl-C as SIGTERM
     setup(options.verbose)
-    sys.exit(run_command(lambda _args: run_worker(options), argparse.Namespace(), prog="medmlops monitor worker"))
+    code = run_command(lambda _args: run_worker(options, interrupt=False), argparse.Namespace(), prog="medmlops")
+    sys.exit(code)
 
 
 def run_pool(options: WorkerOptions, workers: int) -> int:

@@ -39,7 +39,12 @@ from medmlops.monitoring.store import PendingRecord, Store
 
 log = logging.getLogger(__name__)
 HEARTBEAT_ENV = "MEDMLOPS_WORKER_HEARTBEAT"
-DEFAULT_LEASE_S = 300.0
+# Renewed every third while a batch runs, so a lease need only outlast a missed renewal or two; it is also how long
+# a dead worker's records wait for another.
+DEFAULT_LEASE_S = 60.0
+# A batch held longer than this (a call that never returns) stops renewing and its heartbeat goes stale: its records
+# go to another worker and the liveness probe restarts this one. A CPU batch of 8 takes a minute or two.
+DEFAULT_MAX_HOLD_S = 900.0
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_BACKLOG_BOUND = 1000
 
@@ -172,7 +177,7 @@ class Worker:
             Torch's intra-op threads started from this thread inherit it.
         owner: the lease owner name (default: :func:`worker_name`).
         heartbeat: a file touched on every poll and lease renewal (liveness probes read its age).
-        max_hold_s: renewals stop after this long on one batch.
+        max_hold_s: renewals (and heartbeats) stop after this long on one batch.
     """
 
     def __init__(
@@ -180,7 +185,7 @@ class Worker:
         lease_s: float = DEFAULT_LEASE_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS, min_backoff_s: float = 1.0,
         max_backoff_s: float = 300.0, backlog_bound: int | None = DEFAULT_BACKLOG_BOUND, cache_size: int = 4,
         on_batch: BatchHook | None = None, clock: Callable[[], float] = time.time, nice: int = 0,
-        owner: str | None = None, heartbeat: str | Path | None = None, max_hold_s: float = 3600.0,
+        owner: str | None = None, heartbeat: str | Path | None = None, max_hold_s: float = DEFAULT_MAX_HOLD_S,
     ) -> None:  # fmt: skip
         if batch_size < 1:
             raise UserError(f"--batch-size {batch_size} must be at least 1")

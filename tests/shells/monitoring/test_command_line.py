@@ -14,5 +14,5 @@ def test_serve_defaults_match_the_kubernetes_manifests():
     assert args.func.__name__ == "cmd_serve"
     # The in-process worker stays the default (the demo, one machine); the cluster runs `serve --no-worker` beside
     # `medmlops monitor worker` pods, which take the same worker options.
-    assert args.no_worker is False and (args.lease_s, args.max_attempts, args.backlog_bound) == (300.0, 5, 1000)
+    assert args.no_worker is False and (args.lease_s, args.max_attempts, args.backlog_bound) == (60.0, 5, 1000)
     assert build_parser().parse_args(["--no-worker"]).no_worker is True

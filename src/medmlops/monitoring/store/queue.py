@@ -104,7 +104,7 @@ class Queue:
             "request_id": record.request_id, "family": record.family, "version": record.version,
             "created_at": record.created_at, "received_at": time.time() if received_at is None else received_at,
             "upload": record.upload, "sha256": record.sha256, "logits": list(record.logits),
-            "predictions": record.predictions, "correlation_id": getattr(record, "correlation_id", None),
+            "predictions": record.predictions, "correlation_id": record.correlation_id,
             "status": "pending", "attempts": 0, "logit": intake.logit, "logit_flags": intake.logit_flags,
             "logit_at": intake.logit_at, "stratum": intake.stratum, "sample_p": intake.sample_p,
         }  # fmt: skip
