@@ -124,7 +124,9 @@ def test_real_informer_results_by_the_version_that_predicted(registered_project,
     )
 
 
-def test_an_unreadable_upload_fails_and_an_unknown_version_fails_naming_it_while_the_service_serves(predictors, service):
+def test_an_unreadable_upload_fails_and_an_unknown_version_fails_naming_it_while_the_service_serves(
+    predictors, service
+):
     version = predictors["cxr-findings"].version
     bad = _record("cxr-findings", version, b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # a truncated PNG: serving refuses it
     missing = _record("cxr-findings", "999", _png_from_array(1))
