@@ -101,6 +101,10 @@ def _broken(path: str, value) -> dict:
         ("created_at", "yesterday", "created_at", "bad_time"),
         ("created_at", 10**400, "created_at", "bad_time"),
         ("created_at", "inf", "created_at", "bad_time"),
+        ("created_at", 1e18, "created_at", "bad_time"),  # finite, but no calendar date: it broke every summary
+        ("created_at", 4102444800, "created_at", "bad_time"),  # 2100: more than a day ahead of any clock here
+        ("model", "cxr\x00findings", "model", "invalid_field"),  # PostgreSQL text cannot hold NUL
+        ("version", "3\nb", "version", "invalid_field"),
         ("predictions", "none", "predictions", "bad_type"),
         ("logits", [0.1, "x"], "logits", "bad_type"),
         ("logits", [0.1, True], "logits", "bad_type"),

@@ -38,6 +38,8 @@ from medmlops.errors import UserError
 REQUEST_ID_RULE = "1-128 letters, digits, '.', '_' or '-'"
 _REQUEST_ID = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL text cannot hold NUL; none belongs in a name
+MAX_CLOCK_AHEAD_S = 86400.0  # a record's time may run ahead of the reader's clock by this much, no more
 _JSON_NAMES = {str: "a string", int: "a number", float: "a number", dict: "an object", list: "an array",
                bool: "a boolean", type(None): "null"}  # fmt: skip
 
@@ -130,6 +132,18 @@ def _logits(values: Sequence[Any]) -> tuple[float, ...]:
     raise RecordError("logits", "field 'logits' must be a list of finite numbers", error="bad_type")
 
 
+def _is_calendar_time(seconds: float) -> bool:
+    """Finite, with a calendar date, and not ahead of this clock by more than :data:`MAX_CLOCK_AHEAD_S` (a time of
+    1e18 would make every later time window and summary fail)."""
+    if not math.isfinite(seconds) or seconds > time.time() + MAX_CLOCK_AHEAD_S:
+        return False
+    try:
+        iso(seconds)
+    except (ValueError, OverflowError, OSError):
+        return False
+    return True
+
+
 def finite(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by None (strict JSON and PostgreSQL's JSON refuse them)."""
     if isinstance(value, float):
@@ -192,8 +206,14 @@ class PredictionRecord:
             raise RecordError("model", "field 'model' must name the registered model in 1-128 characters")
         if not 1 <= len(self.version) <= 64:
             raise RecordError("version", "field 'version' must be the model version in 1-64 characters")
-        if not math.isfinite(self.created_at):
-            raise RecordError("created_at", "field 'created_at' is not a finite time", error="bad_time")
+        for field, value in (("model", self.family), ("version", self.version)):
+            if CONTROL_CHARACTERS.search(value):
+                raise RecordError(field, f"field '{field}' must not hold control characters such as NUL or a newline")
+        if not _is_calendar_time(self.created_at):
+            raise RecordError(
+                "created_at", f"field 'created_at' ({self.created_at:g}) is more than a day in the future or has no "
+                "calendar date", error="bad_time",
+            )  # fmt: skip
         _logits(self.logits)
         if not self.upload:
             raise RecordError("input.bytes_b64", "field 'input.bytes_b64' holds an empty upload", error="empty_upload")

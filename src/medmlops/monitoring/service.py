@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from typing import Any
 
 from medmlops.errors import UserError
 from medmlops.inference.record import (
+    CONTROL_CHARACTERS,
     PredictionRecord,
     RecordError,
     check_request_id,
@@ -51,8 +51,6 @@ DEFAULT_MAX_BODY_BYTES = 96 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 DEFAULT_SAMPLE_P = 0.1
 # A record may come from a machine whose clock runs ahead, not from the far future (time windows would skew).
-MAX_CLOCK_AHEAD_S = 86400.0
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # PostgreSQL text cannot hold NUL; none of these belongs in a name
 _MAX_REPORT_ID = 2**31 - 1  # drift_reports.id is a 32-bit integer on PostgreSQL
 
 
@@ -137,7 +135,7 @@ def parse_count(text: str | None, name: str, default: int, low: int = 1, high: i
 
 def check_name(text: str | None, name: str) -> str | None:
     """A query's family or version as given; UserError naming ``name`` when it holds a control character (NUL)."""
-    if text is not None and _CONTROL.search(text):
+    if text is not None and CONTROL_CHARACTERS.search(text):
         raise UserError(f"query parameter '{name}' must not hold control characters (NUL, newline, ...)")
     return text
 
@@ -172,29 +170,6 @@ def load_json(body: bytes) -> Any:
     if _depth(value) > MAX_JSON_DEPTH:
         raise RecordError("body", f"the body nests more than {MAX_JSON_DEPTH} levels", error="bad_json", status=400)
     return value
-
-
-def check_storable(record: PredictionRecord, now: float) -> None:
-    """What the store needs beyond the record schema: names without control characters (PostgreSQL text cannot
-    hold NUL), and a creation time with a calendar date, not in the future beyond a clock's drift.
-
-    Raises:
-        RecordError: naming the field.
-    """
-    for field, value in (("model", record.family), ("version", record.version)):
-        if _CONTROL.search(value):
-            raise RecordError(field, f"field '{field}' must not hold control characters (NUL, newline, ...)")
-    try:
-        iso(record.created_at)
-    except (ValueError, OverflowError, OSError):
-        ok = False
-    else:
-        ok = record.created_at <= now + MAX_CLOCK_AHEAD_S
-    if not ok:
-        raise RecordError(
-            "created_at", f"field 'created_at' ({record.created_at:g}) is more than a day in the future or has no "
-            "calendar date", error="bad_time",
-        )  # fmt: skip
 
 
 def parse_labels(obj: Any) -> tuple[str, dict[str, int]]:
@@ -305,7 +280,6 @@ class Monitor:
         """
         record = PredictionRecord.parse(body)
         now = time.time()
-        check_storable(record, now)
         intake = triage(record, self.scorer, sample_p=self.settings.sample_p, rng=self.rng, now=now)
         stored = self.store.add_record(record, received_at=now, intake=intake)
         if stored:
