@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 
 from medmlops.cli import main
-
-from .conftest import REPO, _free_port, project_registry
+from tests.conftest import REPO, _free_port, project_registry
 from tests.monitoring.records import call, start_monitor, wait_for
 from tests.shells.serving.test_service import MAX_UPLOAD, _predict, _stop
 
@@ -158,14 +157,16 @@ def test_shifted_traffic_is_detected_and_exported(platform, capsys):
 
 @pytest.mark.reliability(
     "Load",
-    "16 clients for 60 s through serving, which forwards to monitoring (INFORMER on the same 2 cores); monitoring SIGKILLed at 20 s, restarted at 35 s",
-    "every request answered 200; every answered record stored exactly once",
+    "16 clients for 60 s through serving, which forwards to monitoring; two `monitor worker` processes on the same database (INFORMER on the same 2 cores); monitoring SIGKILLed at 20 s, restarted at 35 s",
+    "every request answered 200; every answered record stored exactly once, with its logit-tier flag within 1 s of ingest",
 )
 def test_load_for_60_s_with_monitoring_killed_and_restarted_loses_nothing(platform):
-    """The bounded load test of the serving and front-door issues, on loopback: 16 clients for 60 s against
-    serving, which forwards every prediction to monitoring (computing INFORMER on the same 2 cores, at lower CPU
-    priority). 20 s in, monitoring is SIGKILLed; 15 s later it is restarted on the same port and database. Every
-    request is answered 200, and every answered request id reaches the monitoring store exactly once."""
+    """The bounded load test of the serving, front-door and monitoring-scale issues, on loopback: 16 clients for
+    60 s against serving, which forwards every prediction to monitoring; two INFORMER worker processes
+    (``medmlops monitor worker --workers 2``) share its database with the service's own worker, all on the same 2
+    cores at lower CPU priority. 20 s in, monitoring is SIGKILLed; 15 s later it is restarted on the same port and
+    database. Every request is answered 200, every answered request id reaches the monitoring store exactly once,
+    and every stored record has its logit-tier scores and flags from the moment it was ingested (no model call)."""
     import signal
     import threading
     import time
@@ -193,10 +194,17 @@ def test_load_for_60_s_with_monitoring_killed_and_restarted_loses_nothing(platfo
                     failures.append(f"{status}: {body}")
             i += 16
 
+    monitor = platform["monitor"]
+    workers_log = (platform["work"] / "workers.log").open("w")
+    workers = subprocess.Popen(
+        [sys.executable, "-m", "medmlops.cli", "monitor", "worker", "--workers", "2", "--db-url", monitor.db_url,
+         "--batch-size", "8"],
+        cwd=platform["root"], env={**os.environ, **platform["env"]}, stdout=workers_log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
     threads = [threading.Thread(target=client, args=(k,)) for k in range(16)]
     for t in threads:
         t.start()
-    monitor = platform["monitor"]
     time.sleep(max(0.0, start + 20.0 - time.monotonic()))
     monitor.process.send_signal(signal.SIGKILL)  # no shutdown: whatever it had not committed is gone
     monitor.process.wait(timeout=10)
@@ -230,5 +238,21 @@ def test_load_for_60_s_with_monitoring_killed_and_restarted_loses_nothing(platfo
             f"{len(set(answered) - set(stored()))} records not delivered"
         )
         assert sorted(stored()) == sorted(answered), "a record was stored twice"
+        with engine.connect() as conn:
+            lags = (
+                conn.execute(
+                    sa.text("SELECT logit_at - received_at FROM records WHERE request_id IN :ids").bindparams(
+                        sa.bindparam("ids", expanding=True)
+                    ),
+                    {"ids": answered},
+                )
+                .scalars()
+                .all()
+            )
+        assert None not in lags, "a record has no logit tier"  # the version is calibrated: every record is scored
+        assert max(lags) <= 1.0, f"the logit tier came {max(lags):.2f} s after ingest"
     finally:
         engine.dispose()
+        workers.send_signal(signal.SIGTERM)  # each finishes its batch, releases its leases and exits 0
+        assert workers.wait(timeout=120) == 0, (platform["work"] / "workers.log").read_text()[-3000:]
+        workers_log.close()
