@@ -93,6 +93,13 @@ class _StoreCollector(Collector):
             f"Share of the window's predictions the logit tier flags at ingest, per class ({described}).",
             labels=["family", "version", "class_name"],
         )  # fmt: skip
+        # From the database, not a counter: in the cluster the workers are other pods, so a counter in this process
+        # would stay at 0 while they analyse (the API runs with --no-worker).
+        records_by_status = GaugeMetricFamily(
+            "medmlops_monitoring_records",
+            "Stored prediction records by status (pending: waiting for the saliency tier; done; failed).",
+            labels=["family", "version", "status"],
+        )  # fmt: skip
         share = GaugeMetricFamily(
             "medmlops_drift_share", "Share of drifted features in the latest drift report.", labels=["family"]
         )
@@ -111,13 +118,15 @@ class _StoreCollector(Collector):
                         logit_rate.add_metric([family, version, name], value)
             for (family, version), n in sorted(waiting.items()):
                 pending.add_metric([family, version], n)
+            for row in self.store.status_counts():
+                records_by_status.add_metric([row["family"], row["version"], row["status"]], row["n"])
             for report in self.store.latest_drifts():
                 if report["drift_share"] is not None and math.isfinite(report["drift_share"]):
                     share.add_metric([report["family"]], report["drift_share"])
                 stamp.add_metric([report["family"]], report["created_at"])
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
             log.exception("reading metrics from the monitoring store failed")
-        yield from (depth, pending, rate, logit_rate, share, stamp)
+        yield from (depth, pending, records_by_status, rate, logit_rate, share, stamp)
 
 
 class MonitoringMetrics:
