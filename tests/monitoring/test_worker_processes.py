@@ -55,6 +55,11 @@ def _statuses(store: Store) -> Counter:
     return Counter(row["status"] for row in store.population())
 
 
+@pytest.mark.reliability(
+    "Load",
+    "three `monitor worker` processes on one database (SQLite and PostgreSQL), one pool child killed",
+    "every record analysed exactly once (the analyser's calls counted); the killed child restarted",
+)
 def test_three_worker_processes_analyse_every_record_exactly_once(db_url, tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
@@ -86,6 +91,11 @@ def test_three_worker_processes_analyse_every_record_exactly_once(db_url, tmp_pa
     assert (_count(pool, "stopped"), _count(lone, "stopped")) == (2, 1)  # the two alive at the end
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "a worker process SIGKILLed mid-batch while another runs (SQLite and PostgreSQL)",
+    "its leased records analysed by the other once the lease expires; every record done once",
+)
 def test_a_worker_killed_mid_batch_loses_its_records_to_another_once_the_lease_expires(db_url, tmp_path):
     calls = tmp_path / "calls"
     calls.mkdir()
