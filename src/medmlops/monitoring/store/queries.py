@@ -97,6 +97,10 @@ class Queries:
         query = _window(query, family, version, since, until)
         if flagged_only:
             query = query.where(results.c.flagged.is_(True))
+        return self._oldest_first(query, limit)
+
+    def _oldest_first(self, query: sa.Select, limit: int | None) -> list[dict[str, Any]]:
+        """The newest ``limit`` rows of ``query`` (all when None), returned oldest first."""
         query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
         if limit is not None:
             query = query.limit(int(limit))
@@ -118,13 +122,7 @@ class Queries:
             results.c.flagged, results.c.flags,
         ).select_from(records.outerjoin(results))  # fmt: skip
         query = _window(query, family, version, since, until)
-        query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
-        if limit is not None:
-            query = query.limit(int(limit))
-        with self.engine.connect() as connection:
-            rows = [dict(row) for row in connection.execute(query).mappings()]
-        rows.reverse()
-        return rows
+        return self._oldest_first(query, limit)
 
     def results_frame(
         self, family: str, *, version: str | None = None, since: float | None = None, until: float | None = None,
