@@ -10,100 +10,33 @@ Servers listen on 127.0.0.1 only.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import os
 import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-import uuid
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402  (benchmarks run as scripts)
+    load,
+    multipart_image,
+    post,
+    start_serving,
+    stop_process,
+    tracking_uri,
+    train_smoke_cxr,
+)
 
 
-def _project(root: Path, size: int) -> Path:
-    from medmlops.cli import main
-    from medmlops.data.simulate import generate
-
-    shutil.copy2(REPO / "params.yaml", root / "params.yaml")
-    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    generate(
-        "chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(size, size), progress=False
-    )
-    os.chdir(root)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    sets = ["--set", f"preprocess.chexpert.size={size}"]
-    assert main(["train", "cxr-findings", "--profile", "smoke", "--quiet", "--register", *sets]) == 0
-    return root
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _serve(project: Path, batching: bool):
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"}
-    command = [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--alias", "candidate", "--port", str(port),
-               "--repo", str(REPO), "--reload-s", "0", *([] if batching else ["--no-batching"])]  # fmt: skip
-    process = subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(240):
-        try:
-            with urllib.request.urlopen(f"{url}/readyz", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except OSError:
-            time.sleep(1)
-    process.kill()
-    raise RuntimeError("server did not start")
-
-
-def _stop(process) -> None:
-    import signal
-
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-
-
-def _request(url: str, data: bytes) -> float:
-    boundary = uuid.uuid4().hex
-    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.jpg"\r\n\r\n'.encode() + data
-            + f"\r\n--{boundary}--\r\n".encode())  # fmt: skip
-    request = urllib.request.Request(f"{url}/predict", data=body, method="POST",
-                                     headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})  # fmt: skip
-    start = time.perf_counter()
-    with urllib.request.urlopen(request, timeout=120) as response:
-        response.read()
-        if response.status != 200:
-            raise RuntimeError(f"status {response.status}")
-    return time.perf_counter() - start
+def _predict(url: str, data: bytes) -> float:
+    return post(f"{url}/predict", *multipart_image(data))
 
 
 def _load(url: str, payloads: list[bytes], concurrency: int) -> dict:
     for data in payloads[:4]:
-        _request(url, data)  # warm-up
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-        latencies = sorted(pool.map(lambda d: _request(url, d), payloads))
-    elapsed = time.perf_counter() - start
-    return {
-        "rps": len(payloads) / elapsed,
-        "p50_ms": 1000 * statistics.median(latencies),
-        "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
-    }
+        _predict(url, data)  # warm-up
+    return load(lambda d: _predict(url, d), payloads, concurrency)
 
 
 def _in_process(project: Path, payloads: list[bytes]) -> dict:
@@ -112,7 +45,7 @@ def _in_process(project: Path, payloads: list[bytes]) -> dict:
 
     from medmlops.inference.predict import Predictor
 
-    uri = f"sqlite:///{project / '.medmlops' / 'mlflow.db'}"
+    uri = tracking_uri(project)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     predictor = Predictor.from_registry("cxr-findings", "candidate")
@@ -141,12 +74,14 @@ def main() -> None:
     else:
         tmp = tempfile.mkdtemp(prefix="bench-serving-")
         print(f"training a smoke cxr-findings at {args.size} px in {tmp} ...", flush=True)
-        project = _project(Path(tmp), args.size)
+        project = train_smoke_cxr(Path(tmp), args.size)
     files = sorted((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
     payloads = [files[i % len(files)].read_bytes() for i in range(args.requests)]
     rows = []
     for batching in (True, False):
-        process, url = _serve(project, batching)
+        process, url = start_serving(
+            project, Path(tmp or project) / f"serve-{'on' if batching else 'off'}.log", batching=batching
+        )
         try:
             for concurrency in (1, 8, 32):
                 result = _load(url, payloads, concurrency)
@@ -154,7 +89,7 @@ def main() -> None:
                 print(f"  batching {'on ' if batching else 'off'} c={concurrency:<3} {result['rps']:7.1f} req/s  "
                       f"p50 {result['p50_ms']:7.1f} ms  p99 {result['p99_ms']:7.1f} ms", flush=True)  # fmt: skip
         finally:
-            _stop(process)
+            stop_process(process)
     forward = _in_process(project, payloads)
     print("\nserving cxr-findings over HTTP (127.0.0.1), one process each")
     print(
