@@ -13,9 +13,8 @@ from pathlib import Path
 
 from medmlops.commandline import run_main
 from medmlops.errors import UserError
-from medmlops.monitoring.cli import add_worker_options
+from medmlops.monitoring.cli import add_db_url_option, add_worker_options
 from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_SAMPLE_P, READ_TOKEN_ENV, TOKEN_ENV
-from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -26,10 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="HTTP service: ingest prediction records, INFORMER flags, dashboard, /metrics",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging of the command line")
-    db_help = f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})"
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: needs --token)")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--db-url", default=None, help=db_help)
+    add_db_url_option(parser)
     parser.add_argument(
         "--token", default=None, help=f"bearer token for posting records and labels (default: ${TOKEN_ENV})"
     )

@@ -10,6 +10,16 @@ from pathlib import Path
 from medmlops.commandline import add_params_args, add_shell_parser, params_from_args
 
 
+def add_db_url_option(parser: argparse.ArgumentParser) -> None:
+    """``--db-url``, as every command on the monitoring database takes it (serve, worker, report)."""
+    from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
+
+    parser.add_argument(
+        "--db-url", default=None,
+        help=f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})",
+    )  # fmt: skip
+
+
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
     """The worker's options, shared by ``monitor worker`` and the in-process worker of ``monitor serve``."""
     from medmlops.monitoring.worker import DEFAULT_BACKLOG_BOUND, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
@@ -36,11 +46,9 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
-    from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
 
     monitor = sub.add_parser("monitor", help="INFORMER monitoring service and Evidently drift reports")
     msub = monitor.add_subparsers(dest="monitor_command", required=True)
-    db_help = f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})"
     # The HTTP service's options are parsed by the shell that runs it (monitoring/__main__.py).
     add_shell_parser(msub, "serve", "HTTP service: ingest prediction records, INFORMER flags, dashboard, /metrics")
 
@@ -48,7 +56,7 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
         "worker", help="INFORMER (saliency tier) workers: claim pending records from the database and analyse them"
     )
     worker.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
-    worker.add_argument("--db-url", default=None, help=db_help)
+    add_db_url_option(worker)
     add_worker_options(worker)
     worker.add_argument("--device", default=None, help="torch device of the analysers, e.g. cuda (default: cpu)")
     worker.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks at an empty queue")
@@ -62,7 +70,7 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
         "--family", required=True, help="registered model: ich-prognosis, covid-prognosis, cxr-findings"
     )
     report.add_argument("--workspace", required=True, help="Evidently workspace folder (snapshots for `evidently ui`)")
-    report.add_argument("--db-url", default=None, help=db_help)
+    add_db_url_option(report)
     report.add_argument("--version", default=None, help="only records predicted by this model version")
     report.add_argument("--since-hours", type=float, default=None, help="only records of the last H hours")
     report.add_argument("--last", type=int, default=None, metavar="N", help="only the newest N processed records")
