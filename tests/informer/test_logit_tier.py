@@ -1,4 +1,4 @@
-"""The logit tier on hand-made logits whose scores, flags and score selection are known."""
+"""The logit tier on hand-made logits whose scores, flags, failure rankings and calibration section are known."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from medmlops.informer import logit_tier, scores
-from medmlops.informer.logit_tier import LogitTier, logit_flags, logit_scores, select_score
+from medmlops.informer import csf, logit_tier, scores
+from medmlops.informer.logit_tier import LogitTier, logit_flags, logit_scores
 from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 
 LN2, LN3 = math.log(2), math.log(3)
@@ -45,6 +45,8 @@ def test_scores_by_hand_for_sigmoid_logits_and_a_softmax_head():
     assert set(s) == set(logit_tier.LOGIT_SCORES) and all(v.shape == (2, 5) for v in s.values())
     assert s["msr"] == pytest.approx(np.array([[0.5, 0.75, 2 / 3, 2 / 3, 2 / 3], [0.75, 1.0, 0.5, 0.75, 0.75]]))
     assert s["entropy"] == pytest.approx(np.array([[1.0, H34, H13, H13, H13], [H34, 0.0, 1.0, H34, H34]]), abs=1e-9)
+    # Max logit: |z| / 2 for a sigmoid logit (the symmetric pair (-z/2, z/2)); the head's max for a softmax head.
+    assert s["maxlogit"] == pytest.approx(np.array([[0.0, LN3 / 2, 0.0, 0.0, 0.0], [LN3 / 2, 400.0, LN2, LN2, LN2]]))
     # Sigmoid z: -log(1 + e^z); softmax head: -logsumexp over its logits, the same value for each of its classes.
     assert s["energy"] == pytest.approx(
         np.array(
@@ -98,54 +100,53 @@ def test_missing_or_bad_section():
 BINARY = _contract(TaskSpec("prognosis", "binary", ("good", "poor"), (0.5,)))
 
 
-def _selection_case(z: list[float], y: list[int], min_per_class: int = 0) -> tuple[str, dict]:
-    logits = np.asarray(z)[:, None]
-    targets = np.asarray(y, dtype=np.float64)[:, None]
-    predictions = scores.logit_predictions(BINARY, scores.logit_probabilities(BINARY, logits))
-    return select_score(logit_scores(BINARY, logits), targets, predictions, min_per_class)
+def _aurc_case(z: list[float], y: list[int], min_per_class: int = 0, contract=BINARY) -> dict[str, float | None]:
+    """AURC x 1000 (class-averaged) of each logit score as a CSF on hand-made logits and targets."""
+    logits = np.asarray(z, dtype=np.float64).reshape(len(z), -1)
+    targets = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    predictions = scores.logit_predictions(contract, scores.logit_probabilities(contract, logits))
+    out = {}
+    for name in logit_tier.LOGIT_SCORES:
+        conf = csf.get(name).confidence({"logits": logits}, contract, None)
+        values = csf.class_metric("aurc", conf, targets, predictions, min_per_class)
+        out[name] = float(np.nanmean(values) * 1000) if np.isfinite(values).any() else None
+    return out
 
 
-def test_selection_keeps_msr_when_the_errors_sit_near_the_boundary():
-    # The wrong predictions have the smallest |z|: MSR (and entropy, same ranking) put them last, a perfect
+def test_msr_ranks_errors_near_the_boundary_last_energy_does_not():
+    # The wrong predictions have the smallest |z|: MSR (entropy, max logit: same ranking) put them last, a perfect
     # ranking; energy (monotone in z) puts them between the confident positives and the confident negatives.
-    chosen, aurc = _selection_case([4, -4, 3, -3, 0.1, -0.2], [1, 0, 1, 0, 0, 1])
-    assert chosen == "msr"
+    aurc = _aurc_case([4, -4, 3, -3, 0.1, -0.2], [1, 0, 1, 0, 0, 1])
     # MSR order: 4 correct, then -0.2 and 0.1 wrong: risks 0,0,0,0,1/5,2/6 over coverages k/6.
     assert aurc["msr"] == pytest.approx(1000 * (1 / 5 + 2 / 6) / 6)
-    assert aurc["entropy"] == pytest.approx(aurc["msr"])  # a tie: the earlier name wins
+    assert aurc["entropy"] == pytest.approx(aurc["msr"]) and aurc["maxlogit"] == pytest.approx(aurc["msr"])
     # Energy order 4, 3, 0.1 (wrong), -0.2 (wrong), -3, -4: risks 0, 0, 1/3, 2/4, 2/5, 2/6.
     assert aurc["energy"] == pytest.approx(1000 * (1 / 3 + 2 / 4 + 2 / 5 + 2 / 6) / 6)
 
 
-def test_selection_picks_energy_when_the_failures_are_confident_negatives():
+def test_energy_ranks_confident_missed_positives_first():
     # Missed positives with large negative logits: MSR finds them most confident, energy least.
-    chosen, aurc = _selection_case([4, 3, 2, -3.5, -4.5, -0.5], [1, 1, 1, 1, 1, 0])
-    assert chosen == "energy"
+    aurc = _aurc_case([4, 3, 2, -3.5, -4.5, -0.5], [1, 1, 1, 1, 1, 0])
     assert aurc["energy"] == pytest.approx(1000 * (1 / 5 + 2 / 6) / 6)
     # MSR order -4.5 (wrong), 4, -3.5 (wrong), 3, 2, -0.5: risks 1, 1/2, 2/3, 2/4, 2/5, 2/6.
     assert aurc["msr"] == pytest.approx(1000 * (1 + 1 / 2 + 2 / 3 + 2 / 4 + 2 / 5 + 2 / 6) / 6)
-    # One negative among the validation cases: below informer.min_per_class = 2 nothing is ranked; MSR by default.
-    chosen, aurc = _selection_case([4, 3, 2, -3.5, -4.5, -0.5], [1, 1, 1, 1, 1, 0], min_per_class=2)
-    assert chosen == logit_tier.DEFAULT_SCORE == "msr" and set(aurc.values()) == {None}
+    # One negative among the validation cases: below min_per_class = 2 the class is not ranked at all.
+    assert set(_aurc_case([4, 3, 2, -3.5, -4.5, -0.5], [1, 1, 1, 1, 1, 0], min_per_class=2).values()) == {None}
 
 
-def test_selection_averages_only_the_classes_with_enough_cases():
+def test_the_class_average_uses_only_the_classes_with_enough_cases():
     contract = _contract(TaskSpec("findings", "multilabel", ("a", "b"), (0.5, 0.5)))
     # Class a: the energy case above (1 negative). Class b: the MSR case (3 positives, 3 negatives).
-    logits = np.array([[4, 4], [3, -4], [2, 3], [-3.5, -3], [-4.5, 0.1], [-0.5, -0.2]])
-    targets = np.array([[1, 1], [1, 0], [1, 1], [1, 0], [1, 0], [0, 1]], dtype=np.float64)
-    predictions = scores.logit_predictions(contract, scores.logit_probabilities(contract, logits))
-    s = logit_scores(contract, logits)
-    chosen, aurc = select_score(s, targets, predictions)
+    logits = [[4, 4], [3, -4], [2, 3], [-3.5, -3], [-4.5, 0.1], [-0.5, -0.2]]
+    targets = [[1, 1], [1, 0], [1, 1], [1, 0], [1, 0], [0, 1]]
+    aurc = _aurc_case(logits, targets, contract=contract)
     # The mean over both classes: energy (88.9 + 261.1) / 2, MSR (566.7 + 88.9) / 2, per class as above.
-    assert (
-        chosen == "energy" and aurc["energy"] == pytest.approx(175.0) and aurc["msr"] == pytest.approx(327.78, abs=0.01)
-    )
-    chosen, aurc = select_score(s, targets, predictions, min_per_class=2)  # class a left out
-    assert chosen == "msr" and aurc["msr"] == pytest.approx(1000 * (1 / 5 + 2 / 6) / 6)
+    assert aurc["energy"] == pytest.approx(175.0) and aurc["msr"] == pytest.approx(327.78, abs=0.01)
+    aurc = _aurc_case(logits, targets, min_per_class=2, contract=contract)  # class a left out
+    assert aurc["msr"] == pytest.approx(1000 * (1 / 5 + 2 / 6) / 6)
 
 
-def test_fit_calibration_writes_the_tier_from_the_selected_baseline_fit():
+def test_fit_calibration_writes_the_tier_at_the_review_budget():
     from medmlops.informer.calibrate import contract_summary, fit_calibration
 
     rng = np.random.default_rng(0)
@@ -157,31 +158,38 @@ def test_fit_calibration_writes_the_tier_from_the_selected_baseline_fit():
     outputs = {
         "logits": logits, "predictions": scores.logit_predictions(MIXED, probs),
         "msr": scores.max_response(probs), "entropy": scores.binary_entropy(probs),
-        "d": {"ixg": rng.random((n, 5))}, "embedding": rng.normal(size=(n, 4)),
+        "d": {"ixg": rng.random((n, 5))}, "cos": {"ixg": rng.random((n, 10))}, "embedding": rng.normal(size=(n, 4)),
     }  # fmt: skip
-    calibration = fit_calibration(outputs, targets, MIXED, methods=("ixg",), min_per_class=3)
+    names = ("msr", "maxlogit", "entropy", "energy")
+    calibration = fit_calibration(outputs, targets, MIXED, methods=("ixg",), min_per_class=3, csf_names=names)
     tier = calibration["logit_tier"]
     classes = MIXED.output_names()
-    assert set(calibration["baselines"]) == {"msr", "entropy", "energy"}
-    assert set(tier) == {"score", "tau", "direction", "selection"}
+    assert set(calibration["baselines"]) == {"msr", "entropy", "energy"}  # the paper's protocol, kept beside
+    assert set(tier) == {"score", "tau", "direction", "selection", "operating_point"}
     assert set(tier["selection"]) == set(logit_tier.LOGIT_SCORES)
     assert tier["score"] in logit_tier.LOGIT_SCORES and len(tier["tau"]) == len(tier["direction"]) == len(classes)
-    fit = calibration["baselines"][tier["score"]]
-    assert tier["tau"] == [fit["tau"][c] for c in classes] and set(tier["direction"]) == {fit["direction"]}
     json.dumps(calibration, allow_nan=False)  # stored as strict JSON
-    # At ingest, the tier from the logits alone flags exactly what the search flagged on the validation split.
+    # At ingest, the tier flags from the logits alone about the review budget (10 %) of each class's validation
+    # predictions: the quantile τ flags the cases strictly below it.
     flags = logit_flags(calibration, logit_scores(MIXED, logits))
-    known = np.isfinite(targets)
-    assert [int(flags[known[:, j], j].sum()) for j in range(5)] == [fit["n_flagged"][c] for c in classes]
-    assert flags.any()  # this seed fits at least one tau, so the check above is not vacuous
-    # The contract carries the same section, so the tier reads from either.
+    assert calibration["csf"]["operating_point"]["review_budget"] == 0.1
+    for j in range(5):
+        assert 0 < flags[:, j].sum() <= int(0.1 * n) + 1
+    # ... exactly the cases whose confidence (the CSF's orientation) is below the operating point's τ.
+    confidence = csf.get(tier["score"]).confidence(outputs, MIXED, None)
+    assert (flags == csf.flags(confidence, tier["operating_point"]["tau"])).all()
+    # The contract carries the same sections (without the fitted states), so the tier reads from either.
     summary = contract_summary(calibration)
-    assert summary["logit_tier"] == tier and "energy" in summary["baselines"]
+    assert summary["logit_tier"] == tier and "energy" in summary["baselines"] and "states" not in summary["csf"]
     assert (logit_flags(summary, logit_scores(MIXED, logits)) == flags).all()
     # An older calibration (no section) still summarises, without the tier.
-    older = {k: v for k, v in calibration.items() if k != "logit_tier"}
+    older = {k: v for k, v in calibration.items() if k not in ("logit_tier", "csf")}
     assert "logit_tier" not in contract_summary(older) and logit_flags(older, logit_scores(MIXED, logits)) is None
 
-    guarded = fit_calibration(outputs, targets, MIXED, methods=("ixg",), min_per_class=1000)
+    # Too few cases to rank: MSR kept; a stated target risk the whole split meets flags nothing.
+    guarded = fit_calibration(
+        outputs, targets, MIXED, methods=("ixg",), min_per_class=1000, csf_names=names, review_budget=None,
+        target_risk=1.0,
+    )  # fmt: skip
     assert guarded["logit_tier"]["score"] == "msr" and guarded["logit_tier"]["tau"] == [None] * 5
     assert set(guarded["logit_tier"]["selection"].values()) == {None}

@@ -29,7 +29,7 @@ import torch
 
 from medmlops.config import Params
 from medmlops.errors import UserError
-from medmlops.informer import logit_tier, scores
+from medmlops.informer import csf, logit_tier, scores
 from medmlops.informer.outputs import batched_outputs, feature_frame
 from medmlops.interpret.saliency import METHODS, LogitsModel
 from medmlops.registry.contract import ModelContract
@@ -141,11 +141,25 @@ def fit_calibration(
     step: float = 0.001,
     n_pcs: int = N_PCS,
     min_per_class: int = 0,
+    csf_names: tuple[str, ...] | None = None,
+    pinned: str | None = None,
+    review_budget: float | None = 0.1,
+    target_risk: float | None = None,
+    folds: int = 5,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """The calibration dict from validation outputs (:func:`~medmlops.informer.outputs.batched_outputs`) and
-    per-logit targets; classes with fewer than ``min_per_class`` validation positives or negatives get no τ (see
-    scores.fit_flag_threshold). The ``logit_tier`` section reuses the baseline fit of the logit score with the
-    lowest validation AURC (:func:`~medmlops.informer.logit_tier.tier_calibration`)."""
+    per-logit targets.
+
+    * ``methods`` / ``baselines``: the paper's protocol, per class the flag-and-swap τ of INFORMER's ``d_c`` and of
+      each baseline; classes with fewer than ``min_per_class`` validation positives or negatives get no τ (see
+      scores.fit_flag_threshold).
+    * ``csf``: the confidence scoring functions ``csf_names`` (:mod:`medmlops.informer.csf`; default every one the
+      outputs allow) ranked by AUGRC on this split, the selected one (or ``pinned``), the fitted CSFs' states
+      refitted on the whole split, and the selected CSF's operating point (``review_budget`` or ``target_risk``).
+    * ``logit_tier``: the best logit-only CSF (the selected one when it is logit-only) with its own operating
+      point, in the tier's raw-score convention (:mod:`medmlops.informer.logit_tier`).
+    """
     classes = contract.output_names()
     predictions = outputs["predictions"]
     fitted = {
@@ -156,14 +170,38 @@ def fit_calibration(
         name: fit_scores(score, targets, predictions, classes, scores.SCORE_DIRECTIONS[name], step, min_per_class)
         for name, score in candidates.items()
     }
-    tier = logit_tier.tier_calibration(candidates, baselines, targets, predictions, classes, min_per_class)
+    names = csf_names or tuple(csf.default_names(methods, "tta" in outputs))
+    names = tuple(dict.fromkeys([*names, *(f"informer_{m}" for m in methods)]))
+    ranking, confidences = csf.rank(
+        outputs, contract, targets, predictions, names, method=methods[0], min_per_class=min_per_class, folds=folds,
+        seed=seed, pinned=pinned,
+    )  # fmt: skip
+    point = {"review_budget": review_budget, "target_risk": target_risk}
+    states = {}
+    for name in ranking.augrc:
+        model = csf.get(name, methods[0])
+        if model.fitted:
+            states[name] = model.fit(outputs, contract, targets, predictions)
+    deployed = csf.get(ranking.selected, methods[0])
+    # The deployed τ come from the deployed (refitted) state's own calibration-split confidences; for a fitted CSF
+    # these are in-sample, so its coverage on new data is checked in `informer evaluate` (selective_point).
+    confidence = deployed.confidence(outputs, contract, states.get(ranking.selected))
+    section = {
+        "method": methods[0], "candidates": list(ranking.augrc), "augrc": ranking.augrc, "se": ranking.se,
+        "unavailable": ranking.unavailable, "selected": ranking.selected, "reason": ranking.reason,
+        "pinned": pinned is not None, "states": states, "needs": deployed.needs,
+        "operating_point": csf.operating_point(confidence, targets, predictions, **point),
+    }  # fmt: skip
+    tier_name = csf.choose(ranking, allowed=logit_tier.LOGIT_SCORES)
+    tier_point = csf.operating_point(confidences[tier_name], targets, predictions, **point)
+    tier = logit_tier.tier_section(tier_name, tier_point, {n: ranking.augrc.get(n) for n in logit_tier.LOGIT_SCORES})
     emb = outputs["embedding"]
     mean = emb.mean(axis=0)
     k = int(min(n_pcs, emb.shape[0] - 1, emb.shape[1]))
     components = np.linalg.svd(emb - mean, full_matrices=False)[2][:k] if k > 0 else np.zeros((0, emb.shape[1]))
     return {
         "schema": SCHEMA, "family": contract.family, "method": methods[0], "direction": direction, "step": step,
-        "classes": classes, "methods": fitted, "baselines": baselines, logit_tier.SECTION: tier,
+        "classes": classes, "methods": fitted, "baselines": baselines, "csf": section, logit_tier.SECTION: tier,
         "pca": {"mean": mean.tolist(), "components": components.tolist()},
         "n_validation": int(len(targets)), "min_per_class": int(min_per_class),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -171,16 +209,20 @@ def fit_calibration(
 
 
 def contract_summary(calibration: dict[str, Any]) -> dict[str, Any]:
-    """What the model contract carries: the primary method's τ and direction, the baselines' τ and the logit tier
-    (its section as the calibration stores it; absent from calibrations made before the tier existed)."""
+    """What the model contract carries: the primary method's τ and direction, the baselines' τ, the logit tier,
+    the deployed CSF (its ranking and operating point, without fitted states) and the performance-estimation
+    section (each as the calibration stores it; absent from calibrations made before they existed)."""
     method = calibration["method"]
     tier = {logit_tier.SECTION: calibration[logit_tier.SECTION]} if logit_tier.SECTION in calibration else {}
+    # The deployed CSF without its fitted states (those stay in the calibration artifact the analyser loads).
+    deployed = {"csf": {k: v for k, v in calibration["csf"].items() if k != "states"}} if "csf" in calibration else {}
+    performance = {"performance": calibration["performance"]} if "performance" in calibration else {}
     return {
         "method": method, "direction": calibration["direction"], "tau": calibration["methods"][method]["tau"],
         "methods": {m: {"direction": f["direction"], "tau": f["tau"]} for m, f in calibration["methods"].items()},
         "baselines": {b: {"direction": f["direction"], "tau": f["tau"]} for b, f in calibration["baselines"].items()},
         "n_validation": calibration["n_validation"], "created_at": calibration["created_at"],
-        "artifact": CALIBRATION_FILE, **tier,
+        "artifact": CALIBRATION_FILE, **tier, **deployed, **performance,
     }  # fmt: skip
 
 
@@ -325,17 +367,20 @@ def calibrate_version(
     if direction not in scores.DIRECTIONS:
         raise CalibrationError(f"direction must be low or high, got '{direction}'")
     version, contract, logits_model = informer_model(family, alias)
-    images, labels, _ = version_split(params, family, version, "val", repo=repo, progress=progress)
+    images, labels, ids = version_split(params, family, version, "val", repo=repo, progress=progress)
     targets = scores.logit_targets(contract, labels)
     outputs = batched_outputs(
         logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
         desc=f"calibrate {family} v{version}",
     )  # fmt: skip
-    minimum = params.informer.min_per_class
+    cfg = params.informer
+    minimum = cfg.min_per_class
     calibration = fit_calibration(
-        outputs, targets, contract, methods=methods, direction=direction, step=step, min_per_class=minimum
-    )
-    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples)
+        outputs, targets, contract, methods=methods, direction=direction, step=step, min_per_class=minimum,
+        csf_names=tuple(cfg.csfs), pinned=None if cfg.csf == "auto" else cfg.csf, review_budget=cfg.review_budget,
+        target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
+    )  # fmt: skip
+    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples, validation_ids=ids)
     reference = reference_features(
         params, family, version, logits_model, contract, calibration, outputs, targets, repo=repo, progress=progress
     )

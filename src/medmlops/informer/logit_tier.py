@@ -11,6 +11,7 @@ softmax head; see :mod:`medmlops.informer.scores`):
 name      what                                        range          higher means            flagged when
 ========  ==========================================  =============  ======================  =============
 msr       ``max(p, 1 - p)`` of the class probability  0.5 .. 1       more confident          ``< tau``
+maxlogit  max logit of the head (``|z|/2`` sigmoid)   ``>= 0``       more confident          ``< tau``
 entropy   binary entropy of it, bits                  0 .. 1         less confident          ``> tau``
 energy    free energy ``-log sum exp`` (Liu et al.)   ``<= 0``       less confident          ``> tau``
 ========  ==========================================  =============  ======================  =============
@@ -25,7 +26,13 @@ Calibration section: ``calibration["logit_tier"]``, written by
     {"score": "msr",                         # the selected score, one of LOGIT_SCORES
      "tau": [0.62, null, ...],               # per class in calibration["classes"] order; null = never flagged
      "direction": ["low", "low", ...],       # per class: flag score < tau ("low") or score > tau ("high")
-     "selection": {"msr": 41.2, "entropy": 41.2, "energy": 57.9}}   # AURC x 1000 on the validation split
+     "selection": {"msr": 41.2, ...},        # AUGRC x 1000 on the validation split of every logit score
+     "operating_point": {"review_budget": 0.1, "tau": [...], "coverage": [...], "risk": [...]}}
+
+The score is the deployed CSF when it is logit-only, else the best logit-only CSF by the same one-standard-error
+rule (:func:`medmlops.informer.csf.choose`); its τ come from the same operating point as the deployed CSF's (a
+review budget or a target risk, params ``informer.review_budget`` / ``target_risk``), not from the paper's
+flag-and-swap F1 search: a monitor flags for review and does not swap labels.
 """
 
 from __future__ import annotations
@@ -36,17 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from medmlops.informer import scores
+from medmlops.informer import csf, scores
 from medmlops.registry.contract import ModelContract
 
-LOGIT_SCORES = ("msr", "entropy", "energy")
+LOGIT_SCORES = csf.LOGIT_CSFS
 SECTION = "logit_tier"
-# Chosen when no class has enough validation cases to rank the scores: FD-Shifts found the softmax response hard
-# to beat, and with every τ None nothing is flagged anyway.
-DEFAULT_SCORE = "msr"
-# MSR and entropy rank each class identically (both monotone in |p - 0.5|), so their AURCs tie up to rounding;
-# within this margin (AURC x 1000) the earlier name in LOGIT_SCORES wins.
-_TIE = 1e-9
 
 
 def logit_scores(contract: ModelContract, logits: np.ndarray) -> dict[str, np.ndarray]:
@@ -59,58 +60,24 @@ def logit_scores(contract: ModelContract, logits: np.ndarray) -> dict[str, np.nd
     probs = scores.logit_probabilities(contract, logits)
     return {
         "msr": scores.max_response(probs),
+        "maxlogit": csf.max_logit(contract, logits),
         "entropy": scores.binary_entropy(probs),
         "energy": scores.logit_energy(contract, logits),
     }
 
 
-def select_score(
-    candidates: Mapping[str, np.ndarray], targets: np.ndarray, predictions: np.ndarray, min_per_class: int = 0
-) -> tuple[str, dict[str, float | None]]:
-    """The logit score that best ranks the model's failures on the validation split, and every score's AURC x 1000.
-
-    AURC (FD-Shifts, Jaeger et al. 2023) because it ranks: it integrates the risk of the predictions a score
-    accepts over every coverage, so it measures how well the score orders wrong before right predictions,
-    independently of where one τ cuts; the per-class F1 search then places τ on the chosen score. FD-Shifts
-    found the maximum softmax response hard to beat, so MSR is kept unless another score ranks better here.
-
-    Each score is the confidence of each class's own 0/1 prediction (error = it differs from the known target),
-    oriented by its flag direction; the AURC is averaged over the classes that have at least ``min_per_class``
-    validation positives and negatives (those a τ can be fitted for). None when no class qualifies, and then
-    :data:`DEFAULT_SCORE` is returned. Ties (within ``_TIE``) go to the earlier name in :data:`LOGIT_SCORES`.
-    """
-    selection: dict[str, float | None] = {}
-    for name in LOGIT_SCORES:
-        per_class = scores.class_aurc(
-            candidates[name], scores.SCORE_DIRECTIONS[name], targets, predictions, min_per_class
-        )
-        selection[name] = float(np.nanmean(per_class) * 1000) if np.isfinite(per_class).any() else None
-    ranked = {name: value for name, value in selection.items() if value is not None}
-    if not ranked:
-        return DEFAULT_SCORE, selection
-    best = min(ranked.values())
-    return next(name for name, value in ranked.items() if value <= best + _TIE), selection
-
-
-def tier_calibration(
-    candidates: Mapping[str, np.ndarray],
-    fits: Mapping[str, Mapping[str, Any]],
-    targets: np.ndarray,
-    predictions: np.ndarray,
-    classes: list[str],
-    min_per_class: int = 0,
-) -> dict[str, Any]:
-    """The calibration's ``logit_tier`` section: the :func:`select_score` choice with its per-class τ and direction
-    taken from ``fits`` (the calibration's baseline fits, :func:`medmlops.informer.calibrate.fit_scores`, so the
-    tier flags exactly as that baseline's stored thresholds do, ``min_per_class`` guard included)."""
-    selected, selection = select_score(candidates, targets, predictions, min_per_class)
-    fit = fits[selected]
+def tier_section(name: str, point: Mapping[str, Any], selection: Mapping[str, float | None]) -> dict[str, Any]:
+    """The calibration's ``logit_tier`` section for the logit-only CSF ``name`` and its operating point
+    (:func:`medmlops.informer.csf.operating_point`, thresholds on the CSF's confidence): the thresholds are
+    turned into the tier's raw-score convention (a score flagged when *high* is a negated confidence, so its τ is
+    negated too); ``selection`` is every logit score's calibration AUGRC × 1000."""
+    direction = scores.SCORE_DIRECTIONS[name]
+    sign = 1.0 if direction == "low" else -1.0
+    tau = [None if t is None else sign * float(t) for t in point["tau"]]
     return {
-        "score": selected,
-        "tau": [fit["tau"][c] for c in classes],
-        "direction": [fit["direction"]] * len(classes),
-        "selection": selection,
-    }
+        "score": name, "tau": tau, "direction": [direction] * len(tau), "selection": dict(selection),
+        "operating_point": dict(point),
+    }  # fmt: skip
 
 
 @dataclass(frozen=True)

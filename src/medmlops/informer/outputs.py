@@ -95,16 +95,18 @@ def compute_outputs(
     """Everything INFORMER and its baselines need for a batch of preprocessed images ``x``.
 
     Returns a dict of arrays: ``logits``, ``probabilities``, ``predictions`` (N, C); ``d`` {method: (N, C)};
+    ``cos`` {method: (N, C (C - 1) / 2)} pairwise map distances (:func:`~medmlops.informer.scores.pairwise_distances`);
     ``entropy``, ``msr`` (N, C); ``tta`` (N, C) std of each probability over ``tta_samples`` augmentations (when
     > 0); ``embedding`` (N, F); ``image_stats`` (N, 5); ``maps`` {method: tensor} when ``keep_maps``.
     """
     model.eval()
-    out: dict[str, Any] = {"d": {}, "maps": {}}
+    out: dict[str, Any] = {"d": {}, "cos": {}, "maps": {}}
     logits = None
     for method in methods:
         maps, method_logits = class_saliency(model, x, method, return_logits=True)
         logits = method_logits if logits is None else logits
         out["d"][method] = scores.distinctiveness(maps)
+        out["cos"][method] = scores.pairwise_distances(maps)
         if keep_maps:
             out["maps"][method] = maps
     if logits is None:
@@ -148,7 +150,9 @@ def batched_outputs(
     for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
         x = images[start : start + batch_size]
         parts.append(compute_outputs(model, contract, x, methods=methods, tta_samples=tta_samples, seed=seed + start))
-    out: dict[str, Any] = {"d": {m: np.concatenate([p["d"][m] for p in parts]) for m in methods}}
+    out: dict[str, Any] = {
+        key: {m: np.concatenate([p[key][m] for p in parts]) for m in methods} for key in ("d", "cos")
+    }
     for key in ("logits", "probabilities", "predictions", "entropy", "msr", "embedding", "image_stats", "tta"):
         if key in parts[0]:
             out[key] = np.concatenate([p[key] for p in parts])

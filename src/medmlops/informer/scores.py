@@ -22,7 +22,16 @@ DIRECTIONS = ("low", "high")
 
 # Which side of the threshold is "uncertain" for each score (INFORMER's is a param; the paper: low distinctiveness
 # = similar class maps = an uncertain model). Energy is the free energy (Liu et al. 2020): low = confident.
-SCORE_DIRECTIONS = {"msr": "low", "entropy": "high", "energy": "high", "tta": "high"}
+SCORE_DIRECTIONS = {"msr": "low", "maxlogit": "low", "entropy": "high", "energy": "high", "tta": "high"}
+
+
+def _cosine(maps: torch.Tensor | np.ndarray, eps: float) -> torch.Tensor:
+    """``(B, C, C)`` cosine similarity between every pair of class maps of each image (float64)."""
+    import torch  # here: the logit-only scores below run at monitoring ingest, where nothing else needs torch
+
+    s = torch.as_tensor(maps, dtype=torch.float64).flatten(2)
+    unit = s / s.norm(dim=2, keepdim=True).clamp_min(eps)
+    return unit @ unit.transpose(1, 2)
 
 
 def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -34,15 +43,27 @@ def distinctiveness(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.n
     Returns:
         ``(B, C)``; each entry in ``[0, 2 (C - 1)]``. A map that is all zeros has cosine 0 with every other map.
     """
-    # Imported here: the logit-only scores below run at monitoring ingest, where nothing else needs torch.
     import torch
 
-    s = torch.as_tensor(maps, dtype=torch.float64).flatten(2)
-    unit = s / s.norm(dim=2, keepdim=True).clamp_min(eps)
-    cos = unit @ unit.transpose(1, 2)  # (B, C, C)
-    n_classes = cos.shape[1]
-    off_diagonal = ~torch.eye(n_classes, dtype=torch.bool)
+    cos = _cosine(maps, eps)
+    off_diagonal = ~torch.eye(cos.shape[1], dtype=torch.bool)
     return ((1.0 - cos) * off_diagonal).sum(dim=2).numpy()
+
+
+def pairwise_distances(maps: torch.Tensor | np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """``(B, C (C - 1) / 2)`` cosine distances ``1 - cos(S_i, S_j)`` for every class pair ``i < j`` (row-major
+    upper triangle): the information ``d_c`` sums over, kept apart for the learned combiner (the paper's
+    Discussion, :mod:`medmlops.informer.csf`). ``d_c`` is the sum of the pairs that contain ``c``."""
+    import torch
+
+    cos = _cosine(maps, eps)
+    i, j = torch.triu_indices(cos.shape[1], cos.shape[1], offset=1)
+    return (1.0 - cos[:, i, j]).numpy()
+
+
+def pair_names(classes: list[str]) -> list[str]:
+    """The names of :func:`pairwise_distances`' columns, ``"a|b"``, in the same order."""
+    return [f"{a}|{b}" for k, a in enumerate(classes) for b in classes[k + 1 :]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
