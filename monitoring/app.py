@@ -12,6 +12,8 @@ Run it with ``medmlops monitor serve``. Routes:
     GET  /v1/timeseries                 flag rates per time bucket (?family=&version=&bucket_s=&since=&until=)
     GET  /v1/flagged                    the newest flagged cases (?family=&limit=)
     GET  /v1/drift                      the latest drift report per family (?family=)
+    GET  /v1/performance                estimated (CBPE) and realized performance per version
+                                        (?family=&version=&since=&until=&limit=; none: the metrics window)
     GET  /v1/families                   families with record counts
     GET  /dashboard                     the dashboard page (its data come from the routes above)
     GET  /healthz, /metrics             open to probes and Prometheus
@@ -213,6 +215,12 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.get("/v1/drift")
     def get_drift(request: Request) -> Response:
         return JSONResponse({"reports": monitor.drift(_query(request, "family"))})
+
+    @app.get("/v1/performance")
+    def get_performance(request: Request) -> Response:
+        text = _query(request, "limit")
+        limit = None if text is None else parse_count(text, "limit", 500, high=100_000)
+        return JSONResponse(monitor.performance(**_window(request), limit=limit))
 
     @app.get("/v1/families")
     def get_families() -> Response:

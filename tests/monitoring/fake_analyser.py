@@ -10,7 +10,9 @@ request), ``FAKE_ANALYSER_CALLS`` (a folder that gets one empty file per analyse
 
 Uploads starting with ``b"BAD"`` give an InputError in their slot; ``b"RAISE"`` makes the whole call raise; family
 ``"missing"`` cannot be loaded nor scored; family ``"uncalibrated"`` is scored at ingest but never flagged there. The
-logit tier flags a class when its MSR is below :data:`LOGIT_TAU` (logits within about ±0.4 of zero).
+logit tier flags a class when its MSR is below :data:`LOGIT_TAU` (logits within about ±0.4 of zero). A calibrated
+family's contract also carries a CBPE ``performance`` section (:data:`PERFORMANCE`: temperatures 1, the
+``cxr-findings`` gate: mean AUROC of both findings, floor :data:`GATE_FLOOR`); ``"uncalibrated"`` has none.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 FINDINGS = ("Atelectasis", "Cardiomegaly")
 CLASSES = [f"findings/{name}" for name in FINDINGS]  # the contract's output names, as the real analyser's classes
 LOGIT_TAU = 0.6
+GATE_FLOOR = 0.6
+PERFORMANCE = {
+    "probability": {"method": "temperature", "classes": CLASSES, "temperature": [1.0, 1.0], "isotonic": None,
+                    "too_few": [], "n": 0, "min_per_class": 5},
+    "gate": {"metric": "findings_mean_auroc_mean", "floor": GATE_FLOOR, "estimate": "auroc", "classes": CLASSES,
+             "why": None},
+}  # fmt: skip
 
 
 def tiny_png(seed: int) -> bytes:
@@ -91,12 +100,14 @@ def factory(family: str, version: str) -> FakeAnalyser:
 
 
 def fake_contract(family: str, *, calibrated: bool = True) -> ModelContract:
-    """A two-finding multilabel contract whose ``informer`` field carries a logit-tier section (MSR, τ 0.6)."""
+    """A two-finding multilabel contract whose ``informer`` field carries a logit-tier section (MSR, τ 0.6) and a
+    CBPE performance section."""
     tier = {"score": "msr", "tau": [LOGIT_TAU] * 2, "direction": ["low"] * 2, "selection": {}}
     return ModelContract(
         family=family, tasks=(TaskSpec("findings", "multilabel", FINDINGS, (0.5, 0.5)),),
         input=InputSpec("xray", ("png",), (1, 8, 8), None, None, 1), preprocessing={}, data_version="test",
-        git_commit="test", metrics={}, informer={"method": "ixg", "logit_tier": tier} if calibrated else None,
+        git_commit="test", metrics={},
+        informer={"method": "ixg", "logit_tier": tier, "performance": PERFORMANCE} if calibrated else None,
     )  # fmt: skip
 
 

@@ -93,6 +93,9 @@ class DriftSummary:
     summary_path: Path | None = None
     workspace_project_id: str | None = None
     snapshot_id: str | None = None
+    # Estimated (CBPE) and realized performance of the window per version (medmlops.monitoring.performance), or
+    # {"error": why} when the version's contract could not be had; None when not asked for.
+    performance: list[dict[str, Any]] | dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: paths as strings, NaN as None."""
@@ -301,6 +304,7 @@ def drift_report(
     project_name: str | None = None,
     min_rows: int = MIN_ROWS,
     thresholds: Mapping[str, float] | None = None,
+    performance: list[dict[str, Any]] | dict[str, Any] | None = None,
 ) -> DriftSummary:
     """Compare a window of production features with the reference frame; write HTML, JSON snapshot and summary.
 
@@ -317,6 +321,8 @@ def drift_report(
         project_name: the workspace project (default: ``family``); reused when one of that name exists.
         min_rows: the fewest records (and finite values per column) the window must have.
         thresholds: per-class probability thresholds for the quality section (default 0.5).
+        performance: the window's estimated and realized performance
+            (:func:`medmlops.monitoring.performance.window_performance`), kept in the summary as it is.
 
     Raises:
         DriftError: an empty frame, a window smaller than ``min_rows``, no common numeric feature column, or a
@@ -431,6 +437,7 @@ def drift_report(
         skipped_columns=skipped,
         quality=quality,
         summary_path=summary_path,
+        performance=performance,
     )
     if workspace is not None:
         summary.workspace_project_id, summary.snapshot_id = _add_to_workspace(
@@ -458,11 +465,49 @@ def drift_report(
 # -- the command ------------------------------------------------------------------------------------------------------
 
 
-def report_command(args: Any) -> int:
+def _window_performance(
+    store: Any, family: str, version: str, since: float | None, last: int | None, contracts: Any
+) -> list[dict[str, Any]] | dict[str, Any]:
+    """The report window's estimated and realized performance of ``version``; ``{"error": why}`` when it cannot be
+    had. Without ``contracts`` the registry's are read, but only once a tracking URI is set (``cmd_report`` sets
+    it): an MLflow client used before that leaves a stray ``./mlflow.db`` where the process runs."""
+    from medmlops.monitoring.performance import performance_rows, window_performance
+
+    if contracts is None:
+        import mlflow
+
+        if not mlflow.is_tracking_uri_set():
+            return {"error": "no model registry is configured (no tracking URI set), so no contract to estimate with"}
+        from medmlops.monitoring.tiers import registry_calibration as contracts
+    rows = performance_rows(store, family=family, version=version, since=since, limit=last)
+    return window_performance(rows, contracts)
+
+
+def _performance_line(performance: list[dict[str, Any]] | dict[str, Any] | None) -> str | None:
+    if not isinstance(performance, list) or not performance:
+        return None if not isinstance(performance, dict) else f"performance: not estimated ({performance['error']})"
+    entry = performance[0]
+    if not entry.get("estimable"):
+        return f"performance: not estimable ({entry.get('reason')})"
+    gate = entry["gate"]
+
+    def show(value: Any) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return (
+        f"performance: {gate.get('metric')} estimated {show(gate.get('estimated'))} (CBPE, {entry['n']} records), "
+        f"realized {show(gate.get('realized'))} ({entry.get('n_labelled', 0)} labelled), floor "
+        f"{show(gate.get('floor'))}: {'BELOW the floor' if gate.get('below_floor') else 'not below the floor'}"
+    )
+
+
+def report_command(args: Any, *, contracts: Any = None) -> int:
     """``medmlops monitor report``: a drift report of one family's recent window, kept in the monitoring store.
 
     ``args``: family, workspace, db_url, version, since_hours, last, out (default ``<workspace>/reports``). Exit 0
-    whether or not drift is found: alerts are the log lines and the store's metrics.
+    whether or not drift is found: alerts are the log lines and the store's metrics. The summary also holds the
+    window's estimated (CBPE) and realized performance; ``contracts`` is ``(family, version) -> (contract,
+    informer)`` (default: the registry's, :func:`medmlops.monitoring.tiers.registry_calibration`).
     """
     from medmlops.informer.calibrate import load_reference
     from medmlops.monitoring.store import Store, resolve_db_url
@@ -488,7 +533,15 @@ def report_command(args: Any) -> int:
         reference = load_reference(family, version)
         workspace = Path(args.workspace)
         out_dir = Path(args.out) if getattr(args, "out", None) else workspace / "reports"
-        summary = drift_report(reference, current, family=family, version=version, out_dir=out_dir, workspace=workspace)
+        try:
+            performance = _window_performance(store, family, version, since, last, contracts)
+        except Exception as exc:  # noqa: BLE001 - the drift report stands without its performance section
+            log.warning("performance of %s version %s not estimated: %s", family, version, exc)
+            performance = {"error": str(exc)}
+        summary = drift_report(
+            reference, current, family=family, version=version, out_dir=out_dir, workspace=workspace,
+            performance=performance,
+        )  # fmt: skip
         store.add_drift_report(family, summary.to_dict())
     finally:
         store.close()
@@ -498,5 +551,10 @@ def report_command(args: Any) -> int:
         f"{summary.n_columns} columns), {summary.n_current} current vs {summary.n_reference} reference records"
     )
     print(f"drift detected: {'yes' if summary.detected else 'no'}; INFORMER flag-rate alerts: {alerts}")
+    line = _performance_line(summary.performance)
+    if line:
+        print(line)
+        if "BELOW the floor" in line:
+            log.warning("%s version %s: estimated %s", family, version, line)
     print(f"report: {summary.html_path} (snapshot {summary.json_path})")
     return 0

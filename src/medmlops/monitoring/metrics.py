@@ -15,7 +15,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,10 +129,75 @@ class _StoreCollector(Collector):
         yield from (depth, pending, records_by_status, rate, logit_rate, share, stamp)
 
 
-class MonitoringMetrics:
-    """The service's counters, histogram and database gauges in one :class:`CollectorRegistry`."""
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
-    def __init__(self, store: Store, window: FlagWindow | None = None) -> None:
+
+class _PerformanceCollector(Collector):
+    """Estimated (CBPE) and realized performance per version over the window (:mod:`.performance`), read at scrape
+    time: ``performance()`` returns :func:`~medmlops.monitoring.performance.window_performance`'s list."""
+
+    def __init__(self, performance: Callable[[], list[dict[str, Any]]]) -> None:
+        self.performance = performance
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        labels = ["family", "version", "metric", "class_name"]
+        estimated = GaugeMetricFamily(
+            "medmlops_estimated_performance",
+            "Performance estimated without labels (CBPE from calibrated probabilities) over the window: per class "
+            "(metric auroc, f1) and the family's gate metric (metric = its name, class_name empty).",
+            labels=labels,
+        )  # fmt: skip
+        realized = GaugeMetricFamily(
+            "medmlops_realized_performance",
+            "Performance on the window's records whose labels arrived (POST /v1/labels), as the estimated one.",
+            labels=labels,
+        )  # fmt: skip
+        below = GaugeMetricFamily(
+            "medmlops_performance_below_floor",
+            "1 when the estimated gate metric is below the family's gate floor (params registry.gates), else 0.",
+            labels=["family", "version"],
+        )  # fmt: skip
+        labelled = GaugeMetricFamily(
+            "medmlops_performance_labelled_records",
+            "Records in the performance window that have labels.",
+            labels=["family", "version"],
+        )  # fmt: skip
+        try:
+            for entry in self.performance():
+                family, version = entry["family"], entry["version"]
+                for name, values in (entry.get("classes") or {}).items():
+                    for metric in ("auroc", "f1"):
+                        for gauge, kind in ((estimated, "estimated"), (realized, "realized")):
+                            value = _number(values[kind][metric])
+                            if value is not None:
+                                gauge.add_metric([family, version, metric, name], value)
+                gate = entry.get("gate") or {}
+                if gate.get("metric"):
+                    for gauge, kind in ((estimated, "estimated"), (realized, "realized")):
+                        value = _number(gate.get(kind))
+                        if value is not None:
+                            gauge.add_metric([family, version, gate["metric"], ""], value)
+                if entry.get("estimable"):
+                    below.add_metric([family, version], 1.0 if gate.get("below_floor") else 0.0)
+                if "n_labelled" in entry:
+                    labelled.add_metric([family, version], entry["n_labelled"])
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the database or the registry blinked
+            log.exception("estimating performance for the metrics failed")
+        yield from (estimated, realized, below, labelled)
+
+
+class MonitoringMetrics:
+    """The service's counters, histogram and database gauges in one :class:`CollectorRegistry`.
+
+    ``performance``: what the performance gauges read at scrape time (the Monitor's window performance); None: no
+    performance gauges.
+    """
+
+    def __init__(
+        self, store: Store, window: FlagWindow | None = None, *,
+        performance: Callable[[], list[dict[str, Any]]] | None = None,
+    ) -> None:  # fmt: skip
         self.registry = CollectorRegistry()
         self.http_requests = Counter(
             "medmlops_monitoring_http_requests", "HTTP requests by route template, method and status code.",
@@ -154,6 +219,8 @@ class MonitoringMetrics:
             registry=self.registry,
         )
         self.registry.register(_StoreCollector(store, window or FlagWindow()))
+        if performance is not None:
+            self.registry.register(_PerformanceCollector(performance))
 
     def observe_batch(self, family: str, version: str, seconds: float, n_done: int, n_failed: int) -> None:
         n = n_done + n_failed

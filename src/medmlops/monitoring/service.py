@@ -31,6 +31,7 @@ from medmlops.inference.record import (
 )
 from medmlops.monitoring.estimate import coverage, logit_rates, saliency_flagged_share, saliency_rates
 from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_flag_window, window_rows
+from medmlops.monitoring.performance import performance_rows, window_performance
 from medmlops.monitoring.store import STRATA, Store
 from medmlops.monitoring.tiers import CalibrationSource, LogitScorer, load_source, triage
 from medmlops.monitoring.worker import (
@@ -233,7 +234,7 @@ class Monitor:
         self.scorer = LogitScorer(calibration)
         self.rng = rng or random.Random()
         self.store = Store(settings.db_url)
-        self.metrics = MonitoringMetrics(self.store, self.window)
+        self.metrics = MonitoringMetrics(self.store, self.window, performance=self.window_performance)
         self.worker: Worker | None = None
         if not settings.no_worker:
             self.worker = Worker(
@@ -425,6 +426,39 @@ class Monitor:
                 "labels": result.get("labels", {}), "saliency_url": f"/v1/records/{row['request_id']}/saliency.png",
             })  # fmt: skip
         return finite(cases)
+
+    def _contract(self, family: str, version: str) -> tuple[Any, Any]:
+        """The version's (contract, informer section) from the logit tier's cache: one registry call per version."""
+        return self.scorer._version(family, version)  # a public LogitScorer.version() is asked for (tiers.py)
+
+    def performance(
+        self, *, family: str | None = None, version: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Estimated (CBPE) and realized performance per (family, version) over a window (:mod:`.performance`):
+        the records created in ``since``/``until`` (the newest ``limit`` of them when given), or, with neither
+        bound nor limit, the metrics window of each family (``--flag-window``)."""
+        family, version = check_name(family, "family"), check_name(version, "version")
+        if since is None and until is None and limit is None:
+            versions = [v for v in self.window_performance(family) if version is None or v["version"] == str(version)]
+            window = {"description": self.window.describe()}
+        else:
+            rows = performance_rows(self.store, family=family, version=version, since=since, until=until, limit=limit)
+            versions = window_performance(rows, self._contract)
+            window = {"since": iso(since), "until": iso(until), "limit": limit}
+        return finite({"family": family, "version": version, "window": window, "versions": versions})
+
+    def window_performance(self, family: str | None = None) -> list[dict[str, Any]]:
+        """:func:`~medmlops.monitoring.performance.window_performance` over the metrics window of ``family`` (or of
+        every family): what ``/metrics`` exports."""
+        out = []
+        for name in [family] if family is not None else self.store.families():
+            if self.window.hours is not None:
+                rows = performance_rows(self.store, family=name, since=time.time() - self.window.hours * 3600)
+            else:
+                rows = performance_rows(self.store, family=name, limit=self.window.last)
+            out.extend(window_performance(rows, self._contract))
+        return out
 
     def drift(self, family: str | None = None) -> list[dict[str, Any]]:
         """The latest drift report of ``family`` (or of every family)."""
