@@ -9,9 +9,17 @@ from pathlib import Path
 from medmlops.commandline import add_params_args, params_from_args
 
 
-def _add_common(parser: argparse.ArgumentParser, default_alias: str) -> None:
+def _add_common(parser: argparse.ArgumentParser, default_alias: str, *, several: bool = False) -> None:
     parser.add_argument("family", help="registered model: cxr-findings, ich-prognosis or covid-prognosis")
-    parser.add_argument("--alias", default=default_alias, help=f"alias or version number (default: {default_alias})")
+    if several:
+        parser.add_argument(
+            "--alias", "--version", dest="alias", action="append", default=None,
+            help=f"alias or version number, repeatable: one version per training seed (default: {default_alias})",
+        )  # fmt: skip
+    else:
+        parser.add_argument(
+            "--alias", default=default_alias, help=f"alias or version number (default: {default_alias})"
+        )
     parser.add_argument(
         "--method", dest="methods", action="append", default=None, choices=("ixg", "lrp", "gradcam", "ig"),
         help="saliency method (repeatable; the first is the one monitoring uses; default: params informer.methods)",
@@ -52,20 +60,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from medmlops.informer.evaluate import evaluate_version
+    from medmlops.informer.evaluate import evaluate_versions
     from medmlops.registry import tracking
 
     params = params_from_args(args)
     tracking.configure(params.registry, cwd=Path(args.repo))
-    summary = evaluate_version(
-        params, args.family, args.alias, **_settings(args, params),
+    summary = evaluate_versions(
+        params, args.family, args.alias or ["champion"], **_settings(args, params),
         n_bootstrap=params.informer.n_bootstrap if args.bootstrap is None else args.bootstrap,
         shifts=tuple(params.informer.shifts if args.shift is None else args.shift), out_dir=Path(args.out),
         repo=Path(args.repo), progress=not args.quiet,
     )  # fmt: skip
-    print(json.dumps(summary["mean_f1"], indent=2))
-    print(f"INFORMER vs baselines (mean F1 on test): {summary['informer_vs_baselines_mean_f1']}")
-    print(f"report: {Path(summary['figure']).parent / 'report.html'}")
+    for version, one in summary["per_version"].items():
+        print(f"{args.family} v{version} (seed {one['seed']}): mean F1 after flag-and-swap on test")
+        print(json.dumps(one["mean_f1"], indent=2))
+        print(f"INFORMER vs baselines (mean F1 on test): {one['informer_vs_baselines_mean_f1']}")
+        print(f"deployed CSF: {one['csf']['selected']} ({one['csf']['reason']}); report: {one['report']}")
+    for row in summary["beats_msr"]:
+        if row["comparison"] == "selected - MSR":
+            print(f"  {row['test_set']:<12} deployed CSF below MSR's AUGRC in {row['n_lower']} of {row['n_versions']} "
+                  f"versions ({row['n_lower_ci']} with the CI below 0); mean difference x1000 "
+                  f"{row['difference_mean']:+.2f}")  # fmt: skip
+    print(f"report: {summary['report']}")
     return 0
 
 
@@ -78,8 +94,10 @@ def add_informer_parser(sub: argparse._SubParsersAction) -> None:
     _add_common(cal, "candidate")
     add_params_args(cal)
     cal.set_defaults(func=cmd_calibrate)
-    ev = isub.add_parser("evaluate", help="F1 after flag-and-swap vs baselines, bootstrap, t-test, box plot, AURC")
-    _add_common(ev, "champion")
+    ev = isub.add_parser(
+        "evaluate", help="FD-Shifts (AURC, E-AURC, AUGRC of every CSF, i.i.d. and shifted) and the paper's F1 tables"
+    )
+    _add_common(ev, "champion", several=True)
     ev.add_argument("--bootstrap", type=int, default=None, help="bootstrap test sets (default: params; the paper: 30)")
     ev.add_argument("--shift", action="append", default=None, help="shifted test set from the simulator (repeatable)")
     ev.add_argument("--out", default="reports/informer", help="output folder")

@@ -1,15 +1,21 @@
-"""``medmlops informer evaluate``: INFORMER against its baselines on a registered model version.
+"""``medmlops informer evaluate``: every confidence scoring function (CSF) against MSR on registered model versions.
 
-Two protocols:
+Two protocols, reported side by side:
 
 * Shu et al.'s: per-class F1 on the test split after flag-and-swap with the thresholds fitted on validation, for
   INFORMER (each saliency method), predictive entropy, TTA and MSR, next to the model without quality control
-  (Table 1); the same on 30 bootstrap test sets (n-sized resamples with replacement, seeded), mean F1 over classes,
-  paired t-tests of each INFORMER variant against each baseline, and a box plot (Fig. 3); sensitivity and
-  specificity per class after swapping (Tables S1/S2).
-* FD-Shifts' (Jaeger et al. 2023): each score as a confidence ranking of the model's own per-class predictions,
-  AURC, E-AURC and AUGRC (all × 1000, lower is better), on the i.i.d. test split and on shifted test sets made by
-  the simulator's shift knobs, so INFORMER meets MSR on equal terms.
+  (Table 1); the same on ``n_bootstrap`` resampled test sets, mean F1 over classes, paired t-tests of each INFORMER
+  variant against each baseline, and a box plot (Fig. 3); sensitivity and specificity per class after swapping
+  (Tables S1/S2).
+* FD-Shifts' (Jaeger et al. 2023; AUGRC: Traub et al. 2024): every CSF of :mod:`medmlops.informer.csf` as a
+  confidence ranking of the model's own per-class predictions, AURC, E-AURC and AUGRC (× 1000, class-averaged, lower
+  is better) with bootstrap 95 % CIs, on the i.i.d. test split and on shifted test sets made by the simulator's shift
+  knobs; the deployed CSF's and INFORMER-learned's paired AUGRC differences to MSR and to logit-learned; the
+  deployed CSF's coverage and selective risk at its stored τ. Fitted CSFs use the states stored with the
+  calibration, checked to be fitted on images disjoint from the test split.
+
+:func:`evaluate_versions` runs this on several versions (training seeds) and aggregates (mean, sd, how many versions'
+deployed CSF beat MSR). The numbers and tables are in :mod:`medmlops.informer.fd_report`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +32,9 @@ import pandas as pd
 import torch
 
 from medmlops.config import Params
-from medmlops.informer import scores
+from medmlops.data.simulate import SHIFTS as SIMULATOR_SHIFTS
+from medmlops.errors import UserError
+from medmlops.informer import csf, fd_report, scores
 from medmlops.informer.calibrate import (
     baseline_scores,
     fit_calibration,
@@ -40,6 +49,10 @@ log = logging.getLogger(__name__)
 
 BASELINE_NAMES = {"entropy": "Pred. Entropy", "tta": "TTA", "msr": "MSR"}
 NO_QC = "No QC"
+
+
+class EvaluationError(UserError, ValueError):
+    """The evaluation cannot run as asked; the message says why."""
 
 
 def approach_name(method: str) -> str:
@@ -160,27 +173,6 @@ def box_plot(boot: pd.DataFrame, tests: pd.DataFrame, path: Path, title: str) ->
     return save_figure(fig, path, dpi=120)
 
 
-def failure_detection(outputs: dict[str, Any], targets: np.ndarray, calibration: dict[str, Any]) -> pd.DataFrame:
-    """AURC, E-AURC, AUGRC (× 1000) of each score as the confidence of the model's per-class predictions,
-    averaged over classes (rows with unknown targets left out)."""
-    rows = []
-    for name, (score, fit) in approach_scores(outputs, calibration).items():
-        confidence = score if fit["direction"] == "low" else -score  # high confidence = far from "uncertain"
-        per_class = []
-        for j in range(targets.shape[1]):
-            keep = np.isfinite(targets[:, j])
-            if keep.sum() < 2:
-                continue
-            errors = (outputs["predictions"][keep, j] != targets[keep, j]).astype(float)
-            c = confidence[keep, j]
-            per_class.append((scores.aurc(c, errors), scores.eaurc(c, errors), scores.augrc(c, errors)))
-        values = np.asarray(per_class) * 1000
-        rows.append(
-            {"approach": name, "AURC": values[:, 0].mean(), "E-AURC": values[:, 1].mean(), "AUGRC": values[:, 2].mean()}
-        )
-    return pd.DataFrame(rows)
-
-
 def shifted_test_set(
     params: Params, contract: ModelContract, shift: str, n: int, seed: int
 ) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
@@ -210,6 +202,86 @@ def shifted_test_set(
     return images, labels
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# One version: both protocols
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def version_params(params: Params, family: str, version: str) -> Params:
+    """``params`` with the training seed of ``family`` version ``version`` (its run's ``seed`` param): the seed
+    decides the splits, so the test split of a version trained with ``--set seed=1`` is only the held-out one under
+    that seed. Unchanged when the run logged no seed."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(client.get_model_version(family, str(version)).run_id)
+    seed = run.data.params.get("seed")
+    if seed is None or not str(seed).lstrip("-").isdigit() or int(seed) == params.seed:
+        return params
+    log.info("%s v%s was trained with seed %s: its splits are made with that seed", family, version, seed)
+    return replace(params, seed=int(seed))
+
+
+def csf_section(calibration: dict[str, Any], methods: tuple[str, ...], tta: bool) -> dict[str, Any]:
+    """The calibration's ``csf`` section; for a calibration made before CSFs existed, the unfitted CSFs only, MSR
+    deployed and no operating point (the log says so)."""
+    if "csf" in calibration:
+        return calibration["csf"]
+    log.warning("the stored calibration has no CSF ranking (made before it existed): unfitted CSFs only, MSR as the "
+                "deployed one; run `medmlops informer calibrate` again for the full protocol")  # fmt: skip
+    names = [n for n in csf.default_names(methods, tta) if not csf.get(n, methods[0]).fitted]
+    return {"method": methods[0], "candidates": names, "augrc": {}, "se": {}, "selected": csf.DEFAULT_CSF,
+            "reason": "no CSF ranking stored", "pinned": False, "states": {}, "operating_point": None,
+            "unavailable": {n: "not fitted: the stored calibration predates CSFs" for n in csf.NAMES
+                            if n not in names}}  # fmt: skip
+
+
+def csf_confidences(
+    outputs: dict[str, Any], contract: ModelContract, section: dict[str, Any], names: list[str]
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every CSF of ``names`` that these outputs and the stored states allow, as ``(N, C)`` confidences; the others
+    with the reason. A fitted CSF is scored with the state refitted on the whole calibration split."""
+    out, unavailable = {}, {}
+    states = section.get("states") or {}
+    for name in names:
+        model = csf.get(name, section.get("method", "ixg"))
+        if model.fitted and name not in states:
+            unavailable[name] = (section.get("unavailable") or {}).get(name, "not fitted in the stored calibration")
+            continue
+        try:
+            out[name] = np.asarray(model.confidence(outputs, contract, states.get(name)), dtype=np.float64)
+        except csf.CSFUnavailable as exc:
+            unavailable[name] = str(exc)
+    return out, unavailable
+
+
+def fd_shifts_test_set(
+    outputs: dict[str, Any], targets: np.ndarray, contract: ModelContract, section: dict[str, Any],
+    names: list[str], *, test_set: str, n_bootstrap: int, seed: int, min_per_class: int = 0,
+) -> dict[str, Any]:  # fmt: skip
+    """The FD-Shifts protocol on one test set: the metric table with CIs, the paired comparisons, the deployed CSF's
+    operating point and the risk-coverage curves."""
+    predictions = outputs["predictions"]
+    confidences, unavailable = csf_confidences(outputs, contract, section, names)
+    indices = fd_report.bootstrap_indices(len(targets), n_bootstrap, seed)
+    table = fd_report.metric_table(
+        confidences, targets, predictions, indices, test_set=test_set, min_per_class=min_per_class
+    )
+    selected = section["selected"]
+    compared = fd_report.comparisons(
+        confidences, targets, predictions, indices, selected=selected, test_set=test_set, min_per_class=min_per_class
+    )
+    point = section.get("operating_point")
+    operating = None
+    if point is not None and selected in confidences:
+        operating = fd_report.operating_rows(
+            confidences[selected], targets, predictions, point["tau"], contract.output_names(), test_set=test_set
+        )
+    curves = {n: fd_report.risk_coverage(c, targets, predictions) for n, c in confidences.items()}
+    return {"table": table, "comparisons": compared, "operating": operating, "curves": curves,
+            "unavailable": unavailable}  # fmt: skip
+
+
 def evaluate_version(
     params: Params,
     family: str,
@@ -224,22 +296,25 @@ def evaluate_version(
     repo: Path = Path("."),
     progress: bool = True,
     seed: int = 0,
+    log_run: bool = True,
 ) -> dict[str, Any]:
-    """Run both protocols on ``family@alias``; write tables (CSV, Markdown, HTML), the box plot and a JSON summary
-    into ``out_dir``, log them to an MLflow run of the family's experiment, and return the summary."""
+    """Run both protocols on ``family@alias`` (or a version number); write tables (CSV, Markdown, HTML), the box
+    plot, the risk-coverage figure and a JSON summary into ``out_dir/<family>-v<version>``, log them to an MLflow
+    run of the family's experiment, and return the summary (with the FD-Shifts frames under ``frames``)."""
+    unknown = [s for s in shifts if s not in SIMULATOR_SHIFTS]
+    if unknown:
+        raise EvaluationError(f"unknown shift '{unknown[0]}' (the simulator knows: {', '.join(SIMULATOR_SHIFTS)})")
     version, contract, logits_model = informer_model(family, alias)
+    params = version_params(params, family, version)
+    cfg = params.informer
     classes = contract.output_names()
-    run = lambda images, desc: batched_outputs(  # noqa: E731
-        logits_model,
-        contract,
-        images,
-        methods=methods,
-        tta_samples=tta_samples,
-        progress=progress,
-        desc=desc,
-        seed=seed,
-    )
     stored = load_calibration(family, version, contract)
+    method = stored.get("csf", {}).get("method", stored["method"]) if stored else methods[0]
+    run_methods = tuple(dict.fromkeys([*methods, method]))
+    run = lambda images, desc: batched_outputs(  # noqa: E731
+        logits_model, contract, images, methods=run_methods, tta_samples=tta_samples, progress=progress, desc=desc,
+        seed=seed,
+    )  # fmt: skip
     if (
         stored is not None
         and all(m in stored["methods"] for m in methods)
@@ -247,44 +322,83 @@ def evaluate_version(
         and ("tta" in stored["baselines"] or tta_samples == 0)
     ):
         calibration = stored
+        log.info("%s v%s: stored calibration of %s", family, version, stored.get("created_at", "?"))
     else:
-        images, labels, _ = version_split(params, family, version, "val", repo=repo, progress=progress)
+        log.info("%s v%s: no matching stored calibration, fitting one on the validation split", family, version)
+        images, labels, val_ids = version_split(params, family, version, "val", repo=repo, progress=progress)
         calibration = fit_calibration(
             run(images, f"{family} v{version} validation"), scores.logit_targets(contract, labels), contract,
-            methods=methods, direction=direction, min_per_class=params.informer.min_per_class,
+            methods=run_methods, direction=direction, min_per_class=cfg.min_per_class, csf_names=tuple(cfg.csfs),
+            pinned=None if cfg.csf == "auto" else cfg.csf, review_budget=cfg.review_budget,
+            target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
         )  # fmt: skip
-    images, labels, _ = version_split(params, family, version, "test", repo=repo, progress=progress)
+        calibration["validation_ids"] = val_ids
+    section = csf_section(calibration, run_methods, tta_samples > 0)
+    images, labels, test_ids = version_split(params, family, version, "test", repo=repo, progress=progress)
+    validation_ids = calibration.get("validation_ids")
+    if validation_ids is None:
+        if section.get("states"):
+            log.warning("%s v%s: the calibration stores no validation_ids, so the fitted CSFs' data cannot be "
+                        "checked against the test split: they are left out", family, version)  # fmt: skip
+            section = {**section, "states": {}}
+    else:
+        try:
+            csf.check_disjoint(validation_ids, test_ids)
+        except csf.CSFUnavailable as exc:
+            raise EvaluationError(f"{family} v{version}: {exc}") from exc
     targets = scores.logit_targets(contract, labels)
+    log.info("%s v%s: %d test images, test split checked disjoint from the %s calibration images", family, version,
+             len(targets), "?" if validation_ids is None else len(validation_ids))  # fmt: skip
     outputs = run(images, f"{family} v{version} test")
-    predictions = swapped_predictions(outputs, calibration)
 
-    out_dir = Path(out_dir) / f"{family}-v{version}"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # The paper's protocol (Table 1, Fig. 3, Tables S1/S2): flag-and-swap with the validation thresholds.
+    predictions = swapped_predictions(outputs, calibration)
+    folder = Path(out_dir) / f"{family}-v{version}"
+    folder.mkdir(parents=True, exist_ok=True)
     table = f1_table(targets, predictions, classes)
     sens = pd.DataFrame({k: _sens_spec(targets, v)[0] for k, v in predictions.items()}, index=classes).T
     spec = pd.DataFrame({k: _sens_spec(targets, v)[1] for k, v in predictions.items()}, index=classes).T
     boot = bootstrap_f1(targets, predictions, n_bootstrap=n_bootstrap, seed=seed)
     tests = paired_tests(boot)
-    fd = {"iid": failure_detection(outputs, targets, calibration)}
+    log.info("%s v%s: flag-and-swap F1 (the paper's protocol) done", family, version)
+
+    # FD-Shifts: every CSF on the i.i.d. test split and each simulator shift.
+    names = list(dict.fromkeys([*section.get("candidates", []), *csf.default_names(run_methods, tta_samples > 0)]))
+    results = {"iid": fd_shifts_test_set(outputs, targets, contract, section, names, test_set="iid",
+                                         n_bootstrap=n_bootstrap, seed=seed, min_per_class=cfg.min_per_class)}  # fmt: skip
+    log.info("%s v%s: FD-Shifts on iid done (%d CSFs)", family, version, len(results["iid"]["curves"]))
     for k, shift in enumerate(shifts):
         shifted_images, shifted_labels = shifted_test_set(params, contract, shift, len(images), seed + 101 + k)
-        fd[shift] = failure_detection(
+        results[shift] = fd_shifts_test_set(
             run(shifted_images, f"{family} v{version} shift {shift}"), scores.logit_targets(contract, shifted_labels),
-            calibration,
+            contract, section, names, test_set=shift, n_bootstrap=n_bootstrap, seed=seed, min_per_class=cfg.min_per_class,
         )  # fmt: skip
-    fd_table = pd.concat([f.assign(test_set=name) for name, f in fd.items()], ignore_index=True)
+        log.info("%s v%s: FD-Shifts on shift %s done", family, version, shift)
+    fd = pd.concat([r["table"] for r in results.values()], ignore_index=True)
+    compared = pd.concat([r["comparisons"] for r in results.values()], ignore_index=True)
+    operating = _operating_frame(section, classes, results)
+    unavailable = {**section.get("unavailable", {}), **{n: why for r in results.values()
+                                                        for n, why in r["unavailable"].items()}}  # fmt: skip
+    wide = fd_report.wide_table(fd, "AUGRC", section.get("augrc") or None)
 
-    files = {
-        "f1_table.csv": table, "sensitivity.csv": sens, "specificity.csv": spec, "bootstrap_f1.csv": boot,
-        "paired_tests.csv": tests, "failure_detection.csv": fd_table,
-    }  # fmt: skip
-    for name, frame in files.items():
-        frame.to_csv(
-            out_dir / name, index=name not in ("bootstrap_f1.csv", "paired_tests.csv", "failure_detection.csv")
-        )
-    figure = box_plot(
-        boot, tests, out_dir / "bootstrap_f1_boxplot.png", f"{family} v{version}: {n_bootstrap} bootstrap test sets"
+    # Files.
+    for name, frame in {"f1_table.csv": table, "sensitivity.csv": sens, "specificity.csv": spec}.items():
+        frame.to_csv(folder / name)
+    boot.to_csv(folder / "bootstrap_f1.csv", index=False)
+    tests.to_csv(folder / "paired_tests.csv", index=False)
+    (folder / "f1_table.md").write_text(table.round(3).to_markdown() + "\n", encoding="utf-8")
+    fd_report.write_table(fd, folder, "failure_detection")
+    fd_report.write_table(compared, folder, "comparisons")
+    fd_report.write_table(wide, folder, "augrc_table", index=True)
+    if operating is not None:
+        fd_report.write_table(operating, folder, "operating_point", digits=3)
+    box = box_plot(
+        boot, tests, folder / "bootstrap_f1_boxplot.png", f"{family} v{version}: {n_bootstrap} bootstrap test sets"
     )
+    rc = fd_report.risk_coverage_figure(
+        {t: r["curves"] for t, r in results.items()}, folder / "risk_coverage.png",
+        f"{family} v{version}: selective risk vs coverage", selected=section["selected"],
+    )  # fmt: skip
     best_informer = table.loc[[i for i in table.index if i.startswith("INFORMER_")], "mean"].max()
     baselines = table.loc[[i for i in table.index if i in BASELINE_NAMES.values()], "mean"]
     verdict = {
@@ -292,35 +406,184 @@ def evaluate_version(
         for name, value in baselines.items()
     }
     summary = {
-        "family": family, "version": version, "n_validation": calibration["n_validation"], "n_test": int(len(targets)),
-        "methods": list(methods), "direction": direction, "tau": {m: calibration["methods"][m]["tau"] for m in methods},
+        "family": family, "version": version, "seed": params.seed, "n_validation": calibration["n_validation"],
+        "n_test": int(len(targets)), "methods": list(run_methods), "direction": direction,
+        "tau": {m: calibration["methods"][m]["tau"] for m in methods if m in calibration["methods"]},
         "mean_f1": table["mean"].to_dict(), "informer_vs_baselines_mean_f1": verdict,
-        "failure_detection": fd_table.to_dict(orient="records"), "paired_tests": tests.to_dict(orient="records"),
-        "figure": str(figure),
+        "paired_tests": tests.to_dict(orient="records"), "figure": str(box), "risk_coverage_figure": str(rc),
+        "csf": {k: section.get(k) for k in ("method", "selected", "reason", "pinned", "augrc", "se")},
+        "unavailable": unavailable, "n_bootstrap": n_bootstrap, "test_sets": list(results),
+        "failure_detection": fd.to_dict(orient="records"), "comparisons": compared.to_dict(orient="records"),
+        "operating_point": None if operating is None else operating.to_dict(orient="records"),
+        "report": str(folder / "report.html"),
     }  # fmt: skip
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    html = ["<html><head><meta charset='utf-8'><title>INFORMER evaluation</title></head><body>",
-            f"<h1>INFORMER evaluation: {family} v{version}</h1>",
-            f"<p>{calibration['n_validation']} validation images (thresholds), {len(targets)} test images.</p>",
-            "<h2>F1 per class after flag-and-swap (Table 1)</h2>", table.round(3).to_html(),
-            "<h2>Sensitivity</h2>", sens.round(3).to_html(), "<h2>Specificity</h2>", spec.round(3).to_html(),
-            f"<h2>{n_bootstrap} bootstrap test sets (Fig. 3)</h2><img src='{figure.name}'>", tests.round(4).to_html(index=False),
-            "<h2>Failure detection (FD-Shifts; x1000, lower is better)</h2>", fd_table.round(2).to_html(index=False),
-            "</body></html>"]  # fmt: skip
-    (out_dir / "report.html").write_text("\n".join(html), encoding="utf-8")
-    (out_dir / "f1_table.md").write_text(table.round(3).to_markdown(), encoding="utf-8")
-    _log_to_mlflow(params, family, version, out_dir, table, repo)
-    return summary
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    (folder / "report.html").write_text(
+        _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
+                      operating, unavailable, n_bootstrap, len(targets)),
+        encoding="utf-8",
+    )  # fmt: skip
+    if log_run:
+        _log_to_mlflow(params, family, version, folder, table, repo, fd=fd, compared=compared, section=section)
+    log.info("%s v%s: report written to %s", family, version, folder)
+    return {**summary, "frames": {"failure_detection": fd, "comparisons": compared, "operating": operating,
+                                  "curves": {t: r["curves"] for t, r in results.items()}}}  # fmt: skip
 
 
-def _log_to_mlflow(params: Params, family: str, version: str, out_dir: Path, table: pd.DataFrame, repo: Path) -> None:
+def _operating_frame(section: dict[str, Any], classes: list[str], results: dict[str, Any]) -> pd.DataFrame | None:
+    """The deployed CSF's coverage and risk at its τ: the calibration split's (stored) above each test set's."""
+    point = section.get("operating_point")
+    if point is None:
+        return None
+    frames = [fd_report.point_rows(point, point["tau"], classes, test_set="calibration")]
+    frames += [r["operating"] for r in results.values() if r["operating"] is not None]
+    rule = {k: point[k] for k in ("review_budget", "target_risk") if point.get(k) is not None}
+    return pd.concat(frames, ignore_index=True).assign(
+        csf=section["selected"], rule=", ".join(f"{k}={v}" for k, v in rule.items())
+    )
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
+                  operating, unavailable, n_bootstrap, n_test) -> str:  # fmt: skip
+    selected = section["selected"]
+    sections = [
+        ("Setup", f"<p>{calibration['n_validation']} calibration (validation) images: thresholds, CSF ranking and "
+                  f"fitted CSFs; {n_test} test images; shifted test sets simulated at the same size. Bootstrap: "
+                  f"{n_bootstrap} resamples of the images, percentile 95 % CI.</p>"
+                  f"<p>Deployed CSF: <b>{fd_report.csf_label(selected)}</b> ({section.get('reason', '')}).</p>"),
+        ("Failure detection: AUGRC x1000 (lower is better) [95 % CI]", wide.to_html()),
+        ("Deployed CSF vs MSR, INFORMER-learned vs logit-learned (paired AUGRC difference x1000)",
+         compared.round(2).to_html(index=False)),
+        ("Operating point (coverage, selective risk at the stored tau)",
+         "<p>none stored</p>" if operating is None else operating.round(3).to_html(index=False)),
+        ("Risk-coverage curves", f"<img src='{rc.name}'>"),
+        ("All metrics (AURC, E-AURC, AUGRC x1000 with CIs)", fd.round(2).to_html(index=False)),
+        ("Not evaluated", "<ul>" + "".join(f"<li>{n}: {why}</li>" for n, why in unavailable.items()) + "</ul>"),
+        ("The paper's protocol: F1 per class after flag-and-swap (Table 1)", table.round(3).to_html()),
+        ("Sensitivity", sens.round(3).to_html()),
+        ("Specificity", spec.round(3).to_html()),
+        (f"{n_bootstrap} bootstrap test sets (Fig. 3)", f"<img src='{box.name}'>" + tests.round(4).to_html(index=False)),
+    ]  # fmt: skip
+    return fd_report.html_page(f"INFORMER evaluation: {family} v{version}", sections)
+
+
+def _metric_key(*parts: str) -> str:
+    return "/".join(p.replace(" ", "_").replace(".", "").replace("-", "_") for p in parts)
+
+
+def _log_to_mlflow(
+    params: Params, family: str, version: str, out_dir: Path, table: pd.DataFrame, repo: Path, *,
+    fd: pd.DataFrame | None = None, compared: pd.DataFrame | None = None, section: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
     import mlflow
 
     from medmlops.registry import tracking
 
     experiment_id = tracking.family_experiment_id(params.registry, family, repo)
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"informer-evaluate v{version}"):
-        mlflow.set_tags({"kind": "informer-evaluation", "model_version": version})
-        mlflow.log_metrics({f"mean_f1/{k.replace(' ', '_').replace('.', '')}": float(v) for k, v in table["mean"].items()
-                            if np.isfinite(v)})  # fmt: skip
+        mlflow.set_tags({"kind": "informer-evaluation", "model_version": version, "seed": str(params.seed),
+                         "selected_csf": (section or {}).get("selected", "")})  # fmt: skip
+        metrics = {f"mean_f1/{k.replace(' ', '_').replace('.', '')}": float(v) for k, v in table["mean"].items()}
+        for _, row in (fd if fd is not None else pd.DataFrame()).iterrows():
+            for column in fd_report.METRICS.values():
+                metrics[_metric_key("fd", row["test_set"], row["csf"], column)] = float(row[column])
+        for _, row in (compared if compared is not None else pd.DataFrame()).iterrows():
+            metrics[_metric_key("fd", row["test_set"], row["comparison"].replace(" - ", "_minus_"))] = float(
+                row["difference"]
+            )
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
         mlflow.log_artifacts(str(out_dir), artifact_path="informer")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Several versions (training seeds)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def evaluate_versions(
+    params: Params, family: str, aliases: list[str], *, out_dir: Path = Path("reports/informer"),
+    repo: Path = Path("."), **kwargs: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """:func:`evaluate_version` for each of ``aliases`` (versions of ``family``, each trained with another seed),
+    then the aggregate over them in ``out_dir/<family>-fd-shifts``: mean and sd of every metric per test set and
+    CSF, and per test set how many versions' deployed CSF beat MSR. Logged to its own MLflow run."""
+    if not aliases:
+        raise EvaluationError("name at least one version to evaluate (--alias)")
+    summaries: dict[str, dict[str, Any]] = {}
+    for k, alias in enumerate(aliases, start=1):
+        log.info("%s: evaluating %s (%d of %d)", family, alias, k, len(aliases))
+        summary = evaluate_version(params, family, alias, out_dir=out_dir, repo=repo, **kwargs)
+        if summary["version"] in summaries:
+            log.warning("%s: %s is version %s again: counted once", family, alias, summary["version"])
+        summaries[summary["version"]] = summary
+    folder = Path(out_dir) / f"{family}-fd-shifts"
+    folder.mkdir(parents=True, exist_ok=True)
+    tables = {v: s["frames"]["failure_detection"] for v, s in summaries.items()}
+    agg = fd_report.aggregate(tables)
+    beats = fd_report.beats_msr({v: s["frames"]["comparisons"] for v, s in summaries.items()})
+    per_version = pd.concat([t.assign(version=v) for v, t in tables.items()], ignore_index=True)
+    fd_report.write_table(per_version, folder, "failure_detection_by_version")
+    fd_report.write_table(agg, folder, "aggregate")
+    fd_report.write_table(beats, folder, "beats_msr")
+    versions = list(summaries)
+    curves = {}
+    for test_set in dict.fromkeys(t for s in summaries.values() for t in s["frames"]["curves"]):
+        names = dict.fromkeys(n for s in summaries.values() for n in s["frames"]["curves"].get(test_set, {}))
+        curves[test_set] = {
+            n: np.nanmean([s["frames"]["curves"][test_set][n] for s in summaries.values()
+                           if n in s["frames"]["curves"].get(test_set, {})], axis=0)
+            for n in names
+        }  # fmt: skip
+    selected = [s["csf"]["selected"] for s in summaries.values()]
+    figure = fd_report.risk_coverage_figure(
+        curves, folder / "risk_coverage.png", f"{family}, versions {', '.join(versions)}: mean selective risk",
+        selected=selected[0] if len(set(selected)) == 1 else None,
+    )  # fmt: skip
+    seeds = {v: s["seed"] for v, s in summaries.items()}
+    summary = {
+        "family": family, "versions": versions, "seeds": seeds, "selected": dict(zip(versions, selected, strict=True)),
+        "aggregate": agg.to_dict(orient="records"), "beats_msr": beats.to_dict(orient="records"),
+        "version_reports": {v: s["report"] for v, s in summaries.items()}, "figure": str(figure),
+        "report": str(folder / "report.html"),
+    }  # fmt: skip
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
+    mean_augrc = agg.pivot(index="label", columns="test_set", values="AUGRC_mean")
+    mean_augrc = mean_augrc[list(dict.fromkeys(agg["test_set"]))].reindex(list(dict.fromkeys(agg["label"])))
+    links = "".join(f"<li><a href='../{Path(r).parent.name}/report.html'>version {v}</a> (seed {seeds[v]}, "
+                    f"deployed {summaries[v]['csf']['selected']})</li>" for v, r in summary["version_reports"].items())  # fmt: skip
+    sections = [
+        ("Versions", f"<ul>{links}</ul>"),
+        ("Mean AUGRC x1000 over versions", mean_augrc.round(1).to_html()),
+        ("Does the deployed CSF beat MSR? (per test set, over versions)", beats.round(2).to_html(index=False)),
+        ("Mean and sd of every metric", agg.round(2).to_html(index=False)),
+        ("Risk-coverage curves (mean over versions)", f"<img src='{figure.name}'>"),
+    ]  # fmt: skip
+    (folder / "report.html").write_text(
+        fd_report.html_page(f"FD-Shifts protocol: {family}, {len(versions)} versions", sections), encoding="utf-8"
+    )
+    _log_aggregate(params, family, versions, folder, agg, beats, repo)
+    log.info("%s: aggregate over %d versions written to %s", family, len(versions), folder)
+    return {**summary, "per_version": {v: {k: s[k] for k in s if k != "frames"} for v, s in summaries.items()}}
+
+
+def _log_aggregate(params, family, versions, folder, agg, beats, repo) -> None:
+    import mlflow
+
+    from medmlops.registry import tracking
+
+    experiment_id = tracking.family_experiment_id(params.registry, family, repo)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"informer-fd-shifts v{','.join(versions)}"):
+        mlflow.set_tags({"kind": "informer-fd-shifts", "model_versions": ",".join(versions)})
+        metrics = {_metric_key("fd_mean", r["test_set"], r["csf"], "AUGRC"): float(r["AUGRC_mean"])
+                   for _, r in agg.iterrows()}  # fmt: skip
+        for _, r in beats.iterrows():
+            key = _metric_key("n_lower", r["test_set"], r["comparison"].replace(" - ", "_minus_"))
+            metrics[key] = float(r["n_lower"])
+        mlflow.log_metrics({k: v for k, v in metrics.items() if np.isfinite(v)})
+        mlflow.log_artifacts(str(folder), artifact_path="informer-fd-shifts")
