@@ -45,11 +45,24 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
     assert set(calibration["methods"]) == {"ixg", "lrp"}
     assert set(calibration["baselines"]) == {"msr", "entropy", "energy", "tta"}
     assert contract.informer["method"] == "ixg" and contract.informer["tau"] == calibration["methods"]["ixg"]["tau"]
-    # The logit tier: one score chosen by validation AURC, its per-class tau and direction; the contract carries it.
+    # The CSFs: every one ranked by validation AUGRC (or said why not), one deployed at the review budget's
+    # operating point, the fitted ones' states stored, the ids they were fitted on kept for evaluation's check.
+    section = calibration["csf"]
+    assert set(section["augrc"]) | set(section["unavailable"]) >= {"msr", "maxlogit", "entropy", "energy", "tta",
+        "informer_ixg", "informer_lrp", "mahalanobis", "informer_learned", "logit_learned"}  # fmt: skip
+    assert section["selected"] in section["augrc"] and section["reason"]
+    assert set(section["states"]) >= {
+        n for n in ("mahalanobis", "informer_learned", "logit_learned") if n in section["augrc"]
+    }
+    assert len(section["operating_point"]["tau"]) == len(classes) and section["operating_point"]["review_budget"] == 0.1
+    assert len(calibration["validation_ids"]) == calibration["n_validation"]
+    assert contract.informer["csf"]["selected"] == section["selected"] and "states" not in contract.informer["csf"]
+    assert contract.informer["performance"] == calibration["performance"]  # CBPE's calibrated probabilities
+    # The logit tier: the best logit-only CSF at the same operating point; the contract carries it.
     tier = calibration["logit_tier"]
-    assert tier["score"] in {"msr", "entropy", "energy"} and set(tier["selection"]) == {"msr", "entropy", "energy"}
+    assert tier["score"] in {"msr", "maxlogit", "entropy", "energy"}
+    assert set(tier["selection"]) == {"msr", "maxlogit", "entropy", "energy"}
     assert len(tier["tau"]) == len(tier["direction"]) == len(classes)
-    assert tier["tau"] == [calibration["baselines"][tier["score"]]["tau"][c] for c in classes]
     assert contract.informer["logit_tier"] == tier
     for fit in calibration["methods"].values():
         for cls in classes:
@@ -73,10 +86,13 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
     assert isinstance(bad, Exception) and "unsupported_format" in str(bad)
     assert result["version"] == version and result["calibrated"] is True
     assert set(result["distinctiveness"]) == set(classes)
-    for cls, d in result["distinctiveness"].items():
+    for j, (cls, d) in enumerate(result["distinctiveness"].items()):
         tau = calibration["methods"]["ixg"]["tau"][cls]
-        assert result["flags"][cls] == (tau is not None and d < tau)
+        assert result["informer_flags"][cls] == (tau is not None and d < tau)  # the paper's d_c flag, beside
+        deployed_tau = section["operating_point"]["tau"][j]
+        assert result["flags"][cls] == (deployed_tau is not None and result["confidence"][cls] < deployed_tau)
         assert 0 <= d <= 8
+    assert result["csf"] == section["selected"]
     assert result["saliency_png"].startswith(b"\x89PNG")
     # The reference features of the validation set and a production record's features share their columns.
     assert set(result["features"]) <= set(reference.columns)
@@ -103,7 +119,10 @@ def test_multi_task_family_calibrates_with_its_heads_as_classes(in_project):
     assert guarded["methods"]["ixg"]["too_few"] == guarded["classes"]
     assert set(guarded["methods"]["ixg"]["tau"].values()) == {None}
     assert set(guarded["baselines"]["msr"]["tau"].values()) == {None}
-    assert guarded["logit_tier"]["tau"] == [None] * 4
+    # Nothing to rank the CSFs on: MSR deployed; the review budget needs no labels, so it still sets τ (flag the
+    # least-confident 10 %), where the paper's F1 search had nothing to fit.
+    assert guarded["csf"]["selected"] == guarded["logit_tier"]["score"] == "msr"
+    assert guarded["csf"]["reason"].startswith("too few") and None not in guarded["logit_tier"]["tau"]
 
 
 def test_evaluate_writes_the_papers_table_figure_and_fd_shifts(in_project, capsys):

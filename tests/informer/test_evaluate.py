@@ -42,24 +42,16 @@ def test_aurc_is_the_mean_selective_risk_over_accepted_counts():
     assert scores.aurc(np.ones(4), ERR) == pytest.approx(0.5)
 
 
-def test_augrc_as_implemented_is_the_right_endpoint_step_area():
-    # Generalised risk (accepted errors / N) at k = 1..4: 0, 1/4, 1/4, 2/4, each over a coverage step of 1/4.
-    assert scores.augrc(CONF, ERR) == pytest.approx((0 + 1 / 4 + 1 / 4 + 2 / 4) / 4)
-    assert scores.augrc(TIED, ERR) == pytest.approx(0 * 1 / 4 + 1 / 4 * 2 / 4 + 2 / 4 * 1 / 4)
+def test_augrc_is_traub_et_als_linear_interpolation_from_the_origin():
+    # Curve points (coverage, generalised risk = accepted errors / N): (0, 0), (1/4, 0), (2/4, 1/4), (3/4, 1/4),
+    # (1, 2/4); the area under the straight lines between them (FD-Shifts' rc_stats.py).
+    assert scores.augrc(CONF, ERR) == pytest.approx(0 + (0 + 1 / 4) / 8 + 1 / 16 + (1 / 4 + 2 / 4) / 8)
+    # A tie group is one straight segment: (0, 0), (1/4, 0), (3/4, 1/4), (1, 2/4).
+    assert scores.augrc(TIED, ERR) == pytest.approx((2 / 4) * (0 + 1 / 4) / 2 + (1 / 4) * (1 / 4 + 2 / 4) / 2)
+    # A constant score is one segment from (0, 0) to (1, error rate): half the error rate, a random ranking's value.
+    assert scores.augrc(np.ones(4), ERR) == pytest.approx(0.25)
     # A ranking that puts both errors last is better than one that puts them first.
     assert scores.augrc(-np.arange(4.0), np.array([0, 0, 1, 1])) < scores.augrc(-np.arange(4.0), np.array([1, 1, 0, 0]))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="scores.augrc integrates the generalised risk with a right-endpoint step; Traub et al. 2024 (FD-Shifts' "
-    "rc_stats.py) interpolate linearly from (0, 0), which is lower by sum(n_g * e_g) / (2 N^2) over tie groups: "
-    "a constant score gets the error rate instead of half of it (a random ranking's value). Fix in scores.py.",
-)
-def test_augrc_matches_traub_et_al_linear_interpolation():
-    # Curve points (coverage, generalised risk): (0, 0), (1/4, 0), (2/4, 1/4), (3/4, 1/4), (1, 2/4); trapezoids.
-    assert scores.augrc(CONF, ERR) == pytest.approx(0 + (0 + 1 / 4) / 8 + 1 / 16 + (1 / 4 + 2 / 4) / 8)
-    assert scores.augrc(np.ones(4), ERR) == pytest.approx(0.25)
 
 
 def test_metric_table_is_the_class_average_times_1000_with_a_bootstrap_ci():

@@ -109,8 +109,8 @@ def test_failure_detection_metrics():
     assert scores.aurc(worst, errors) > scores.aurc(perfect, errors)
     # Hand-computed for the perfect ranking: selective risks 0, 0, 0, 1/4, 2/5 at coverages 1/5 .. 1.
     assert scores.aurc(perfect, errors) == pytest.approx((0 + 0 + 0 + 1 / 4 + 2 / 5) / 5)
-    # AUGRC: generalised risks (accepted errors / N) 0, 0, 0, 1/5, 2/5.
-    assert scores.augrc(perfect, errors) == pytest.approx((1 / 5 + 2 / 5) / 5)
+    # AUGRC: generalised risks (accepted errors / N) 0, 0, 0, 1/5, 2/5, joined by straight lines from (0, 0).
+    assert scores.augrc(perfect, errors) == pytest.approx((1 / 5) * ((0 + 1 / 5) / 2 + (1 / 5 + 2 / 5) / 2))
     # Ties are accepted together: one confidence for all → the error rate at full coverage.
     assert scores.aurc(np.ones(5), errors) == pytest.approx(2 / 5)
 

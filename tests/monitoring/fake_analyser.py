@@ -29,6 +29,7 @@ from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 FINDINGS = ("Atelectasis", "Cardiomegaly")
 CLASSES = [f"findings/{name}" for name in FINDINGS]  # the contract's output names, as the real analyser's classes
 LOGIT_TAU = 0.6
+CSF_AUGRC = 41.5  # the deployed CSF's (MSR's) validation AUGRC x 1000 the fake calibration reports
 GATE_FLOOR = 0.6
 PERFORMANCE = {
     "probability": {"method": "temperature", "classes": CLASSES, "temperature": [1.0, 1.0], "isotonic": None,
@@ -103,11 +104,13 @@ def fake_contract(family: str, *, calibrated: bool = True) -> ModelContract:
     """A two-finding multilabel contract whose ``informer`` field carries a logit-tier section (MSR, τ 0.6) and a
     CBPE performance section."""
     tier = {"score": "msr", "tau": [LOGIT_TAU] * 2, "direction": ["low"] * 2, "selection": {}}
+    deployed = {"selected": "msr", "augrc": {"msr": CSF_AUGRC, "informer_ixg": 2 * CSF_AUGRC}, "reason": "lowest AUGRC",
+                "operating_point": {"review_budget": 0.1, "tau": [LOGIT_TAU] * 2}}  # fmt: skip
     return ModelContract(
         family=family, tasks=(TaskSpec("findings", "multilabel", FINDINGS, (0.5, 0.5)),),
         input=InputSpec("xray", ("png",), (1, 8, 8), None, None, 1), preprocessing={}, data_version="test",
         git_commit="test", metrics={},
-        informer={"method": "ixg", "logit_tier": tier, "performance": PERFORMANCE} if calibrated else None,
+        informer={"method": "ixg", "logit_tier": tier, "csf": deployed, "performance": PERFORMANCE} if calibrated else None,
     )  # fmt: skip
 
 

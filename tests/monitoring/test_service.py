@@ -101,7 +101,7 @@ def test_the_logit_tier_is_there_at_ingest_and_the_saliency_tier_follows(monitor
     tier = unsure["logit_tier"]
     assert tier["at"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(before - 1))
     assert tier["score"] == "msr" and tier["calibrated"] and tier["error"] is None and tier["flagged"] is True
-    assert tier["flags"] == dict.fromkeys(CLASSES, True) and set(tier["scores"]) == {"msr", "entropy", "energy"}
+    assert tier["flags"] == dict.fromkeys(CLASSES, True) and set(tier["scores"]) == {"msr", "maxlogit", "entropy", "energy"}
     assert tier["scores"]["msr"][CLASSES[0]] == pytest.approx(0.5250, abs=1e-4)
     assert sure["logit_tier"]["flags"] == dict.fromkeys(CLASSES, False) and sure["logit_tier"]["flagged"] is False
     assert unsure["queue"]["stratum"] == "flagged" and unsure["queue"]["sample_p"] is None
@@ -114,6 +114,9 @@ def test_the_logit_tier_is_there_at_ingest_and_the_saliency_tier_follows(monitor
     assert done["logit_tier"] == tier and set(done["flags"]) == set(CLASSES)
     summary = monitor.summary()
     assert summary["logit"] == {"scored": 2, "flagged": 1, "flag_rate": dict.fromkeys(CLASSES, 0.5)}
+    # Which CSF flags the version, with its validation AUGRC beside MSR's, from the version's contract.
+    deployed = summary["versions"][0]["csf"]
+    assert deployed["selected"] == "msr" and deployed["validation_augrc"] == deployed["msr_validation_augrc"] == 41.5
     assert summary["estimate"]["complete"] and summary["estimate"]["analysed"] == 2
 
 

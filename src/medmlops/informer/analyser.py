@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from medmlops.informer import csf
 from medmlops.informer.outputs import compute_outputs, feature_frame, flags_from_calibration
 from medmlops.interpret.figures import saliency_png
 from medmlops.interpret.saliency import LogitsModel
@@ -28,6 +29,11 @@ class Analyser:
         calibration: the version's stored calibration (:mod:`medmlops.informer.calibrate`); ``None`` when the
             version was never calibrated: distinctiveness is still computed, every flag is False and each result
             says ``"calibrated": False``.
+
+    ``flags`` in a result are the deployed confidence scoring function's (the calibration's ``csf.selected`` at
+    its operating point, :mod:`medmlops.informer.csf`): the flag monitoring counts and reviewers see.
+    ``informer_flags`` are INFORMER's thresholded ``d_c`` as the paper defines it, always reported beside them.
+    A calibration made before the CSFs existed has no ``csf`` section: its flags are INFORMER's.
     """
 
     family: str
@@ -44,6 +50,15 @@ class Analyser:
         self.classes = self.contract.output_names()
         self.method = self.method or (self.calibration or {}).get("method", "ixg")
         self.preprocess = Preprocessor(self.family, self.contract)
+        section = (self.calibration or {}).get("csf")
+        self.csf_name = section["selected"] if section else f"informer_{self.method}"
+        self.csf = csf.get(self.csf_name, section["method"] if section else self.method)
+        self.csf_state = (section or {}).get("states", {}).get(self.csf_name)
+        self.csf_tau = section["operating_point"]["tau"] if section else None
+        # The saliency methods to run: the monitored one, and the deployed CSF's if that is another INFORMER method.
+        extra = self.csf_name.removeprefix("informer_") if self.csf_name.startswith("informer_") else None
+        self.methods = tuple(dict.fromkeys([self.method] + ([extra] if extra and extra != "learned" else [])))
+        self.tta_samples = int((self.calibration or {}).get("tta_samples", 0)) if self.csf_name == "tta" else 0
 
     @classmethod
     def from_registry(cls, family: str, version: str, *, device: str | None = None) -> Analyser:
@@ -72,9 +87,14 @@ class Analyser:
         return slots  # type: ignore[return-value]
 
     def analyse_tensors(self, images: torch.Tensor) -> list[dict[str, Any]]:
-        outputs = compute_outputs(self.logits_model, self.contract, images, methods=(self.method,), keep_maps=True)
+        outputs = compute_outputs(
+            self.logits_model, self.contract, images, methods=self.methods, tta_samples=self.tta_samples,
+            keep_maps=True,
+        )  # fmt: skip
         features = feature_frame(outputs, self.classes, self.calibration, self.method)
-        flags = flags_from_calibration(outputs, self.calibration, self.method)
+        informer_flags = flags_from_calibration(outputs, self.calibration, self.method)
+        confidence = self.csf.confidence(outputs, self.contract, self.csf_state) if self.csf_tau else None
+        flags = informer_flags if confidence is None else csf.flags(confidence, self.csf_tau)
         maps = outputs["maps"][self.method]
         results = []
         for i in range(len(images)):
@@ -93,6 +113,9 @@ class Analyser:
                 "distinctiveness": _named(self.classes, d),
                 "flags": {c: bool(v) for c, v in zip(self.classes, flags[i], strict=True)},
                 "flagged": bool(flags[i].any()),
+                "csf": self.csf_name,
+                **({} if confidence is None else {"confidence": _named(self.classes, confidence[i])}),
+                "informer_flags": {c: bool(v) for c, v in zip(self.classes, informer_flags[i], strict=True)},
                 "entropy": _named(self.classes, outputs["entropy"][i]),
                 "msr": _named(self.classes, outputs["msr"][i]),
                 "features": {k: float(v) for k, v in features.iloc[i].items()},

@@ -31,6 +31,7 @@ from medmlops.config import Params
 from medmlops.errors import UserError
 from medmlops.informer import csf, logit_tier, scores
 from medmlops.informer.outputs import batched_outputs, feature_frame
+from medmlops.informer.probability import performance_section
 from medmlops.interpret.saliency import METHODS, LogitsModel
 from medmlops.registry.contract import ModelContract
 
@@ -51,17 +52,34 @@ class CalibrationError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def version_params(params: Params, family: str, version: str) -> Params:
+    """``params`` with the training seed of ``family`` version ``version`` (its run's ``seed`` param): the seed
+    decides the splits, so the test split of a version trained with ``--set seed=1`` is only the held-out one under
+    that seed. Unchanged when the run logged no seed."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    run = client.get_run(client.get_model_version(family, str(version)).run_id)
+    seed = run.data.params.get("seed")
+    if seed is None or not str(seed).lstrip("-").isdigit() or int(seed) == params.seed:
+        return params
+    log.info("%s v%s was trained with seed %s: its splits are made with that seed", family, version, seed)
+    return replace(params, seed=int(seed))
+
+
 def version_split(
     params: Params, family: str, version: str, split: str, *, repo: Path = Path("."), progress: bool = False
 ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
     """The images ``(N, *shape)``, labels by task and sample ids of ``split`` (val | test) of the fold whose weights
-    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag)."""
+    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag), split with the seed the
+    version was trained with (:func:`version_params`), whatever the current params say."""
     from mlflow import MlflowClient
 
     from medmlops.data import preprocess as prep
     from medmlops.registry.tracking import load_contract
     from medmlops.training.experiment import experiment_sources, plan_experiment
 
+    params = version_params(params, family, version)  # the version's own seed made its splits
     contract = load_contract(family, version)
     client = MlflowClient()
     mv = client.get_model_version(family, str(version))
@@ -172,12 +190,13 @@ def fit_calibration(
     }
     names = csf_names or tuple(csf.default_names(methods, "tta" in outputs))
     names = tuple(dict.fromkeys([*names, *(f"informer_{m}" for m in methods)]))
+    fixed = {f"informer_{m}": {"direction": direction} for m in methods}
     ranking, confidences = csf.rank(
         outputs, contract, targets, predictions, names, method=methods[0], min_per_class=min_per_class, folds=folds,
-        seed=seed, pinned=pinned,
+        seed=seed, pinned=pinned, fixed=fixed,
     )  # fmt: skip
-    point = {"review_budget": review_budget, "target_risk": target_risk}
-    states = {}
+    point = {"review_budget": review_budget, "target_risk": target_risk, "min_per_class": min_per_class}
+    states = {name: state for name, state in fixed.items() if name in ranking.augrc}
     for name in ranking.augrc:
         model = csf.get(name, methods[0])
         if model.fitted:
@@ -381,6 +400,10 @@ def calibrate_version(
         target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
     )  # fmt: skip
     calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples, validation_ids=ids)
+    # Performance estimation without labels (CBPE) in monitoring: calibrated probabilities and the gate floor.
+    calibration["performance"] = performance_section(
+        params.registry.gates, contract, outputs["logits"], targets, min_per_class=minimum
+    )
     reference = reference_features(
         params, family, version, logits_model, contract, calibration, outputs, targets, repo=repo, progress=progress
     )

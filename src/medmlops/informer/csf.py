@@ -253,6 +253,10 @@ def _check_learnable(errors: np.ndarray, name: str) -> None:
 
 def _fit_learned(method: str | None, name: str, folds: int = 5, seed: int = 0):
     def fit(outputs: Outputs, contract: ModelContract, targets: np.ndarray, predictions: np.ndarray) -> State:
+        with _one_thread():
+            return _fit(outputs, contract, targets, predictions)
+
+    def _fit(outputs: Outputs, contract: ModelContract, targets: np.ndarray, predictions: np.ndarray) -> State:
         from sklearn.base import clone
 
         x = learned_features(outputs, contract, method)
@@ -281,10 +285,19 @@ def _learned(name: str) -> Callable[[Outputs, ModelContract, State | None], np.n
         if state is None:
             raise CSFUnavailable(f"{name} is not fitted")
         x = learned_features(outputs, contract, state.get("method"))
-        p_wrong = _load(state["model"]).predict_proba(x)[:, 1]
+        with _one_thread():
+            p_wrong = _load(state["model"]).predict_proba(x)[:, 1]
         return (1.0 - p_wrong).reshape(np.asarray(outputs["logits"]).shape)
 
     return confidence
+
+
+def _one_thread():
+    """One OpenMP / BLAS thread for the small scikit-learn fits: the histogram GBM's OpenMP threads spin-wait
+    on a busy machine (measured on 2 shared cores: 45 s per fit with the default threads, 0.3 s with one)."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1)
 
 
 def _dump(model: Any) -> str:
@@ -400,12 +413,12 @@ def _class_metric(metric, confidence, targets, predictions, min_per_class) -> np
 
 def cross_fitted(
     csf: CSF, outputs: Outputs, contract: ModelContract, targets: np.ndarray, predictions: np.ndarray, *,
-    folds: int = 5, seed: int = 0,
+    folds: int = 5, seed: int = 0, state: State | None = None,
 ) -> np.ndarray:  # fmt: skip
     """``(N, C)`` confidences of the calibration split itself: a fitted CSF scores each image with a fit made
-    without it (K folds over images); an unfitted CSF is just computed."""
+    without it (K folds over images); an unfitted CSF is just computed (with its fixed ``state``, if any)."""
     if not csf.fitted:
-        return csf.confidence(outputs, contract, None)
+        return csf.confidence(outputs, contract, state)
     from sklearn.model_selection import KFold
 
     n = len(targets)
@@ -442,13 +455,14 @@ class Ranking:
 def rank(
     outputs: Outputs, contract: ModelContract, targets: np.ndarray, predictions: np.ndarray, names: Sequence[str], *,
     method: str = "ixg", min_per_class: int = 0, folds: int = 5, n_bootstrap: int = 200, seed: int = 0,
-    pinned: str | None = None,
+    pinned: str | None = None, fixed: Mapping[str, State] | None = None,
 ) -> tuple[Ranking, dict[str, np.ndarray]]:  # fmt: skip
     """Rank ``names`` by class-averaged AUGRC on the calibration split (cross-fitted where fitted) and select one.
 
     Selection (the one-standard-error rule, Hastie et al.): the lowest AUGRC wins, unless it is within one paired
     bootstrap standard error of MSR's, and then MSR, the free baseline, is kept: a challenger must beat MSR by
     more than the calibration split's noise. ``pinned`` (params ``informer.csf``) overrides the choice.
+    ``fixed``: the states of unfitted CSFs that have settings (``informer_<m>``: its ``direction``).
     Returns the ranking and the calibration-split confidences of every available CSF.
     """
     names = list(dict.fromkeys([DEFAULT_CSF, *names]))
@@ -521,7 +535,7 @@ def _paired_se(confidences, targets, predictions, min_per_class, n_bootstrap, se
 
 def operating_point(
     confidence: np.ndarray, targets: np.ndarray, predictions: np.ndarray, *, review_budget: float | None = None,
-    target_risk: float | None = None,
+    target_risk: float | None = None, min_per_class: int = 0,
 ) -> dict[str, Any]:  # fmt: skip
     """Per class the flag threshold τ (flag ``confidence < tau``) for a stated review budget or target risk, and
     the coverage and selective risk it gives on the calibration split.
@@ -530,8 +544,9 @@ def operating_point(
       predictions are flagged for review (ties at τ are not flagged).
     * ``target_risk`` r: τ is the lowest threshold whose accepted predictions (``confidence >= tau``) have a
       selective risk ≤ r on the calibration split: the most coverage that meets r. None (flag nothing) when the
-      risk at full coverage already meets r; the highest confidence (flag all but the most confident tie group)
-      when no threshold does.
+      risk at full coverage already meets r, or when the class has fewer than ``min_per_class`` known positives or
+      negatives (too few to estimate a risk); the highest confidence (flag all but the most confident tie group)
+      when no threshold does. The budget needs no labels, so it applies to every class.
 
     Exactly one of the two is given. A monitor flags for review; it does not swap labels (the paper's
     flag-and-swap F1 is reported beside it, as the paper's own protocol).
@@ -550,6 +565,8 @@ def operating_point(
                 if review_budget > 0 and np.isfinite(c).any()
                 else None
             )
+        elif scores.too_few_cases(targets[keep, j], min_per_class):
+            t = None
         else:
             t = _risk_threshold(c[keep], errors, float(target_risk))
         tau.append(t)

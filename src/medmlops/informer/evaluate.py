@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +39,7 @@ from medmlops.informer.calibrate import (
     fit_calibration,
     informer_model,
     load_calibration,
+    version_params,
     version_split,
 )
 from medmlops.informer.outputs import batched_outputs
@@ -205,21 +205,6 @@ def shifted_test_set(
 # ---------------------------------------------------------------------------------------------------------------
 # One version: both protocols
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def version_params(params: Params, family: str, version: str) -> Params:
-    """``params`` with the training seed of ``family`` version ``version`` (its run's ``seed`` param): the seed
-    decides the splits, so the test split of a version trained with ``--set seed=1`` is only the held-out one under
-    that seed. Unchanged when the run logged no seed."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient()
-    run = client.get_run(client.get_model_version(family, str(version)).run_id)
-    seed = run.data.params.get("seed")
-    if seed is None or not str(seed).lstrip("-").isdigit() or int(seed) == params.seed:
-        return params
-    log.info("%s v%s was trained with seed %s: its splits are made with that seed", family, version, seed)
-    return replace(params, seed=int(seed))
 
 
 def csf_section(calibration: dict[str, Any], methods: tuple[str, ...], tta: bool) -> dict[str, Any]:

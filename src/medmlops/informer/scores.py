@@ -313,7 +313,10 @@ def eaurc(confidence: np.ndarray, errors: np.ndarray) -> float:
 
 
 def augrc(confidence: np.ndarray, errors: np.ndarray) -> float:
-    """Area under the generalised risk-coverage curve: the risk of an error that is accepted, over coverage."""
+    """Area under the generalised risk-coverage curve (Traub et al. 2024): the risk of an error that is accepted
+    (errors accepted / N) over coverage, interpolated linearly from (0, 0) through the end of every tie group, as
+    FD-Shifts' ``rc_stats.py`` does. Within a tie group the accepted errors grow linearly, so a constant score
+    gets half the error rate, a random ranking's expected value (a right-endpoint step would give the whole rate)."""
     coverage, _, generalised = _risk_steps(confidence, errors)
     widths = np.diff(np.r_[0.0, coverage])
-    return float((generalised * widths).sum())
+    return float((widths * (generalised + np.r_[0.0, generalised[:-1]]) / 2).sum())

@@ -203,6 +203,7 @@ def _unknown(request_id: str) -> NotFound:
 
 _RESULT_FIELDS = (
     "classes", "probabilities", "labels", "distinctiveness", "flags", "flagged", "entropy", "msr", "calibrated", "method",
+    "csf", "confidence", "informer_flags",
 )  # fmt: skip
 
 
@@ -365,7 +366,7 @@ class Monitor:
         for row in rows:
             groups.setdefault((row["family"], row["version"]), []).append(row)
         versions = [
-            {"family": fam, "version": ver, **_rates(members)}
+            {"family": fam, "version": ver, **_rates(members), "csf": self.deployed_csf(fam, ver)}
             for (fam, ver), members in sorted(groups.items(), key=lambda kv: (kv[0][0], _version_key(kv[0][1])))
         ]
         first = min((r["created_at"] for r in rows), default=None)
@@ -427,9 +428,28 @@ class Monitor:
             })  # fmt: skip
         return finite(cases)
 
+    def deployed_csf(self, family: str, version: str) -> dict[str, Any] | None:
+        """Which confidence scoring function flags this version's records (the calibration's choice), its
+        validation AUGRC × 1000 beside MSR's, why it was chosen and its operating point; None when the version's
+        contract is not available or its calibration predates the CSFs."""
+        try:
+            _, informer = self._contract(family, version)
+        except LookupError:
+            return None
+        section = (informer or {}).get("csf")
+        if not section:
+            return None
+        augrc = section.get("augrc") or {}
+        return {
+            "selected": section["selected"], "reason": section.get("reason"),
+            "validation_augrc": augrc.get(section["selected"]), "msr_validation_augrc": augrc.get("msr"),
+            "operating_point": section.get("operating_point"),
+            "logit_tier": ((informer or {}).get("logit_tier") or {}).get("score"),
+        }  # fmt: skip
+
     def _contract(self, family: str, version: str) -> tuple[Any, Any]:
         """The version's (contract, informer section) from the logit tier's cache: one registry call per version."""
-        return self.scorer._version(family, version)  # a public LogitScorer.version() is asked for (tiers.py)
+        return self.scorer.version(family, version)
 
     def performance(
         self, *, family: str | None = None, version: str | None = None, since: float | None = None,

@@ -72,7 +72,8 @@ class LogitScorer:
         self._missing: dict[tuple[str, str], tuple[float, str]] = {}
         self._lock = threading.Lock()  # ingest runs on several threads; a fetch happens outside the lock
 
-    def _version(self, family: str, version: str) -> tuple[ModelContract, Mapping[str, Any] | None]:
+    def version(self, family: str, version: str) -> tuple[ModelContract, Mapping[str, Any] | None]:
+        """The contract and calibration of ``family`` ``version`` (cached; LookupError while it cannot be had)."""
         key = (family, version)
         with self._lock:
             if key in self._known:
@@ -100,7 +101,7 @@ class LogitScorer:
         """(the tier's result, its flags by class or None, whether it was scored). Never raises: a record that
         cannot be scored gets ``{"error": why}`` and is stored all the same."""
         try:
-            contract, calibration = self._version(record.family, record.version)
+            contract, calibration = self.version(record.family, record.version)
         except LookupError as exc:
             return {"error": str(exc)}, None, False
         try:
