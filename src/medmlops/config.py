@@ -196,7 +196,7 @@ class InformerConfig:
     step: float = 0.001  # the threshold grid (the paper: 0.001)
     tta_samples: int = 8  # test-time augmentations of the TTA baseline (0 = off)
     n_bootstrap: int = 30  # bootstrap test sets of the evaluation (the paper: 30)
-    shifts: tuple[str, ...] = ("scanner", "corruption")  # simulator shifts for FD-Shifts' shifted test sets
+    shifts: tuple[str, ...] = ("scanner", "intensity", "noise", "population", "corruption")  # FD-Shifts test sets
     min_per_class: int = 5  # fewer validation positives or negatives than this: no tau, the class is never flagged
     # Confidence scoring functions (medmlops.informer.csf): "auto" ranks them by AUGRC on the calibration split and
     # deploys the best (MSR unless another beats it by more than one standard error); a name pins one.

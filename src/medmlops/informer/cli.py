@@ -53,9 +53,25 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     method = calibration["method"]
     fit = calibration["methods"][method]
     print(f"{args.family} v{calibration['version']}: calibrated on {calibration['n_validation']} validation images")
+    print(f"INFORMER-{method} (the paper's flag-and-swap thresholds):")
     for cls, tau in fit["tau"].items():
         print(f"  {cls:<32} tau {'-' if tau is None else f'{tau:.3f}':>7}  val F1 {fit['f1_before'][cls]:.3f} -> "
               f"{fit['f1_after'][cls]:.3f}")  # fmt: skip
+    section = calibration["csf"]
+    print("confidence scoring functions, validation AUGRC x1000 (cross-fitted where fitted; lower is better):")
+    for name, value in sorted(section["augrc"].items(), key=lambda kv: (kv[1] is None, kv[1] or 0.0)):
+        mark = "  <- deployed" if name == section["selected"] else ""
+        print(f"  {name:<18} {'-' if value is None else f'{value:7.1f}'}{mark}")
+    for name, why in section["unavailable"].items():
+        print(f"  {name:<18} not ranked: {why}")
+    point = section["operating_point"]
+    rule = (f"review budget {point['review_budget']:.0%}" if point.get("review_budget") is not None
+            else f"target risk {point['target_risk']:.0%}")  # fmt: skip
+    coverage = [c for c in point["coverage"] if c is not None]
+    risk = [r for r in point["risk"] if r is not None]
+    print(f"deployed: {section['selected']} ({section['reason']}); {rule}: validation coverage "
+          f"{sum(coverage) / max(len(coverage), 1):.2f}, selective risk {sum(risk) / max(len(risk), 1):.3f} "
+          f"(class means); logit tier at ingest: {calibration['logit_tier']['score']}")  # fmt: skip
     return 0
 
 
