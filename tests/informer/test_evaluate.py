@@ -321,6 +321,13 @@ def test_evaluate_end_to_end_writes_tables_figure_and_mlflow_runs(registered_pro
     operating = pd.read_csv(folder / "operating_point.csv")
     assert list(dict.fromkeys(operating["test_set"])) == ["calibration", "iid", "noise", "population"]
     assert (operating["csf"] == selected).all()
+    # CBPE from the logits alone beside the realized AUROC and F1 on each labelled test set, per class and the gate.
+    estimation = pd.read_csv(folder / "performance_estimation.csv")
+    assert list(dict.fromkeys(estimation["test_set"])) == ["iid", "noise", "population"]
+    assert "gate: findings_mean_auroc_mean" in set(estimation["class"])
+    rows = estimation.dropna(subset=["auroc_estimated", "auroc_realized"])
+    assert len(rows) and (rows["auroc_error"] - (rows["auroc_estimated"] - rows["auroc_realized"])).abs().max() < 1e-9
+    assert (agg / "performance_estimation.csv").is_file()
     for name in ("risk_coverage.png", "bootstrap_f1_boxplot.png"):
         assert (folder / name).read_bytes().startswith(b"\x89PNG")
     for name in ("report.html", "augrc_table.md", "f1_table.csv", "comparisons.md"):

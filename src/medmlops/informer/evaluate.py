@@ -43,6 +43,7 @@ from medmlops.informer.calibrate import (
     version_split,
 )
 from medmlops.informer.outputs import batched_outputs
+from medmlops.informer.probability import estimate
 from medmlops.registry.contract import ModelContract
 
 log = logging.getLogger(__name__)
@@ -351,13 +352,19 @@ def evaluate_version(
     names = list(dict.fromkeys([*section.get("candidates", []), *csf.default_names(run_methods, tta_samples > 0)]))
     results = {"iid": fd_shifts_test_set(outputs, targets, contract, section, names, test_set="iid",
                                          n_bootstrap=n_bootstrap, seed=seed, min_per_class=cfg.min_per_class)}  # fmt: skip
+    performance = calibration.get("performance")
+    cbpe = [cbpe_rows(contract, outputs["logits"], targets, performance, "iid")] if performance else []
     log.info("%s v%s: FD-Shifts on iid done (%d CSFs)", family, version, len(results["iid"]["curves"]))
     for k, shift in enumerate(shifts):
         shifted_images, shifted_labels = shifted_test_set(params, contract, shift, len(images), seed + 101 + k)
+        shifted = run(shifted_images, f"{family} v{version} shift {shift}")
+        shifted_targets = scores.logit_targets(contract, shifted_labels)
         results[shift] = fd_shifts_test_set(
-            run(shifted_images, f"{family} v{version} shift {shift}"), scores.logit_targets(contract, shifted_labels),
-            contract, section, names, test_set=shift, n_bootstrap=n_bootstrap, seed=seed, min_per_class=cfg.min_per_class,
+            shifted, shifted_targets, contract, section, names, test_set=shift, n_bootstrap=n_bootstrap, seed=seed,
+            min_per_class=cfg.min_per_class,
         )  # fmt: skip
+        if performance:
+            cbpe.append(cbpe_rows(contract, shifted["logits"], shifted_targets, performance, shift))
         log.info("%s v%s: FD-Shifts on shift %s done", family, version, shift)
     fd = pd.concat([r["table"] for r in results.values()], ignore_index=True)
     compared = pd.concat([r["comparisons"] for r in results.values()], ignore_index=True)
@@ -377,6 +384,12 @@ def evaluate_version(
     fd_report.write_table(wide, folder, "augrc_table", index=True)
     if operating is not None:
         fd_report.write_table(operating, folder, "operating_point", digits=3)
+    estimation = pd.concat(cbpe, ignore_index=True) if cbpe else None
+    if estimation is not None:
+        fd_report.write_table(estimation, folder, "performance_estimation", digits=3)
+    else:
+        log.warning("%s v%s: the calibration has no performance section (made before CBPE): no estimate to check",
+                    family, version)  # fmt: skip
     box = box_plot(
         boot, tests, folder / "bootstrap_f1_boxplot.png", f"{family} v{version}: {n_bootstrap} bootstrap test sets"
     )
@@ -400,19 +413,48 @@ def evaluate_version(
         "unavailable": unavailable, "n_bootstrap": n_bootstrap, "test_sets": list(results),
         "failure_detection": fd.to_dict(orient="records"), "comparisons": compared.to_dict(orient="records"),
         "operating_point": None if operating is None else operating.to_dict(orient="records"),
+        "performance_estimation": None if estimation is None else estimation.to_dict(orient="records"),
         "report": str(folder / "report.html"),
     }  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     (folder / "report.html").write_text(
         _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
-                      operating, unavailable, n_bootstrap, len(targets)),
+                      operating, unavailable, n_bootstrap, len(targets), estimation),
         encoding="utf-8",
     )  # fmt: skip
     if log_run:
         _log_to_mlflow(params, family, version, folder, table, repo, fd=fd, compared=compared, section=section)
     log.info("%s v%s: report written to %s", family, version, folder)
     return {**summary, "frames": {"failure_detection": fd, "comparisons": compared, "operating": operating,
-                                  "curves": {t: r["curves"] for t, r in results.items()}}}  # fmt: skip
+                                  "estimation": estimation, "curves": {t: r["curves"] for t, r in results.items()}}}  # fmt: skip
+
+
+def cbpe_rows(
+    contract: ModelContract, logits: np.ndarray, targets: np.ndarray, performance: dict[str, Any], test_set: str
+) -> pd.DataFrame:
+    """CBPE's estimate (from the logits alone, :func:`medmlops.informer.probability.estimate`) beside the realized
+    value on the labelled test set, per class and for the family's gate metric: AUROC and F1 and their errors
+    (estimated - realized)."""
+    result = estimate(contract, logits, performance, targets)
+    rows = []
+    for name, c in result["classes"].items():
+        rows.append({"test_set": test_set, "class": name, **_pair(c["estimated"], c["realized"])})
+    gate = result["gate"]
+    if gate.get("metric"):
+        which = gate.get("estimate")
+        rows.append({"test_set": test_set, "class": f"gate: {gate['metric']}",
+                     **_pair({which: gate.get("estimated")}, {which: gate.get("realized")})})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _pair(estimated: dict[str, Any], realized: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for metric in ("auroc", "f1"):
+        e, r = estimated.get(metric), realized.get(metric)
+        out[f"{metric}_estimated"] = np.nan if e is None else float(e)
+        out[f"{metric}_realized"] = np.nan if r is None else float(r)
+        out[f"{metric}_error"] = out[f"{metric}_estimated"] - out[f"{metric}_realized"]
+    return out
 
 
 def _operating_frame(section: dict[str, Any], classes: list[str], results: dict[str, Any]) -> pd.DataFrame | None:
@@ -435,7 +477,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
-                  operating, unavailable, n_bootstrap, n_test) -> str:  # fmt: skip
+                  operating, unavailable, n_bootstrap, n_test, estimation=None) -> str:  # fmt: skip
     selected = section["selected"]
     sections = [
         ("Setup", f"<p>{calibration['n_validation']} calibration (validation) images: thresholds, CSF ranking and "
@@ -448,6 +490,9 @@ def _version_html(family, version, calibration, section, table, sens, spec, test
         ("Operating point (coverage, selective risk at the stored tau)",
          "<p>none stored</p>" if operating is None else operating.round(3).to_html(index=False)),
         ("Risk-coverage curves", f"<img src='{rc.name}'>"),
+        ("Performance without labels: CBPE's estimate vs the realized value (error = estimated - realized)",
+         "<p>the calibration has no performance section</p>" if estimation is None
+         else estimation.round(3).to_html(index=False)),
         ("All metrics (AURC, E-AURC, AUGRC x1000 with CIs)", fd.round(2).to_html(index=False)),
         ("Not evaluated", "<ul>" + "".join(f"<li>{n}: {why}</li>" for n, why in unavailable.items()) + "</ul>"),
         ("The paper's protocol: F1 per class after flag-and-swap (Table 1)", table.round(3).to_html()),
@@ -516,6 +561,18 @@ def evaluate_versions(
     fd_report.write_table(per_version, folder, "failure_detection_by_version")
     fd_report.write_table(agg, folder, "aggregate")
     fd_report.write_table(beats, folder, "beats_msr")
+    estimations = [s["frames"]["estimation"].assign(version=v) for v, s in summaries.items()
+                   if s["frames"].get("estimation") is not None]  # fmt: skip
+    cbpe = None
+    if estimations:
+        gates = pd.concat(estimations, ignore_index=True)
+        gates = gates[gates["class"].str.startswith("gate: ")]
+        cbpe = gates.groupby(["test_set", "class"], sort=False).agg(
+            versions=("version", "nunique"), auroc_error_mean=("auroc_error", "mean"),
+            auroc_abs_error_max=("auroc_error", lambda e: float(np.nanmax(np.abs(e))) if e.notna().any() else np.nan),
+            f1_error_mean=("f1_error", "mean"),
+        ).reset_index()  # fmt: skip
+        fd_report.write_table(cbpe, folder, "performance_estimation", digits=3)
     versions = list(summaries)
     curves = {}
     for test_set in dict.fromkeys(t for s in summaries.values() for t in s["frames"]["curves"]):
@@ -534,6 +591,7 @@ def evaluate_versions(
     summary = {
         "family": family, "versions": versions, "seeds": seeds, "selected": dict(zip(versions, selected, strict=True)),
         "aggregate": agg.to_dict(orient="records"), "beats_msr": beats.to_dict(orient="records"),
+        "performance_estimation": None if cbpe is None else cbpe.to_dict(orient="records"),
         "version_reports": {v: s["report"] for v, s in summaries.items()}, "figure": str(figure),
         "report": str(folder / "report.html"),
     }  # fmt: skip
@@ -547,6 +605,8 @@ def evaluate_versions(
         ("Mean AUGRC x1000 over versions", mean_augrc.round(1).to_html()),
         ("Does the deployed CSF beat MSR? (per test set, over versions)", beats.round(2).to_html(index=False)),
         ("Mean and sd of every metric", agg.round(2).to_html(index=False)),
+        ("CBPE: the gate metric estimated without labels minus realized (over versions)",
+         cbpe.round(3).to_html(index=False) if cbpe is not None else "<p>no calibration had a performance section</p>"),
         ("Risk-coverage curves (mean over versions)", f"<img src='{figure.name}'>"),
     ]  # fmt: skip
     (folder / "report.html").write_text(
