@@ -7,6 +7,7 @@ import torch
 from medmlops.errors import DataError
 from medmlops.training.splits import stratified_kfold_splits
 from medmlops.training.tasks import ICH_TASKS, resolve_tasks
+from tests.conftest import REPO
 
 
 def test_ordinal_gcs_encoding_follows_the_paper():
@@ -179,3 +180,17 @@ def test_chexpert_folds_never_split_a_patient():
             and not (owners["train"] & owners["val"])
             and not (owners["val"] & owners["test"])
         )
+
+
+def test_each_training_seed_gets_its_own_run_folder():
+    from dataclasses import replace
+
+    from medmlops.config import load_params
+    from medmlops.training.experiment import DEFAULT_SEED, run_dir_for, variant_name
+
+    params = load_params(REPO / "params.yaml", profile="smoke")
+    assert params.seed == DEFAULT_SEED and variant_name(params, "cxr-findings") == "cxr-findings"
+    # Another seed makes other splits: its run folder (splits.csv, checkpoints) must not be the default one's.
+    other = replace(params, seed=DEFAULT_SEED + 1)
+    assert variant_name(other, "cxr-findings") == f"cxr-findings-seed{DEFAULT_SEED + 1}"
+    assert run_dir_for(other, "cxr-findings") != run_dir_for(params, "cxr-findings")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -42,10 +42,14 @@ def experiment_sources(exp: ExperimentConfig) -> tuple[str, ...]:
 
 
 def variant_name(params: Params, name: str) -> str:
-    """Run folder name: the experiment, its backbone when it has one, and ``-loco`` for leave-one-center-out."""
+    """Run folder name: the experiment, its backbone when it has one, ``-loco`` for leave-one-center-out, and
+    ``-seed<N>`` when the seed is not the default one (the seed makes the splits, so each seed's run, splits and
+    checkpoints need their own folder: training the same experiment over several seeds is how failure detection is
+    evaluated, ``docs/failure-detection.md``)."""
     exp = params.experiment(name)
     out = f"{name}@{exp.backbone}" if exp.backbone else name
-    return f"{out}-loco" if params.train.validation == "loco" else out
+    out = f"{out}-loco" if params.train.validation == "loco" else out
+    return out if params.seed == DEFAULT_SEED else f"{out}-seed{params.seed}"
 
 
 @dataclass
@@ -58,6 +62,9 @@ class ExperimentResult:
     best_fold: int
     checkpoint: Path
     folds: list[int] = field(default_factory=list)
+
+
+DEFAULT_SEED = next(f.default for f in fields(Params) if f.name == "seed")
 
 
 def run_dir_for(params: Params, name: str, repo: Path = Path(".")) -> Path:
