@@ -124,21 +124,46 @@ def test_every_prediction_gets_informer_results_from_the_version_that_made_it(pl
         contract = load_contract("cxr-findings", version)
         calibration = load_calibration("cxr-findings", version, contract)
     tau = calibration["methods"]["ixg"]["tau"]
+    deployed = calibration["csf"]
+    deployed_tau = dict(zip(contract.output_names(), deployed["operating_point"]["tau"], strict=True))
     monitor = platform["monitor"].url
     for answer in answers:
         status, record, _ = call(f"{monitor}/v1/records/{answer['request_id']}")
         assert status == 200 and record["version"] == answer["version"] == version
         result = record.get("result", record)
         assert set(result["distinctiveness"]) == set(contract.output_names())
+        # The flag monitoring counts is the deployed CSF's at its operating point; INFORMER's d_c flag is beside it.
+        assert result["csf"] == deployed["selected"]
         for cls, d in result["distinctiveness"].items():
-            assert result["flags"][cls] == (tau[cls] is not None and d < tau[cls])
+            assert result["informer_flags"][cls] == (tau[cls] is not None and d < tau[cls])
+            t = deployed_tau[cls]
+            assert result["flags"][cls] == (t is not None and result["confidence"][cls] < t)
         # The monitoring side's probabilities are the serving answer's (same version, same preprocessing).
         for finding, p in answer["predictions"]["findings"]["probabilities"].items():
             assert abs(result["probabilities"][f"findings/{finding}"] - p) < 1e-4
     status, png, headers = call(f"{monitor}/v1/records/{answers[0]['request_id']}/saliency.png")
     assert status == 200 and png.startswith(b"\x89PNG")
     summary = call(f"{monitor}/v1/summary?family=cxr-findings")[1]
-    assert summary
+    assert summary["versions"][0]["csf"]["selected"] == deployed["selected"]
+    # Ground truth posted later (here: the opposite of the first finding's prediction for every other record, so
+    # both labels occur) becomes realized performance next to the label-free estimate.
+    first = contract.output_names()[0]
+    for k, answer in enumerate(answers):
+        record = call(f"{monitor}/v1/records/{answer['request_id']}")[1]
+        predicted = record.get("result", record)["labels"][first]
+        label = 1 - predicted if k % 2 else predicted
+        status, _, _ = call(f"{monitor}/v1/labels", method="POST", body={"request_id": answer["request_id"],
+                            "labels": {first: label}}, token=TOKEN)  # fmt: skip
+        assert status == 200
+    performance = call(f"{monitor}/v1/performance?family=cxr-findings")[1]
+    row = next(v for v in performance["versions"] if v["version"] == version)
+    assert row["classes"][first]["n_labelled"] == len(answers) and row["classes"][first]["realized"]["f1"] is not None
+    from tests.monitoring.test_service_performance import key, samples
+
+    exported = samples(monitor)
+    assert exported[key("medmlops_realized_performance", version, "f1", first)] == pytest.approx(
+        row["classes"][first]["realized"]["f1"]
+    )
     clean = _report(platform, capsys)
     assert clean["detected"] is False, clean
     assert clean["n_current"] == N
