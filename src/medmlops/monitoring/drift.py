@@ -471,7 +471,7 @@ def _window_performance(
     """The report window's estimated and realized performance of ``version``; ``{"error": why}`` when it cannot be
     had. Without ``contracts`` the registry's are read, but only once a tracking URI is set (``cmd_report`` sets
     it): an MLflow client used before that leaves a stray ``./mlflow.db`` where the process runs."""
-    from medmlops.monitoring.performance import performance_rows, window_performance
+    from medmlops.monitoring.performance import window_performance
 
     if contracts is None:
         import mlflow
@@ -479,7 +479,7 @@ def _window_performance(
         if not mlflow.is_tracking_uri_set():
             return {"error": "no model registry is configured (no tracking URI set), so no contract to estimate with"}
         from medmlops.monitoring.tiers import registry_calibration as contracts
-    rows = performance_rows(store, family=family, version=version, since=since, limit=last)
+    rows = store.performance_rows(family=family, version=version, since=since, limit=last)
     return window_performance(rows, contracts)
 
 

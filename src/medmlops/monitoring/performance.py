@@ -4,7 +4,7 @@ record carries and the version's probability calibration) and realized on the re
 
 The numbers are :func:`medmlops.informer.probability.estimate`'s; this module turns stored rows into its inputs and
 groups them by (family, version). Rows in, dicts out: :func:`version_performance` and :func:`window_performance`
-are pure; :func:`performance_rows` is the one read (the window's logits and labels).
+are pure; the window's logits and labels come from the store (``Store.performance_rows``).
 
 * Predictions are the contract's decisions (``scores.logit_predictions``: Youden thresholds for the findings,
   argmax of a softmax head), the ones serving answered with; AUROC ranks by the model's own probability.
@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import sqlalchemy as sa
 
 from medmlops.informer.probability import SECTION, estimate, realized_auroc, realized_f1
 from medmlops.informer.scores import head_slices, logit_predictions, logit_probabilities
@@ -34,35 +33,6 @@ from medmlops.registry.contract import ModelContract
 
 ContractLookup = Callable[[str, str], tuple[ModelContract, Mapping[str, Any] | None]]
 MIN_RECORDS = 30
-
-
-def performance_rows(
-    store: Any, *, family: str | None = None, version: str | None = None, since: float | None = None,
-    until: float | None = None, limit: int | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """The window's records (the newest ``limit`` when given), oldest first: request_id, family, version,
-    created_at, logits, labels (None until posted). ``store``: a :class:`~medmlops.monitoring.store.Store`."""
-    from medmlops.monitoring.store.tables import labels, records
-
-    query = sa.select(
-        records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.logits,
-        labels.c.labels,
-    ).select_from(records.outerjoin(labels))  # fmt: skip
-    if family is not None:
-        query = query.where(records.c.family == family)
-    if version is not None:
-        query = query.where(records.c.version == str(version))
-    if since is not None:
-        query = query.where(records.c.created_at >= since)
-    if until is not None:
-        query = query.where(records.c.created_at < until)
-    query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
-    if limit is not None:
-        query = query.limit(int(limit))
-    with store.engine.connect() as connection:
-        rows = [dict(row) for row in connection.execute(query).mappings()]
-    rows.reverse()
-    return rows
 
 
 def label_columns(contract: ModelContract) -> dict[str, int]:
@@ -135,7 +105,7 @@ def version_performance(
     family: str, version: str, rows: list[Mapping[str, Any]], contract: ModelContract,
     informer: Mapping[str, Any] | None, *, min_records: int = MIN_RECORDS,
 ) -> dict[str, Any]:  # fmt: skip
-    """Estimated and realized performance of one version over its rows of the window (:func:`performance_rows`).
+    """Estimated and realized performance of one version over its rows of the window (``Store.performance_rows``).
 
     Returns ``{"family", "version", "estimable", "reason", "n", "n_skipped", "n_labelled", "calibration",
     "classes": {name: {"estimated": {"auroc", "f1"}, "realized": {"auroc", "f1"}, "n_labelled"}}, "gate": {"metric",

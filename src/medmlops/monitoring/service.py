@@ -31,7 +31,7 @@ from medmlops.inference.record import (
 )
 from medmlops.monitoring.estimate import coverage, logit_rates, saliency_flagged_share, saliency_rates
 from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_flag_window, window_rows
-from medmlops.monitoring.performance import performance_rows, window_performance
+from medmlops.monitoring.performance import window_performance
 from medmlops.monitoring.store import STRATA, Store
 from medmlops.monitoring.tiers import CalibrationSource, LogitScorer, load_source, triage
 from medmlops.monitoring.worker import (
@@ -463,7 +463,7 @@ class Monitor:
             versions = [v for v in self.window_performance(family) if version is None or v["version"] == str(version)]
             window = {"description": self.window.describe()}
         else:
-            rows = performance_rows(self.store, family=family, version=version, since=since, until=until, limit=limit)
+            rows = self.store.performance_rows(family=family, version=version, since=since, until=until, limit=limit)
             versions = window_performance(rows, self._contract)
             window = {"since": iso(since), "until": iso(until), "limit": limit}
         return finite({"family": family, "version": version, "window": window, "versions": versions})
@@ -474,9 +474,9 @@ class Monitor:
         out = []
         for name in [family] if family is not None else self.store.families():
             if self.window.hours is not None:
-                rows = performance_rows(self.store, family=name, since=time.time() - self.window.hours * 3600)
+                rows = self.store.performance_rows(family=name, since=time.time() - self.window.hours * 3600)
             else:
-                rows = performance_rows(self.store, family=name, limit=self.window.last)
+                rows = self.store.performance_rows(family=name, limit=self.window.last)
             out.extend(window_performance(rows, self._contract))
         return out
 

@@ -161,3 +161,30 @@ class Queries:
         )
         features = features.drop(columns=[c for c in features.columns if c in base.columns])
         return pd.concat([base, features, truth], axis=1)
+
+    def performance_rows(
+        self, *, family: str | None = None, version: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int | None = None,
+    ) -> list[dict[str, Any]]:  # fmt: skip
+        """The window's records (the newest ``limit`` when given), oldest first: request_id, family, version,
+        created_at, logits, labels (None until posted): what performance estimation and realized metrics read
+        (:mod:`medmlops.monitoring.performance`)."""
+        query = sa.select(
+            records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.logits,
+            labels.c.labels,
+        ).select_from(records.outerjoin(labels))  # fmt: skip
+        if family is not None:
+            query = query.where(records.c.family == family)
+        if version is not None:
+            query = query.where(records.c.version == str(version))
+        if since is not None:
+            query = query.where(records.c.created_at >= since)
+        if until is not None:
+            query = query.where(records.c.created_at < until)
+        query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
+        if limit is not None:
+            query = query.limit(int(limit))
+        with self.engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        rows.reverse()
+        return rows
