@@ -173,14 +173,7 @@ class Queries:
             records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.logits,
             labels.c.labels,
         ).select_from(records.outerjoin(labels))  # fmt: skip
-        if family is not None:
-            query = query.where(records.c.family == family)
-        if version is not None:
-            query = query.where(records.c.version == str(version))
-        if since is not None:
-            query = query.where(records.c.created_at >= since)
-        if until is not None:
-            query = query.where(records.c.created_at < until)
+        query = _window(query, family, version, since, until)
         query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
         if limit is not None:
             query = query.limit(int(limit))
