@@ -173,11 +173,4 @@ class Queries:
             records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.logits,
             labels.c.labels,
         ).select_from(records.outerjoin(labels))  # fmt: skip
-        query = _window(query, family, version, since, until)
-        query = query.order_by(records.c.created_at.desc(), records.c.request_id.desc())
-        if limit is not None:
-            query = query.limit(int(limit))
-        with self.engine.connect() as connection:
-            rows = [dict(row) for row in connection.execute(query).mappings()]
-        rows.reverse()
-        return rows
+        return self._oldest_first(_window(query, family, version, since, until), limit)
