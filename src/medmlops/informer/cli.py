@@ -102,11 +102,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_informer_parser(sub: argparse._SubParsersAction) -> None:
-    informer = sub.add_parser("informer", help="INFORMER: calibrate flag thresholds, evaluate against baselines")
+    informer = sub.add_parser("informer", help="failure detection: calibrate the flags, evaluate them (FD-Shifts)")
     isub = informer.add_subparsers(dest="informer_command", required=True)
     cal = isub.add_parser(
-        "calibrate", help="fit per-class thresholds on the validation split; store them with the version"
-    )
+        "calibrate", help="on the validation split: rank the failure scores (CSFs) by AUGRC, set the deployed flag "
+        "and the paper's thresholds; store them with the version",
+    )  # fmt: skip
     _add_common(cal, "candidate")
     add_params_args(cal)
     cal.set_defaults(func=cmd_calibrate)
