@@ -199,10 +199,19 @@ class InformerConfig:
     shifts: tuple[str, ...] = ("scanner", "intensity", "noise", "population", "corruption")  # FD-Shifts test sets
     min_per_class: int = 5  # fewer validation positives or negatives than this: no tau, the class is never flagged
     # Confidence scoring functions (medmlops.informer.csf): "auto" ranks them by AUGRC on the calibration split and
-    # deploys the best (MSR unless another beats it by more than one standard error); a name pins one.
+    # deploys the best (MSR unless another beats it beyond a multiplicity-corrected bootstrap bound); a name pins one.
     csf: str = "auto"
-    csfs: tuple[str, ...] = ("msr", "maxlogit", "entropy", "energy", "tta", "mahalanobis", "informer_learned",
-                             "logit_learned")  # fmt: skip  (plus informer_<m> for every method in ``methods``)
+    # The CSFs ranked (plus informer_<m> for every method in ``methods``).
+    csfs: tuple[str, ...] = (
+        "msr",
+        "maxlogit",
+        "entropy",
+        "energy",
+        "tta",
+        "mahalanobis",
+        "informer_learned",
+        "logit_learned",
+    )
     review_budget: float | None = 0.1  # the deployed flag's operating point: flag the least-confident 10 % ...
     target_risk: float | None = None  # ... or (set this, review_budget null) the most coverage with risk <= this
     cv_folds: int = 5  # cross-fitting and the learned combiner's model choice on the calibration split

@@ -175,3 +175,17 @@ def test_operating_point_by_budget_and_by_target_risk():
         csf.operating_point(confidence, targets, predictions)
     on_new = csf.selective_point(confidence, targets, predictions, [0.5])
     assert on_new == {"coverage": [0.6], "risk": [0.0]}
+
+
+def test_a_challenger_must_clear_the_bound_corrected_for_every_challenger_tried():
+    augrc = {"msr": 100.0, "informer_learned": 80.0, **{f"c{k}": 120.0 for k in range(8)}}  # 9 challengers
+    z = csf.required_margin(1.0, 9)
+    assert z == pytest.approx(2.54, abs=0.01)  # one-sided 5 % / 9
+    # 20 below MSR with a paired SE of 10: 2 SE, inside the corrected bound (25.4): the winner's curse, MSR kept.
+    assert csf.choose(csf.Ranking(augrc, {"informer_learned": 10.0}, {}, "msr", "")) == "msr"
+    # The same gap with a SE of 5 clears it (12.7): deployed.
+    assert csf.choose(csf.Ranking(augrc, {"informer_learned": 5.0}, {}, "msr", "")) == "informer_learned"
+    # With a single challenger the bound is the plain one-sided 5 % (1.64 SE).
+    one = {"msr": 100.0, "informer_learned": 80.0}
+    assert csf.choose(csf.Ranking(one, {"informer_learned": 11.0}, {}, "msr", "")) == "informer_learned"
+    assert csf.choose(csf.Ranking(one, {"informer_learned": 13.0}, {}, "msr", "")) == "msr"

@@ -101,7 +101,8 @@ def test_the_logit_tier_is_there_at_ingest_and_the_saliency_tier_follows(monitor
     tier = unsure["logit_tier"]
     assert tier["at"] >= time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(before - 1))
     assert tier["score"] == "msr" and tier["calibrated"] and tier["error"] is None and tier["flagged"] is True
-    assert tier["flags"] == dict.fromkeys(CLASSES, True) and set(tier["scores"]) == {"msr", "maxlogit", "entropy", "energy"}
+    assert tier["flags"] == dict.fromkeys(CLASSES, True)
+    assert set(tier["scores"]) == {"msr", "maxlogit", "entropy", "energy"}
     assert tier["scores"]["msr"][CLASSES[0]] == pytest.approx(0.5250, abs=1e-4)
     assert sure["logit_tier"]["flags"] == dict.fromkeys(CLASSES, False) and sure["logit_tier"]["flagged"] is False
     assert unsure["queue"]["stratum"] == "flagged" and unsure["queue"]["sample_p"] is None

@@ -29,7 +29,7 @@ Calibration section: ``calibration["logit_tier"]``, written by
      "selection": {"msr": 41.2, ...},        # AUGRC x 1000 on the validation split of every logit score
      "operating_point": {"review_budget": 0.1, "tau": [...], "coverage": [...], "risk": [...]}}
 
-The score is the deployed CSF when it is logit-only, else the best logit-only CSF by the same one-standard-error
+The score is the deployed CSF when it is logit-only, else the best logit-only CSF by the same selection
 rule (:func:`medmlops.informer.csf.choose`); its τ come from the same operating point as the deployed CSF's (a
 review budget or a target risk, params ``informer.review_budget`` / ``target_risk``), not from the paper's
 flag-and-swap F1 search: a monitor flags for review and does not swap labels.
