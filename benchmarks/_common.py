@@ -190,7 +190,7 @@ def load(send: Callable[[Any], float], items: list[Any], concurrency: int) -> di
 
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
-    """A throwaway PostgreSQL server on 127.0.0.1 (as tests/monitoring/conftest.py starts one; ``runuser -u
+    """A throwaway PostgreSQL server on 127.0.0.1 (also the monitoring tests' one; ``runuser -u
     postgres`` when root); yields ``postgresql+psycopg2://monitoring@127.0.0.1:PORT``, no database. RuntimeError
     when the server binaries are not on PATH."""
     initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
