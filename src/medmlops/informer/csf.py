@@ -43,7 +43,6 @@ Choices where the literature leaves room, made here:
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import pickle
 from collections.abc import Callable, Mapping, Sequence
@@ -400,6 +399,17 @@ def class_metric(
     return _class_metric(metric, confidence, targets, predictions, min_per_class)
 
 
+def metric_difference(
+    name: str, a: np.ndarray, b: np.ndarray, targets: np.ndarray, predictions: np.ndarray, min_per_class: int = 0
+) -> float:
+    """``name`` (aurc | eaurc | augrc) of confidences ``a`` minus that of ``b``, × 1000, averaged over the classes
+    where both are defined (NaN when none is): the paired comparison of two CSFs on the same images."""
+    va = class_metric(name, a, targets, predictions, min_per_class)
+    vb = class_metric(name, b, targets, predictions, min_per_class)
+    both = np.isfinite(va) & np.isfinite(vb)
+    return float(np.mean(va[both] - vb[both]) * 1000) if both.any() else float("nan")
+
+
 def _class_metric(metric, confidence, targets, predictions, min_per_class) -> np.ndarray:
     confidence, targets = np.asarray(confidence, dtype=np.float64), np.asarray(targets, dtype=np.float64)
     out = np.full(targets.shape[1], np.nan)
@@ -555,12 +565,11 @@ def _paired_se(confidences, targets, predictions, min_per_class, n_bootstrap, se
     diffs: dict[str, list[float]] = {name: [] for name in confidences}
     for _ in range(n_bootstrap):
         idx = rng.integers(0, n, n)
-        base = class_augrc(confidences[DEFAULT_CSF][idx], targets[idx], predictions[idx], min_per_class)
+        msr = confidences[DEFAULT_CSF][idx]
         for name, conf in confidences.items():
-            value = class_augrc(conf[idx], targets[idx], predictions[idx], min_per_class)
-            both = np.isfinite(value) & np.isfinite(base)
-            if both.any():
-                diffs[name].append(float(np.mean(value[both] - base[both]) * 1000))
+            diff = metric_difference("augrc", conf[idx], msr, targets[idx], predictions[idx], min_per_class)
+            if np.isfinite(diff):
+                diffs[name].append(diff)
     return {name: (float(np.std(v, ddof=1)) if len(v) > 1 else None) for name, v in diffs.items()}
 
 
@@ -585,11 +594,10 @@ def operating_point(
     if (review_budget is None) == (target_risk is None):
         raise ValueError("give exactly one of review_budget and target_risk")
     confidence, targets = np.asarray(confidence, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    tau, coverage, risk = [], [], []
+    tau = []
     for j in range(targets.shape[1]):
         c = confidence[:, j]
         keep = np.isfinite(targets[:, j]) & np.isfinite(c)
-        errors = (np.asarray(predictions)[keep, j] != targets[keep, j]).astype(np.float64)
         if review_budget is not None:
             t = (
                 float(np.quantile(c[np.isfinite(c)], review_budget))
@@ -599,32 +607,29 @@ def operating_point(
         elif scores.too_few_cases(targets[keep, j], min_per_class):
             t = None
         else:
+            errors = (np.asarray(predictions)[keep, j] != targets[keep, j]).astype(np.float64)
             t = _risk_threshold(c[keep], errors, float(target_risk))
         tau.append(t)
-        accepted = np.ones(keep.sum(), dtype=bool) if t is None else c[keep] >= t
-        coverage.append(float(accepted.mean()) if keep.any() else None)
-        risk.append(float(errors[accepted].mean()) if accepted.any() else None)
     rule = {"review_budget": review_budget} if review_budget is not None else {"target_risk": target_risk}
-    return {**rule, "tau": tau, "coverage": coverage, "risk": risk}
+    return {**rule, "tau": tau, **selective_point(confidence, targets, predictions, tau)}
 
 
 def _risk_threshold(confidence: np.ndarray, errors: np.ndarray, target: float) -> float | None:
     if len(errors) == 0 or errors.mean() <= target:
         return None
-    order = np.argsort(-confidence, kind="stable")
-    conf, err = confidence[order], errors[order]
-    ends = np.r_[np.nonzero(np.diff(conf))[0], len(conf) - 1]  # tie groups are accepted together
-    risk = np.cumsum(err)[ends] / (ends + 1)
+    conf, _, risk, _ = scores.risk_steps(confidence, errors)
     meets = np.nonzero(risk <= target)[0]
-    return float(conf[ends[meets[-1]]]) if len(meets) else float(conf[ends[0]])
+    return float(conf[meets[-1]]) if len(meets) else float(conf[0])
 
 
 def selective_point(confidence: np.ndarray, targets: np.ndarray, predictions: np.ndarray, tau: Sequence[float | None]):
-    """Per class the coverage and selective risk of the stored thresholds on new data (e.g. the test split)."""
+    """Per class the coverage and selective risk of the thresholds ``tau`` (accept ``confidence >= tau``; None
+    accepts all) over the rows with a known target: on the calibration split (:func:`operating_point`) or on new
+    data (the test split)."""
     confidence, targets = np.asarray(confidence, dtype=np.float64), np.asarray(targets, dtype=np.float64)
     coverage, risk = [], []
     for j, t in enumerate(tau):
-        keep = np.isfinite(targets[:, j])
+        keep = np.isfinite(targets[:, j]) & np.isfinite(confidence[:, j])
         errors = (np.asarray(predictions)[keep, j] != targets[keep, j]).astype(np.float64)
         accepted = np.ones(keep.sum(), dtype=bool) if t is None else confidence[keep, j] >= t
         coverage.append(float(accepted.mean()) if keep.any() else None)
@@ -640,11 +645,6 @@ def flags(confidence: np.ndarray, tau: Sequence[float | None]) -> np.ndarray:
         if t is not None:
             out[:, j] = confidence[:, j] < t
     return out
-
-
-def fingerprint(ids: Sequence[str]) -> str:
-    """SHA-256 of the sorted sample ids a fitted CSF was trained on (stored, so evaluation can check it)."""
-    return hashlib.sha256("\n".join(sorted(map(str, ids))).encode()).hexdigest()
 
 
 def check_disjoint(fit_ids: Sequence[str], eval_ids: Sequence[str], what: str = "the test split") -> None:

@@ -76,13 +76,6 @@ def metric_table(
     return pd.DataFrame(rows)
 
 
-def _paired(metric, a, b, targets, predictions, min_per_class) -> float:
-    va = csf.class_metric(metric, a, targets, predictions, min_per_class)
-    vb = csf.class_metric(metric, b, targets, predictions, min_per_class)
-    both = np.isfinite(va) & np.isfinite(vb)
-    return float(np.mean(va[both] - vb[both]) * SCALE) if both.any() else float("nan")
-
-
 def paired_difference(
     a: np.ndarray, b: np.ndarray, targets: np.ndarray, predictions: np.ndarray, indices: np.ndarray, *,
     metric: str = "augrc", min_per_class: int = 0,
@@ -92,8 +85,8 @@ def paired_difference(
     images' difficulty) cancels. ``relative``: the difference over ``metric(b)``."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     targets, predictions = np.asarray(targets, dtype=np.float64), np.asarray(predictions)
-    point = _paired(metric, a, b, targets, predictions, min_per_class)
-    boot = [_paired(metric, a[i], b[i], targets[i], predictions[i], min_per_class) for i in indices]
+    point = csf.metric_difference(metric, a, b, targets, predictions, min_per_class)
+    boot = [csf.metric_difference(metric, a[i], b[i], targets[i], predictions[i], min_per_class) for i in indices]
     low, high = percentile_ci(boot)
     base = class_averaged(metric, b, targets, predictions, min_per_class)
     relative = point / base if np.isfinite(point) and np.isfinite(base) and base > 0 else float("nan")

@@ -249,22 +249,22 @@ def estimated_f1(p: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def realized_auroc(score: np.ndarray, y: np.ndarray) -> float:
-    """ROC AUC on labelled cases (ties count half); NaN unless both labels are present."""
-    score, y = np.asarray(score, dtype=np.float64), np.asarray(y).astype(bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
+    """ROC AUC on labelled cases (ties count half, scikit-learn's); NaN unless both labels are present."""
+    from sklearn.metrics import roc_auc_score
 
-    ranks = rankdata(score)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    y = np.asarray(y).astype(bool)
+    if y.all() or not y.any():
+        return float("nan")
+    return float(roc_auc_score(y, np.asarray(score, dtype=np.float64)))
 
 
 def realized_f1(y: np.ndarray, predicted: np.ndarray) -> float:
-    """F1 of the positive class on labelled cases; NaN when there is no positive and no positive prediction."""
+    """F1 of the positive class on labelled cases (scikit-learn's); NaN when there is no positive and no positive
+    prediction."""
+    from sklearn.metrics import f1_score
+
     y, pred = np.asarray(y).astype(bool), np.asarray(predicted).astype(bool)
-    tp, fp, fn = int((pred & y).sum()), int((pred & ~y).sum()), int((~pred & y).sum())
-    return 2 * tp / (2 * tp + fp + fn) if 2 * tp + fp + fn else float("nan")
+    return float(f1_score(y, pred, zero_division=np.nan)) if len(y) else float("nan")
 
 
 def _nanmean(values: list[float]) -> float | None:

@@ -263,45 +263,25 @@ def fit_flag_threshold(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _risk_steps(confidence: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Coverage, selective risk and generalised risk at every distinct confidence (accept ``conf >= t``)."""
+def risk_steps(confidence: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, ...]:
+    """At every distinct confidence t, from the highest down (accept ``conf >= t``; cases with equal confidence
+    are accepted or rejected together): t itself, the coverage, the selective risk and the generalised risk."""
     confidence = np.asarray(confidence, dtype=np.float64)
     errors = np.asarray(errors, dtype=np.float64)
     order = np.argsort(-confidence, kind="stable")
     conf, err = confidence[order], errors[order]
     n = len(conf)
     cum_errors = np.cumsum(err)
-    # Ends of tie groups: cases with equal confidence are accepted or rejected together.
-    ends = np.r_[np.nonzero(np.diff(conf))[0], n - 1]
+    ends = np.r_[np.nonzero(np.diff(conf))[0], n - 1]  # the last case of each tie group
     accepted = ends + 1
-    return accepted / n, cum_errors[ends] / accepted, cum_errors[ends] / n
+    return conf[ends], accepted / n, cum_errors[ends] / accepted, cum_errors[ends] / n
 
 
 def aurc(confidence: np.ndarray, errors: np.ndarray) -> float:
     """Area under the risk-coverage curve (selective risk integrated over coverage; step rule over tie groups)."""
-    coverage, risk, _ = _risk_steps(confidence, errors)
+    _, coverage, risk, _ = risk_steps(confidence, errors)
     widths = np.diff(np.r_[0.0, coverage])
     return float((risk * widths).sum())
-
-
-def class_aurc(
-    score: np.ndarray, direction: str, targets: np.ndarray, predictions: np.ndarray, min_per_class: int = 0
-) -> np.ndarray:
-    """``(C,)`` AURC of each class's score as the confidence of its own 0/1 prediction (error = prediction differs
-    from the known target; rows with NaN targets left out). The score is oriented by its flag ``direction`` so
-    that high = confident. NaN for a class with no known target or too few positives or negatives
-    (:func:`too_few_cases`, the rule that leaves it without a τ)."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    score, targets = np.asarray(score, dtype=np.float64), np.asarray(targets, dtype=np.float64)
-    confidence = score if direction == "low" else -score  # "low" flags low scores: a low score is the uncertain one
-    out = np.full(score.shape[1], np.nan)
-    for j in range(score.shape[1]):
-        keep = np.isfinite(targets[:, j])
-        if keep.any() and not too_few_cases(targets[keep, j], min_per_class):
-            errors = (np.asarray(predictions)[keep, j] != targets[keep, j]).astype(np.float64)
-            out[j] = aurc(confidence[keep, j], errors)
-    return out
 
 
 def eaurc(confidence: np.ndarray, errors: np.ndarray) -> float:
@@ -317,6 +297,6 @@ def augrc(confidence: np.ndarray, errors: np.ndarray) -> float:
     (errors accepted / N) over coverage, interpolated linearly from (0, 0) through the end of every tie group, as
     FD-Shifts' ``rc_stats.py`` does. Within a tie group the accepted errors grow linearly, so a constant score
     gets half the error rate, a random ranking's expected value (a right-endpoint step would give the whole rate)."""
-    coverage, _, generalised = _risk_steps(confidence, errors)
+    _, coverage, _, generalised = risk_steps(confidence, errors)
     widths = np.diff(np.r_[0.0, coverage])
     return float((widths * (generalised + np.r_[0.0, generalised[:-1]]) / 2).sum())
