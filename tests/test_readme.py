@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import re
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from .conftest import REPO
 from .reliability import readme_block, without_results
@@ -164,3 +169,154 @@ def test_every_medmlops_and_make_command_in_the_readmes_is_run_by_a_test():
                     if not ran:
                         missing.append(f"{readme.relative_to(REPO)}: `{command}` (no test runs `{target}`'s recipe)")
     assert not missing, "\n".join(missing)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The README's commands, run in README order on a fresh clone (the first hour of a new user)
+# ---------------------------------------------------------------------------------------------------------------------
+
+# A ```bash block right after this marker is not run here; the marker says why (the README shows it too).
+SKIP_MARKER = re.compile(r"<!--\s*readme-test:\s*skip\s+(.+?)\s*-->\s*\n```bash\n(.*?)```", flags=re.S)
+# `make` lines are the entry points of whole jobs; what runs each of them instead of the in-order runner:
+MAKE_IN_ORDER = {
+    "make demo": "tests/test_demo.py runs `medmlops demo --profile smoke` on a fresh clone (make demo = install + that)",
+    "make test": "CI's .ci/run runs it on a clean clone; this test is part of it",
+    "make test-fast": "make test without the slow tests",
+    "make reliability": "the reliability-marked tests of make test, as a table",
+    "make lint": "CI's lint job (ruff, import-linter); tests/test_architecture.py checks the contracts",
+    "make validate": "test_make_validate_runs_the_validation_stages_only below",
+}
+
+
+def readme_steps(text: str) -> list[tuple[str, str | None]]:
+    """(command, reason it is not run or None) for each line of the README's ```bash blocks, in README order:
+    continuations joined, comments and usage synopses ([--opt], {a,b}) dropped."""
+    skipped = {m.start(2): m.group(1) for m in SKIP_MARKER.finditer(text)}
+    steps = []
+    for block in re.finditer(r"```bash\n(.*?)```", text, flags=re.S):
+        reason = skipped.get(block.start(1))
+        joined = re.sub(r"\\\n\s*", " ", block.group(1))
+        for line in joined.splitlines():
+            line = line.split("  #", 1)[0].strip()
+            if not line or line.startswith("#") or re.search(r"\[--|\{[\w-]+,", line):
+                continue
+            if reason is None and line.startswith("make "):
+                if line not in MAKE_IN_ORDER:
+                    raise AssertionError(f"README.md: `{line}`: say in MAKE_IN_ORDER what runs it")
+                steps.append((line, MAKE_IN_ORDER[line]))
+            else:
+                steps.append((line, reason))
+    return steps
+
+
+def _ports(commands: list[str]) -> dict[str, str]:
+    """Each literal port of the README's commands → a free one here (CI machines run other servers)."""
+    found = set()
+    for command in commands:
+        found |= set(re.findall(r"(?:--port |127\.0\.0\.1:|localhost:)(\d{4,5})\b", command))
+    return {port: str(_free_port_here()) for port in sorted(found)}
+
+
+def _free_port_here() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _with_ports(command: str, ports: dict[str, str]) -> str:
+    return re.sub(
+        r"(--port |127\.0\.0\.1:|localhost:)(\d{4,5})\b", lambda m: m.group(1) + ports.get(m.group(2), m.group(2)),
+        command,
+    )  # fmt: skip
+
+
+def _wait_ready(port: str, process, log, timeout_s: float = 300.0) -> None:
+    """Until the server on ``port`` answers 200 on one of its readiness paths (serving, monitoring, Evidently UI)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"exited {process.returncode}:\n{log.read_text()[-3000:]}"
+        for path in ("/readyz", "/healthz", "/api/projects"):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+        time.sleep(1)
+    raise AssertionError(f"nothing answered on port {port} in {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def test_readme_steps_keep_order_and_say_why_a_command_is_not_run():
+    """The parser the in-order run uses: every README command is a step, in order; skipped ones carry a reason."""
+    steps = readme_steps((REPO / "README.md").read_text())
+    commands = [c for c, _ in steps]
+    assert commands[:2] == ["make demo", "make test"]
+    assert all(reason for command, reason in steps if command.startswith("make "))
+    run = [c for c, reason in steps if reason is None]
+    assert len(run) >= 15, run
+    trains = [i for i, c in enumerate(run) if c.startswith("medmlops train")]
+    serves = [i for i, c in enumerate(run) if c.startswith("medmlops serve")]
+    assert trains and serves and trains[0] < serves[0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_the_readme_commands_run_in_order_on_a_fresh_clone(tmp_path):
+    """A new user's first hour: `git clone`, then every command of README.md's ```bash blocks in README order, at
+    the smoke profile (MEDMLOPS_PROFILE=smoke; a command's own --profile wins), with nothing done first. Servers
+    (lines ending in `&`) run in the background and must answer before the next line; ports are swapped for free
+    ones. Each command must exit 0. What is not run here is listed with its reason in the test's output."""
+    import os
+    import signal
+    import time
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
+    steps = readme_steps((clone / "README.md").read_text())
+    ports = _ports([c for c, _ in steps])
+    venv_bin = str(Path(sys.executable).parent)
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MONITORING_URL")}
+    env.update({"MEDMLOPS_PROFILE": "smoke", "PATH": f"{venv_bin}{os.pathsep}{env.get('PATH', '')}",
+                "MEDMLOPS_DVC_REMOTE": str(tmp_path / "dvc-remote")})  # fmt: skip
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    background: list[subprocess.Popen] = []
+    try:
+        for number, (command, reason) in enumerate(steps, 1):
+            if reason is not None:
+                print(f"[{number}/{len(steps)}] not run here: {command} ({reason})")
+                continue
+            command = _with_ports(command, ports)
+            log = logs / f"{number:02d}.log"
+            started = time.monotonic()
+            if command.endswith("&"):
+                port = re.search(r"--port (\d+)", command)
+                assert port, f"README.md: `{command}`: a background server must name its --port"
+                with log.open("w") as out:
+                    background.append(subprocess.Popen(
+                        ["bash", "-c", command[:-1]], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                    ))  # fmt: skip
+                _wait_ready(port.group(1), background[-1], log)
+            else:
+                with log.open("w") as out:
+                    done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, timeout=1800)  # fmt: skip
+                assert done.returncode == 0, (
+                    f"README.md: `{command}` exited {done.returncode}:\n{log.read_text()[-4000:]}"
+                )
+            print(f"[{number}/{len(steps)}] {time.monotonic() - started:5.0f} s  {command}")
+    finally:
+        for process in reversed(background):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

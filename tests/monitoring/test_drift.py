@@ -356,3 +356,33 @@ def detection_table(shifts=(0.0, 0.5, 1.0), sizes=(10, 15, 20, 30, 40, 50), out_
 if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR)
     detection_table()
+
+
+def test_report_waits_for_pending_records_and_gives_up_after_wait_s(caplog):
+    """``monitor report --wait-s``: waits while the family has records pending analysis, returns once none is
+    left, and after the bound reports on what is analysed with a warning naming how many were still pending."""
+    import time
+
+    from medmlops.monitoring.drift import _wait_for_analysis
+
+    class Store:  # the one query the wait makes, answering from a script of pending counts
+        def __init__(self, pending):
+            self.pending, self.calls = list(pending), 0
+
+        def status_counts(self, family):
+            self.calls += 1
+            n = self.pending.pop(0) if len(self.pending) > 1 else self.pending[0]
+            return [{"status": "pending", "n": n}, {"status": "done", "n": 3}]
+
+    drained = Store([2, 1, 0])
+    _wait_for_analysis(drained, "cxr-findings", 30.0)
+    assert drained.calls == 3
+    stuck = Store([5])
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="medmlops"):
+        _wait_for_analysis(stuck, "cxr-findings", 1.5)
+    assert 1.4 <= time.monotonic() - started < 10
+    assert "5 records of cxr-findings still pending" in caplog.text
+    no_wait = Store([5])
+    _wait_for_analysis(no_wait, "cxr-findings", 0.0)
+    assert no_wait.calls == 1

@@ -75,6 +75,11 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--since-hours", type=float, default=None, help="only records of the last H hours")
     report.add_argument("--last", type=int, default=None, metavar="N", help="only the newest N processed records")
     report.add_argument("--out", default=None, metavar="DIR", help="also write the HTML/JSON report files here")
+    report.add_argument(
+        "--wait-s", type=float, default=0.0, metavar="SECONDS",
+        help="first wait up to this long for the family's records still pending analysis (default: 0, report "
+        "on what is analysed now)",
+    )  # fmt: skip
     add_params_args(report)
     report.set_defaults(func=cmd_report)
 

@@ -501,6 +501,20 @@ def _performance_line(performance: list[dict[str, Any]] | dict[str, Any] | None)
     )
 
 
+def _wait_for_analysis(store: Any, family: str, wait_s: float) -> None:
+    """Wait up to ``wait_s`` until no record of ``family`` is pending analysis (``monitor report --wait-s``): a
+    report run right after traffic would otherwise miss the records the workers have not reached yet."""
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    while True:
+        pending = sum(int(row["n"]) for row in store.status_counts(family=family) if row["status"] == "pending")
+        if pending == 0 or time.monotonic() >= deadline:
+            if pending and wait_s > 0:
+                log.warning("%d records of %s still pending after %.0f s; reporting on those analysed", pending,
+                            family, wait_s)  # fmt: skip
+            return
+        time.sleep(1.0)
+
+
 def report_command(args: Any, *, contracts: Any = None) -> int:
     """``medmlops monitor report``: a drift report of one family's recent window, kept in the monitoring store.
 
@@ -517,6 +531,7 @@ def report_command(args: Any, *, contracts: Any = None) -> int:
     since_hours, last = getattr(args, "since_hours", None), getattr(args, "last", None)
     store = Store(resolve_db_url(getattr(args, "db_url", None)))
     try:
+        _wait_for_analysis(store, family, float(getattr(args, "wait_s", 0.0) or 0.0))
         since = None if since_hours is None else time.time() - float(since_hours) * 3600.0
         current = store.results_frame(family, version=version, since=since, limit=last)
         if current.empty:
