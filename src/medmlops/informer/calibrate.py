@@ -53,18 +53,13 @@ class CalibrationError(UserError, ValueError):
 
 
 def version_params(params: Params, family: str, version: str) -> Params:
-    """``params`` with the training seed of ``family`` version ``version`` (its run's ``seed`` param): the seed
-    decides the splits, so the test split of a version trained with ``--set seed=1`` is only the held-out one under
-    that seed. Unchanged when the run logged no seed."""
-    from mlflow import MlflowClient
+    """``params`` with the training params of ``family`` version ``version`` for everything that defines the model and
+    its data (seed, profile, data, preprocess, train, experiments: :mod:`medmlops.registry.trained_params`), so its
+    splits and preprocessing are rebuilt exactly as trained whatever ``params.yaml`` and ``--set`` say now; the
+    command's own settings (``informer.*``, ``registry.*``) stay the current ones."""
+    from medmlops.registry.trained_params import version_params as resolve
 
-    client = MlflowClient()
-    run = client.get_run(client.get_model_version(family, str(version)).run_id)
-    seed = run.data.params.get("seed")
-    if seed is None or not str(seed).lstrip("-").isdigit() or int(seed) == params.seed:
-        return params
-    log.info("%s v%s was trained with seed %s: its splits are made with that seed", family, version, seed)
-    return replace(params, seed=int(seed))
+    return resolve(params, family, version).params
 
 
 def version_split(
@@ -72,7 +67,8 @@ def version_split(
 ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
     """The images ``(N, *shape)``, labels by task and sample ids of ``split`` (val | test) of the fold whose weights
     version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag), split with the seed the
-    version was trained with (:func:`version_params`), whatever the current params say."""
+    version was trained with and its other training params (:func:`version_params`), whatever the current params
+    say."""
     from mlflow import MlflowClient
 
     from medmlops.data import preprocess as prep
@@ -385,7 +381,11 @@ def calibrate_version(
         raise CalibrationError(f"unknown saliency method '{unknown[0]}' (expected one of: {', '.join(METHODS)})")
     if direction not in scores.DIRECTIONS:
         raise CalibrationError(f"direction must be low or high, got '{direction}'")
+    from medmlops.registry.trained_params import version_params as resolve
+
     version, contract, logits_model = informer_model(family, alias)
+    trained = resolve(params, family, version)  # the model's splits, data and preprocessing are the version's
+    params = trained.params
     images, labels, ids = version_split(params, family, version, "val", repo=repo, progress=progress)
     targets = scores.logit_targets(contract, labels)
     outputs = batched_outputs(
@@ -399,7 +399,8 @@ def calibrate_version(
         csf_names=tuple(cfg.csfs), pinned=None if cfg.csf == "auto" else cfg.csf, review_budget=cfg.review_budget,
         target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
     )  # fmt: skip
-    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples, validation_ids=ids)
+    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples, validation_ids=ids,
+                       trained_params=trained.describe(), trained_params_summary=trained.summary(family, version))  # fmt: skip
     # Performance estimation without labels (CBPE) in monitoring: calibrated probabilities and the gate floor.
     calibration["performance"] = performance_section(
         params.registry.gates, contract, outputs["logits"], targets, min_per_class=minimum

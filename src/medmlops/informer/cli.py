@@ -52,6 +52,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     method = calibration["method"]
     fit = calibration["methods"][method]
+    print(calibration["trained_params_summary"])
     print(f"{args.family} v{calibration['version']}: calibrated on {calibration['n_validation']} validation images")
     print(f"INFORMER-{method} (the paper's flag-and-swap thresholds):")
     for cls, tau in fit["tau"].items():
@@ -88,6 +89,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         repo=Path(args.repo), progress=not args.quiet,
     )  # fmt: skip
     for version, one in summary["per_version"].items():
+        print(one["trained_params_summary"])
         print(f"{args.family} v{version} (seed {one['seed']}): mean F1 after flag-and-swap on test")
         print(json.dumps(one["mean_f1"], indent=2))
         print(f"INFORMER vs baselines (mean F1 on test): {one['informer_vs_baselines_mean_f1']}")

@@ -39,12 +39,12 @@ from medmlops.informer.calibrate import (
     fit_calibration,
     informer_model,
     load_calibration,
-    version_params,
     version_split,
 )
 from medmlops.informer.outputs import batched_outputs
 from medmlops.informer.probability import estimate
 from medmlops.registry.contract import ModelContract
+from medmlops.registry.trained_params import version_params as trained_version_params
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,9 @@ def evaluate_version(
     if unknown:
         raise EvaluationError(f"unknown shift '{unknown[0]}' (the simulator knows: {', '.join(SIMULATOR_SHIFTS)})")
     version, contract, logits_model = informer_model(family, alias)
-    params = version_params(params, family, version)
+    # The version's splits, data and preprocessing; the current informer.* settings.
+    trained = trained_version_params(params, family, version)
+    params = trained.params
     cfg = params.informer
     classes = contract.output_names()
     stored = load_calibration(family, version, contract)
@@ -414,7 +416,8 @@ def evaluate_version(
         "failure_detection": fd.to_dict(orient="records"), "comparisons": compared.to_dict(orient="records"),
         "operating_point": None if operating is None else operating.to_dict(orient="records"),
         "performance_estimation": None if estimation is None else estimation.to_dict(orient="records"),
-        "report": str(folder / "report.html"),
+        "report": str(folder / "report.html"), "trained_params": trained.describe(),
+        "trained_params_summary": trained.summary(family, version),
     }  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     (folder / "report.html").write_text(

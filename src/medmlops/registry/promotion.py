@@ -69,7 +69,8 @@ def promote(
 ) -> PromotionResult:
     """Move ``champion`` to ``family@alias`` if every gate passes.
 
-    Gates: each ``gates.min_metrics`` floor; the primary metric must exist; and it may fall at most
+    Gates: the version's data must be the DVC-recorded version (tag ``data_version_verified`` not ``false``); each
+    ``gates.min_metrics`` floor; the primary metric must exist; and it may fall at most
     ``gates.max_regression`` below the current champion's. Metrics come from the candidate's contract, completed by
     its source run's logged metrics for names the contract lacks. A missing or non-finite metric fails its gate.
 
@@ -87,6 +88,16 @@ def promote(
 
     metrics = _version_metrics(client, family, candidate)
     failed: list[str] = []
+    tags = dict(candidate.tags or {})
+    if tags.get("data_version_verified") == "false":
+        # Registered (a candidate may be an experiment on modified data) but never served as champion: nobody could
+        # say which data it learned from. Versions registered before the tag existed have none and are not judged.
+        record = tags.get("data_record", "its DVC record")
+        failed.append(
+            f"trained on data {tags.get('data_version', '?')} that is not the version {record} records "
+            f"({tags.get('data_version_recorded', '?')}): record it with `medmlops data track` or restore it with "
+            f"`dvc checkout {record}`, then train and register again"
+        )
     for name, floor in gates.min_metrics.items():
         value = metrics.get(name)
         if value is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,7 +60,8 @@ def build_contract(result: ExperimentResult, params: Params, repo: Path = Path("
     metrics = {k: float(v) for k, v in result.summary.items() if np.isfinite(v)}
     return ModelContract(
         family=exp.family, tasks=specs, input=input_spec, preprocessing=preprocessing,
-        data_version=_run_data_version(result.run_id) or tracking.data_version(repo), git_commit=tracking.git_commit(repo), metrics=metrics,
+        data_version=_run_data_version(result.run_id) or tracking.data_version(repo, tracking.data_record(params)),
+        git_commit=tracking.git_commit(repo), metrics=metrics,
         experiment=result.experiment, created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     )  # fmt: skip
 
@@ -90,6 +92,7 @@ def register_experiment(
     )
     example = example_ds[0]["image"].unsqueeze(0).numpy().astype(np.float32)
     extra = {p.name: p for p in (result.run_dir / "summary_table.csv", result.run_dir / "splits.csv") if p.is_file()}
+    gates = params.registry.gates.get(exp.family)
     version = register_model(
         model,
         contract,
@@ -98,5 +101,19 @@ def register_experiment(
         family=exp.family,
         alias=alias,
         extra_artifacts=extra,
+        primary_metric=gates.primary_metric if gates else None,
     )
-    return str(getattr(version, "version", version))
+    number = str(getattr(version, "version", version))
+    # Registering a model trained on data that does not match its DVC record is allowed (people experiment on
+    # modified data on purpose; refusing would block them), but never silent: the version carries
+    # data_version_verified=false, this line says so, and promotion to champion refuses it (registry.promotion).
+    tags = dict(getattr(version, "tags", None) or {})
+    if tags.get("data_version_verified") == "false":
+        print(
+            f"warning: {exp.family} version {number} was trained on data {tags.get('data_version')} that is not the "
+            f"version {tags.get('data_record', 'the DVC record')} records ({tags.get('data_version_recorded')}): "
+            "tagged data_version_verified=false; it stays a candidate, promotion to champion refuses it",
+            file=sys.stderr,
+            flush=True,
+        )
+    return number

@@ -21,6 +21,8 @@ import dataclasses
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -46,6 +48,12 @@ CONTRACT_FILE = "contract.json"
 DEFAULT_DB = ".medmlops/mlflow.db"
 # Registered-version tags written at registration (read by `registry list`, serving and monitoring).
 VERSION_TAGS = ("experiment", "data_version", "git_commit")
+# Provenance tags of a training run, copied onto the versions registered from it (see :func:`provenance_tags`).
+PROVENANCE_TAGS = ("data_version", "data_version_verified", "data_version_recorded", "data_record", "git_dirty")
+# The experiment-kind tag MLflow 3's UI reads to choose an experiment's page: "custom_model_development" opens the
+# training view (runs, metrics, models) instead of asking, or inferring the GenAI one.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 # Pinned by the project's constraints; an explicit list skips MLflow's requirement inference, which imports the
 # model in a subprocess and may query PyPI (no network here).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
@@ -123,6 +131,7 @@ def get_or_create_experiment(
     *,
     cfg: RegistryConfig | None = None,
     cwd: Path | None = None,
+    kind: str | None = None,
 ) -> str:
     """The id of experiment ``name``, created if missing (and restored if it was deleted).
 
@@ -133,12 +142,15 @@ def get_or_create_experiment(
             server chooses its own (``mlflow-artifacts:/``).
         cfg: supplies ``artifact_dir`` (defaults to ``RegistryConfig()``'s).
         cwd: resolves a relative ``artifact_dir``.
+        kind: the experiment kind tag (:data:`EXPERIMENT_KIND_TAG`) to set when the experiment has none.
     """
     client = MlflowClient()
     existing = client.get_experiment_by_name(name)
     if existing is not None:
         if existing.lifecycle_stage == "deleted":
             client.restore_experiment(existing.experiment_id)
+        if kind and EXPERIMENT_KIND_TAG not in (existing.tags or {}):  # a kind chosen in the UI is kept
+            client.set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG, kind)
         return existing.experiment_id
     if artifact_location is None and urlparse(mlflow.get_tracking_uri()).scheme not in _REMOTE_SCHEMES:
         root = Path((cfg or RegistryConfig()).artifact_dir)
@@ -146,13 +158,16 @@ def get_or_create_experiment(
         folder = root / name.replace("/", "__")
         folder.mkdir(parents=True, exist_ok=True)
         artifact_location = folder.as_uri()
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(
+        name, artifact_location=artifact_location, tags={EXPERIMENT_KIND_TAG: kind} if kind else None
+    )
 
 
 def family_experiment_id(cfg: RegistryConfig, family: str, cwd: Path | None = None) -> str:
     """The id of the MLflow experiment that holds every run of ``family`` (``<experiment_prefix>-<family>``), on the
-    tracking server the entry point configured (:func:`configure`)."""
-    return get_or_create_experiment(f"{cfg.experiment_prefix}-{family}", cfg=cfg, cwd=cwd)
+    tracking server the entry point configured (:func:`configure`). Tagged as a custom-model-development
+    experiment, so MLflow's UI opens it on the training view."""
+    return get_or_create_experiment(f"{cfg.experiment_prefix}-{family}", cfg=cfg, cwd=cwd, kind=EXPERIMENT_KIND)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -200,7 +215,8 @@ def _read_head(dotgit: Path) -> str | None:
 
 
 def data_version(repo: Path | None = None, dvc_file: str = "data.dvc") -> str:
-    """The md5 DVC records for the first output of ``data.dvc`` (``"<md5>.dir"`` for a folder); else ``"unknown"``."""
+    """The md5 DVC records for the first output of ``dvc_file`` (the profile's ``data.dvc_file``; ``"<md5>.dir"`` for
+    a folder); else ``"unknown"``."""
     path = Path(repo or Path.cwd()) / dvc_file
     try:
         record = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -209,6 +225,148 @@ def data_version(repo: Path | None = None, dvc_file: str = "data.dvc") -> str:
     except (OSError, yaml.YAMLError, AttributeError):
         return "unknown"
     return str(md5) if md5 else "unknown"
+
+
+def data_record(params: Any) -> str:
+    """The DVC record of ``params``' raw data: ``data.dvc_file`` (each profile has its own), else ``data.dvc``. The one
+    place training, registration and the provenance checks choose it."""
+    return str(getattr(params.data, "dvc_file", "") or "data.dvc")
+
+
+def git_dirty(repo: Path | None = None) -> str:
+    """``"true"`` when ``git status --porcelain`` lists anything at ``repo`` (a modified, staged or deleted tracked
+    file, or an untracked one that .gitignore does not ignore: ignored folders such as ``.medmlops/`` and the DVC data
+    never count), ``"false"`` when the tree is clean, ``"unknown"`` without git (training images often lack it)."""
+    try:
+        result = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=Path(repo or Path.cwd()), capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if result.returncode != 0:
+        return "unknown"
+    return "true" if result.stdout.strip() else "false"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataProvenance:
+    """Whether the raw data a run reads is the version its DVC record (or the pipeline) names.
+
+    Attributes:
+        version: the md5 of the data actually read (DVC's ``<md5>.dir`` of ``data_dir``); the recorded one when the
+            workspace could not be hashed.
+        recorded: the version the record (or the pipeline's validated ``expected``) names; ``"unknown"`` without one.
+        verified: ``data_dir`` hashes to ``recorded``.
+        record: the DVC record file (``data.dvc_file``).
+        data_dir: the raw data folder the run reads (``data.raw_dir``).
+        detail: why it is not verified and how to fix it ("" when verified).
+    """
+
+    version: str
+    recorded: str
+    verified: bool
+    record: str
+    data_dir: str
+    detail: str = ""
+
+    def tags(self) -> dict[str, str]:
+        """The run (and version) tags: ``data_version`` is the data actually read, so a model trained on changed
+        data is never labelled with the version its record names."""
+        return {
+            "data_version": self.version,
+            "data_version_verified": "true" if self.verified else "false",
+            "data_version_recorded": self.recorded,
+            "data_record": self.record,
+        }
+
+
+def data_provenance(
+    repo: Path | None, data_dir: str, record: str = "data.dvc", expected: str | None = None
+) -> DataProvenance:
+    """Hash ``data_dir`` as ``dvc add`` would and compare it with the version ``record`` names (or ``expected``: a
+    pipeline's validated version). Never raises: whatever stops the hashing (no DVC repository, no folder, no dvc)
+    leaves the data unverified, with the reason in ``detail``."""
+    repo = Path(repo or Path.cwd())
+    recorded = expected or data_version(repo, record)
+    fix = f"record it with `medmlops data track` (and commit {record}) or restore the recorded data with " \
+        f"`dvc checkout {record}`"  # fmt: skip
+    try:
+        from medmlops.data import versioning
+
+        actual: str | None = versioning.workspace_hash(repo, data_dir)
+        reason = ""
+    except Exception as exc:  # noqa: BLE001 - not a DVC repository, no folder, dvc missing: unverified, never fatal
+        actual, reason = None, " ".join(str(exc).split())[:200] or type(exc).__name__
+    if actual is None:
+        detail = f"{data_dir} could not be hashed ({reason})"
+        return DataProvenance(recorded, recorded, False, record, data_dir, detail)
+    if recorded == "unknown":
+        detail = f"{data_dir} hashes to {actual} but {record} records no version; {fix}"
+        return DataProvenance(actual, recorded, False, record, data_dir, detail)
+    if actual != recorded:
+        named = "the pipeline validated" if expected else f"{record} records"
+        detail = f"{data_dir} hashes to {actual} but {named} {recorded}; {fix}"
+        return DataProvenance(actual, recorded, False, record, data_dir, detail)
+    return DataProvenance(actual, recorded, True, record, data_dir)
+
+
+def provenance_tags(repo: Path | None, data_dir: str, record: str, expected: str | None = None) -> dict[str, str]:
+    """Every provenance tag of a training run (:data:`PROVENANCE_TAGS`) plus ``git_commit``; an unverified data
+    version is also said on stderr, loudly, where the run starts."""
+    data = data_provenance(repo, data_dir, record, expected)
+    if not data.verified:
+        print(
+            f"warning: training on data that does not match its DVC record: {data.detail}. The run and any version "
+            "registered from it are tagged data_version_verified=false, and promotion to champion will refuse it.",
+            file=sys.stderr,
+            flush=True,
+        )
+    return {**data.tags(), "git_commit": git_commit(repo), "git_dirty": git_dirty(repo)}
+
+
+def log_data_input(run_id: str, name: str, version: str, data_dir: Path, *, verified: bool) -> None:
+    """Log the raw data as the run's training input (MLflow's Datasets, what ``mlflow.log_input`` logs for the active
+    run; this run is open but not active): a metadata-only dataset named ``name`` whose digest is the DVC md5 and
+    whose source is the raw folder (source type ``local``, as MLflow resolves a ``file://`` URI), so the run page
+    shows which data it trained on."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    source = json.dumps({"uri": Path(data_dir).resolve().as_uri()})
+    entity = Dataset(name=name, digest=version, source_type="local", source=source)
+    tags = [InputTag(MLFLOW_DATASET_CONTEXT, "training"), InputTag("data_version_verified", str(verified).lower())]
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(entity, tags)])
+
+
+def version_description(contract: ModelContract, tags: dict[str, str], primary_metric: str | None = None) -> str:
+    """The model version's description (Markdown, shown on its page in MLflow's UI), built from its contract and its
+    run's provenance tags."""
+    tasks = "; ".join(f"{t.name} ({t.kind}: {', '.join(t.classes)})" for t in contract.tasks)
+    spec = contract.input
+    window = f", window {list(spec.intensity_window)}" if spec.intensity_window else ""
+    verified = tags.get("data_version_verified", "unknown")
+    data = f"`{contract.data_version}`"
+    if verified == "false":
+        data += f" — NOT the version {tags.get('data_record', 'its DVC record')} records " \
+            f"(`{tags.get('data_version_recorded', 'unknown')}`): not promotable to champion"  # fmt: skip
+    elif verified == "true":
+        data += f" (matches {tags.get('data_record', 'its DVC record')})"
+    dirty = tags.get("git_dirty", "unknown")
+    commit = f"`{contract.git_commit}`" + {"true": " + uncommitted changes", "false": " (clean)"}.get(dirty, "")
+    lines = [
+        f"**{contract.family}** from experiment `{contract.experiment}`",
+        f"- tasks: {tasks}",
+        f"- input: {spec.modality} {list(spec.shape)}{window}, formats {', '.join(spec.formats)}",
+        f"- data version: {data}",
+        f"- git commit: {commit}",
+    ]
+    if primary_metric:
+        value = contract.metrics.get(primary_metric)
+        shown = "missing" if value is None else f"{value:.3f}"
+        sd = contract.metrics.get(primary_metric.removesuffix("_mean") + "_sd")
+        shown += f" ± {sd:.3f}" if value is not None and sd is not None else ""
+        lines.append(f"- {primary_metric}: {shown}")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -225,12 +383,15 @@ def register_model(
     family: str | None = None,
     alias: str = "candidate",
     extra_artifacts: dict[str, Path] | None = None,
+    primary_metric: str | None = None,
 ) -> ModelVersion:
     """Log ``model`` with its contract in run ``run_id``, register it as a new version of ``family``, set ``alias``.
 
     The contract and its consistency with the model are checked before anything is written. The version is
-    registered with tags ``experiment``, ``data_version``, ``git_commit``; the alias is set last, and a failure
-    after the version was created deletes that version, so an alias never points at a half-made version.
+    registered with tags ``experiment``, ``data_version``, ``git_commit`` and the run's provenance tags
+    (:data:`PROVENANCE_TAGS`: whether the data matched its DVC record, whether the git tree was dirty), and a
+    description built from the contract (:func:`version_description`); the alias is set last, and a failure after
+    the version was created deletes that version, so an alias never points at a half-made version.
 
     Args:
         model: the trained module; its forward returns a tensor (one task) or ``dict[str, Tensor]`` by task name.
@@ -241,6 +402,7 @@ def register_model(
         alias: moved to the new version (``candidate``; promotion moves ``champion``).
         extra_artifacts: artifact folder name → local file or folder, logged next to the model
             (e.g. ``{"informer": Path("calibration.json")}`` → ``informer/calibration.json``).
+        primary_metric: the metric the description shows (the family's promotion gate's ``primary_metric``).
 
     Raises:
         ContractError: the contract is invalid.
@@ -290,11 +452,14 @@ def register_model(
         else:
             client.log_model_artifact(info.model_id, str(local), artifact_path=name)
 
-    tags = {"experiment": contract.experiment, "data_version": contract.data_version, "git_commit": contract.git_commit}
+    provenance = {k: run.data.tags[k] for k in PROVENANCE_TAGS if run.data.tags.get(k)}
+    tags = {**provenance, "experiment": contract.experiment, "data_version": contract.data_version,
+            "git_commit": contract.git_commit}  # fmt: skip
     version: str | None = None
     try:
         registered = mlflow.register_model(info.model_uri, family, tags=tags)
         version = str(registered.version)
+        client.update_model_version(family, version, description=version_description(contract, tags, primary_metric))
         client.set_registered_model_alias(family, alias, version)
         return client.get_model_version(family, version)
     except BaseException:

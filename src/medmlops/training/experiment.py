@@ -181,7 +181,6 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
 
     run_dir = run_dir_for(params, name, repo)
     run_dir.mkdir(parents=True, exist_ok=True)
-    save_resolved(params, run_dir / "params.yaml")
     frame, items = load_experiment_data(params, exp, repo, progress)
 
     splits_path = run_dir / "splits.csv"
@@ -190,9 +189,8 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)
     ):
-        raise UserError(
-            f"{splits_path}: existing splits differ from the data/params now; remove {run_dir} to start over"
-        )
+        raise UserError(_splits_differ(splits_path, params))
+    save_resolved(params, run_dir / "params.yaml")  # after the check: the params the splits there were made with
     save_splits(splits, splits_path)
     n_folds = int(splits["fold"].max()) + 1
     folds = list(params.train.folds) or list(range(n_folds))
@@ -200,6 +198,48 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     if bad:
         raise UserError(f"train.folds has fold {bad[0]} but this validation has {n_folds} folds")
     return ExperimentPlan(name, exp, tasks, run_dir, splits, items, folds, variant_name(params, name))
+
+
+# The params the splits depend on (besides the data itself): experiment_splits reads these.
+SPLIT_KEYS = ("seed", "data.", "train.n_folds", "train.val_fraction", "train.validation")
+
+
+def _splits_differ(splits_path: Path, params: Params) -> str:
+    """Why the splits on disk differ from the ones the params make now, and the fix that keeps the trained runs:
+    name the overrides that differ (from the run folder's ``params.yaml``), never deleting the folder first."""
+    import yaml
+
+    from medmlops.config import params_from_dict
+    from medmlops.registry.trained_params import differences
+
+    run_dir = splits_path.parent
+    aside = f"to train with the params now instead, move {run_dir} aside first (its MLflow runs and registered " \
+        "versions are kept)"  # fmt: skip
+    try:
+        before = yaml.safe_load((run_dir / "params.yaml").read_text(encoding="utf-8"))
+        changed = [
+            (key, then, now)
+            for key, then, now in differences(params_from_dict(before, profile=before["profile"]), params)
+            if key.startswith(SPLIT_KEYS) and key not in ("data.dvc_file", "data.simulated")
+        ]
+    except (OSError, yaml.YAMLError, TypeError, KeyError, UserError):
+        changed = []
+    if changed:
+        sets = " ".join(f"--set {key}={_yaml_value(then)}" for key, then, _ in changed)
+        now = ", ".join(f"{key}={_yaml_value(value)}" for key, _, value in changed)
+        return (
+            f"{splits_path} was made with other params than now ({now}): add {sets} to use the trained runs there "
+            f"(commands acting on a registered version, such as informer calibrate, take them from the version); {aside}"
+        )
+    return (
+        f"{splits_path} was made from other data than {params.data.raw_dir} holds now (same params): restore that data "
+        f"(`dvc checkout {getattr(params.data, 'dvc_file', 'data.dvc')}`) to use the trained runs there; {aside}"
+    )
+
+
+def _yaml_value(value: object) -> str:
+    """``value`` as one shell word ``--set`` parses back (YAML): ``2``, ``true``, ``[16,64,64]``, ``data/raw``."""
+    return value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
 
 
 def start_experiment_run(
@@ -217,17 +257,25 @@ def start_experiment_run(
     from medmlops.registry import tracking
 
     experiment_id = tracking.family_experiment_id(params.registry, plan.exp.family, repo)
+    # Provenance: the data version is what data.raw_dir hashes to, checked against its DVC record (or the version a
+    # pipeline validated), and whether the code had uncommitted changes; registration copies these to the version.
+    provenance = tracking.provenance_tags(
+        repo, params.data.raw_dir, tracking.data_record(params), expected=(tags or {}).get("data_version")
+    )
     all_tags = {
         "experiment": plan.name, "family": plan.exp.family, "profile": params.profile, "model": plan.exp.model,
         "backbone": plan.exp.backbone or plan.exp.model, "validation": params.train.validation,
-        "data_version": tracking.data_version(repo), "git_commit": tracking.git_commit(repo),
-        "folds": ",".join(map(str, plan.folds)), **(tags or {}),
+        "folds": ",".join(map(str, plan.folds)), **(tags or {}), **provenance,
     }  # fmt: skip
     if parent_run_id:
         all_tags["mlflow.parentRunId"] = parent_run_id
     client = MlflowClient()
     run = client.create_run(experiment_id, run_name=plan.variant, tags={k: str(v) for k, v in all_tags.items()})
     run_id = run.info.run_id
+    tracking.log_data_input(
+        run_id, plan.exp.dataset, provenance["data_version"], repo / params.data.raw_dir,
+        verified=provenance["data_version_verified"] == "true",
+    )  # fmt: skip
     for key, value in _flat_params(params, plan.exp).items():
         client.log_param(run_id, key, value)
     client.log_artifact(run_id, str(plan.run_dir / "params.yaml"))
