@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from medmlops.commandline import run_main
+from medmlops.commandline import PORT, ArgumentParser, add_version, integer, number, run_main
 from medmlops.errors import UserError
 from medmlops.monitoring.cli import add_db_url_option, add_worker_options
 from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_SAMPLE_P, READ_TOKEN_ENV, TOKEN_ENV
@@ -20,13 +20,14 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="medmlops monitor serve",
         description="HTTP service: ingest prediction records, INFORMER flags, dashboard, /metrics",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging of the command line")
+    add_version(parser)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (not loopback: needs --token)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=PORT, default=8080, help="port to listen on")
     add_db_url_option(parser)
     parser.add_argument(
         "--token", default=None, help=f"bearer token for posting records and labels (default: ${TOKEN_ENV})"
@@ -35,15 +36,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--read-token", default=None, help=f"bearer token for reads (default: ${READ_TOKEN_ENV}; unset: reads are open)"
     )
     parser.add_argument(
-        "--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+        "--max-body-bytes", type=integer(1), default=DEFAULT_MAX_BODY_BYTES,
         help="largest record body accepted (the upload travels base64-encoded: 4/3 of its size)",
     )  # fmt: skip
     parser.add_argument(
-        "--flag-window", default="500",
+        "--flag-window", default="500", type=_flag_window,
         help="window of medmlops_informer_flag_rate: the last N records per family (500) or hours (24h)",
     )  # fmt: skip
     parser.add_argument(
-        "--sample-p", type=float, default=DEFAULT_SAMPLE_P,
+        "--sample-p", type=number(0, 1), default=DEFAULT_SAMPLE_P,
         help="probability with which a record the logit tier does not flag is drawn into the random sample that "
         "workers analyse before the rest under a backlog (the rate estimates weight by it)",
     )  # fmt: skip
@@ -57,15 +58,28 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_worker_options(parser)
     parser.add_argument(
-        "--worker-nice", type=int, default=10,
+        "--worker-nice", type=integer(0, 19), default=10,
         help="CPU niceness added to the INFORMER worker thread (0: none), so serving on the same node comes first",
     )  # fmt: skip
-    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS)
+    parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn's and the service's log level")
     parser.add_argument(
         "--repo", default=".", help="project root holding monitoring/ (default: here, else the checkout)"
     )
     parser.set_defaults(func=cmd_serve)
     return parser
+
+
+def _flag_window(text: str) -> str:
+    """``--flag-window``: checked as the service will read it (N records or H hours), so a typo is a usage error."""
+    from medmlops.monitoring.metrics import parse_flag_window
+
+    try:
+        parse_flag_window(text)
+    except (UserError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"'{text}' must be a count of records (e.g. 500) or hours (e.g. 24h)"
+        ) from None
+    return text
 
 
 class _Stopped(Exception):

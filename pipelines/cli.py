@@ -6,8 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, run_main
-from medmlops.config import load_params
+from medmlops.commandline import ArgumentParser, add_params_args, add_version, params_from_args, run_main
 from medmlops.errors import UserError
 from pipelines import PIPELINES
 
@@ -26,7 +25,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipelines.run import run_local, submit
 
     repo = Path(args.repo).resolve()
-    params = load_params(repo / args.params, profile=args.profile, overrides=args.overrides)
+    params = params_from_args(args, root=repo)
+    for name in args.experiments or ():  # before anything runs or is submitted
+        params.experiment(name)
     common = {
         "profile": params.profile,
         "experiments": list(args.experiments or PIPELINE_EXPERIMENTS[args.pipeline]),
@@ -65,16 +66,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medmlops pipeline", description="Kubeflow pipelines: compile, run, submit")
+    parser = ArgumentParser(prog="medmlops pipeline", description="Kubeflow pipelines: compile, run, submit")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version(parser)
     psub = parser.add_subparsers(dest="pipeline_command", required=True)
     pc = psub.add_parser("compile", help="compile to pipelines/compiled/NAME.yaml (checked in)")
-    pc.add_argument("pipeline", choices=(*PIPELINES, "all"))
+    pc.add_argument("pipeline", choices=(*PIPELINES, "all"), help="pipeline to compile")
     pc.add_argument("--out", default=None, help="folder for the YAML (default: pipelines/compiled)")
     pc.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")
     pc.set_defaults(func=cmd_compile)
     pr = psub.add_parser("run", help="run with Kubeflow's local runner (--local) or submit to a KFP API (--host)")
-    pr.add_argument("pipeline", choices=PIPELINES)
+    pr.add_argument("pipeline", choices=PIPELINES, help="pipeline to run")
     where = pr.add_mutually_exclusive_group()
     where.add_argument("--local", action="store_true", help="run here, end to end (Kubeflow local runner)")
     where.add_argument("--host", default=None, help="Kubeflow Pipelines API URL (default: params kubeflow.host)")
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-remote", default="", help="DVC remote (URL or path) to pull that version from")
     pr.add_argument("--tag", default=None, help="image tag (cluster; default: params images.tag)")
     pr.add_argument("--experiment-name", default=None, help="KFP experiment (default: params kubeflow.experiment)")
-    pr.add_argument("--run-name", default=None)
+    pr.add_argument("--run-name", default=None, help="KFP run name (default: KFP's)")
     pr.add_argument("--recurring", default=None, metavar="CRON", help="create a recurring run with this cron schedule")
     pr.add_argument("--no-cache", action="store_true", help="disable Kubeflow's step cache for this run")
     pr.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")

@@ -13,8 +13,21 @@ import os
 import sys
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, add_shell_parser, code_root, params_from_args, run_main
+from medmlops.commandline import (
+    PORT,
+    ArgumentParser,
+    add_params_args,
+    add_shell_parser,
+    add_version,
+    code_root,
+    integer,
+    number,
+    params_from_args,
+    profile_from_args,
+    run_main,
+)
 from medmlops.config import save_resolved
+from medmlops.data.simulate import SHIFTS
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
 
@@ -23,14 +36,32 @@ log = logging.getLogger("medmlops")
 DATASET_CHOICES = ("ich", "aiforcovid", "brixia", "chexpert")
 
 
-def _parse_shape(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
+def _shape(text: str) -> tuple[int, ...]:
+    """``--shape``: positive integers separated by commas or ``x`` (32,128,128 or 32x128x128)."""
     try:
-        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
-    except ValueError as exc:
-        raise UserError(f"--shape '{text}' must be integers separated by commas, e.g. 32,128,128") from exc
+        shape = tuple(int(v) for v in text.lower().replace("x", ",").split(","))
+    except ValueError:
+        shape = ()
+    if not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive integers separated by commas, e.g. 32,128,128")
     return shape
+
+
+# What the simulators accept (their own checks raise ValueError): (samples at least, dimensions, size at least, example)
+_SIMULATOR_LIMITS = {"ich": (2, 3, 8, "32,128,128")} | {
+    d: (4, 2, 32, "256,256") for d in ("aiforcovid", "brixia", "chexpert")
+}
+
+
+def _check_generate_args(dataset: str, n: int, shape: tuple[int, ...] | None) -> None:
+    """One sentence naming the flag when ``--n``/``--shape`` is outside what ``dataset``'s simulator accepts."""
+    least, dims, size, example = _SIMULATOR_LIMITS[dataset]
+    if n < least:
+        raise UserError(f"--n {n}: the {dataset} simulator needs at least {least} samples")
+    if shape is not None and (len(shape) != dims or min(shape) < size):
+        raise UserError(
+            f"--shape {'x'.join(map(str, shape))}: {dataset} images need {dims} sizes of at least {size}, e.g. {example}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -43,10 +74,14 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
 
     params = params_from_args(args)
     targets = DATASET_CHOICES if args.dataset == "all" else (args.dataset,)
+    if args.dataset == "all" and args.shape is not None:
+        raise UserError("--shape cannot apply to 'all' (CT volumes and X-rays differ): generate one dataset at a time")
+    for dataset in targets:  # every dataset checked before any is written
+        _check_generate_args(dataset, args.n if args.n is not None else getattr(params.data, dataset).n, args.shape)
     for dataset in targets:
         cfg = getattr(params.data, dataset)
         out = Path(args.out) / dataset if args.dataset == "all" else Path(args.out)
-        shape = _parse_shape(args.shape) or cfg.shape
+        shape = args.shape or cfg.shape
         extra = {"n_valid": cfg.n_valid} if dataset == "chexpert" else {}
         n = args.n if args.n is not None else cfg.n
         seed = args.seed if args.seed is not None else params.data.seed
@@ -98,8 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from medmlops.training.experiment import run_experiment
 
     params = params_from_args(args)
+    exp = params.experiment(args.experiment)  # first: a misspelled name must not create anything
     tracking.configure(params.registry)
-    exp = params.experiment(args.experiment)
     result = run_experiment(args.experiment, params, progress=not args.quiet, resume=not args.restart)
     print(f"\n{args.experiment}: MLflow run {result.run_id}; outputs in {result.run_dir}")
     for key in sorted(k for k in result.summary if k.endswith("_mean")):
@@ -117,6 +152,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medmlops.registry import tracking
 
     params = params_from_args(args)
+    for name in args.experiments:  # first: a misspelled name must not create anything
+        params.experiment(name)
+    if args.protocol == "covid" and args.experiments:
+        raise UserError("name experiments or give --protocol covid, not both")
+    if args.protocol != "covid" and not args.experiments:
+        raise UserError("name the experiments to compare (keys of params experiments), or give --protocol covid")
     tracking.configure(params.registry)
     out_dir = Path(args.out) if args.out else None
     if args.protocol == "covid":
@@ -137,6 +178,7 @@ def cmd_registry(args: argparse.Namespace) -> int:
     from medmlops import registry
 
     params = params_from_args(args)
+    params.check_family(args.family)  # first: a misspelled family must not create an MLflow database
     registry.configure(params.registry)
     if args.registry_command == "list":
         rows = registry.list_versions(args.family)
@@ -161,7 +203,11 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
     from medmlops.pipeline_steps import StepContext, train_fold_step
 
     ctx = StepContext(
-        args.workdir, args.profile or "", tuple(args.overrides), os.environ.get("MLFLOW_TRACKING_URI", ""), args.params
+        args.workdir,
+        profile_from_args(args) or "",
+        tuple(args.overrides),
+        os.environ.get("MLFLOW_TRACKING_URI", ""),
+        args.params,
     )
     values = train_fold_step(ctx, args.experiment, args.fold, args.job_id, nproc=1)
     if values:
@@ -175,11 +221,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from medmlops.inference.forwarding import prepare_spool
     from medmlops.registry import tracking
 
+    params = params_from_args(args)
+    params.check_family(args.family)  # before any side effect: a misspelled family creates no spool, no database
     monitoring_url = args.monitoring_url or os.environ.get("MONITORING_URL", "")
     spool = (Path(args.spool_dir) / args.family).resolve()
-    if monitoring_url:  # first: a spool the server's worker cannot use makes it restart forever, answering nothing
+    if monitoring_url:  # next: a spool the server's worker cannot use makes it restart forever, answering nothing
         prepare_spool(spool)
-    params = params_from_args(args)
     uri = registry.configure(params.registry)
     version = str(tracking.resolve_version(args.family, args.alias).version)  # one sentence if missing
     tracking.load_model(args.family, version)  # refuses a missing or inconsistent model/contract in one sentence
@@ -227,8 +274,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medmlops", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="medmlops", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     data = sub.add_parser("data", help="simulate and validate datasets").add_subparsers(
@@ -237,10 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     gen = data.add_parser("generate", help="write a simulated dataset in its public on-disk format")
     gen.add_argument("dataset", choices=(*DATASET_CHOICES, "all"))
     gen.add_argument("--out", required=True, help="output folder (for 'all': one subfolder per dataset)")
-    gen.add_argument("--n", type=int, default=None, help="number of samples (default: from params)")
-    gen.add_argument("--seed", type=int, default=None, help="seed (default: data.seed)")
-    gen.add_argument("--shape", default=None, help="image shape, e.g. 32,128,128 (CT) or 256,256 (X-ray)")
-    gen.add_argument("--shift", default=None, choices=("scanner", "intensity", "noise", "population", "corruption"))
+    gen.add_argument("--n", type=integer(1), default=None, help="number of samples (default: params data.DATASET.n)")
+    gen.add_argument("--seed", type=integer(0), default=None, help="simulator seed (default: params data.seed)")
+    gen.add_argument(
+        "--shape", type=_shape, default=None,
+        help="image shape, e.g. 32,128,128 (CT) or 256,256 (X-ray) (default: params data.DATASET.shape)",
+    )  # fmt: skip
+    gen.add_argument(
+        "--shift", default=None, choices=SHIFTS,
+        help="simulate drifted production data (default: none)",
+    )  # fmt: skip
     gen.add_argument("--quiet", action="store_true", help="no progress bar")
     add_params_args(gen)
     gen.set_defaults(func=cmd_data_generate)
@@ -251,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("dataset", choices=DATASET_CHOICES)
     val.add_argument("dir", help="dataset folder")
     val.add_argument("--report", default=None, help="write the report here (.json also writes .html beside it)")
-    val.add_argument("--quiet", action="store_true")
+    val.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(val)
     val.set_defaults(func=cmd_data_validate)
 
@@ -264,9 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     trk.set_defaults(func=cmd_data_track)
 
     pre = sub.add_parser("preprocess", help="MONAI preprocessing into the on-disk cache (+ manifest)")
-    pre.add_argument("dataset", choices=("ich", "aiforcovid", "brixia", "chexpert"))
+    pre.add_argument("dataset", choices=DATASET_CHOICES)
     pre.add_argument("--raw", default=None, help="dataset folder (default: data.raw_dir/DATASET)")
-    pre.add_argument("--quiet", action="store_true")
+    pre.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(pre)
     pre.set_defaults(func=cmd_preprocess)
 
@@ -276,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     reg.add_argument("--register", dest="register", action="store_true", default=None, help="register as @candidate")
     reg.add_argument("--no-register", dest="register", action="store_false", help="do not register")
     train.add_argument("--restart", action="store_true", help="ignore checkpoints of an earlier run")
-    train.add_argument("--quiet", action="store_true")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(train)
     train.set_defaults(func=cmd_train)
 
@@ -289,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="covid: the MDMT paper's protocol over covid_protocol.backbones × {cv, loco} (trains what is missing)",
     )
     ev.add_argument("--out", default=None, help="report folder (default: reports/<family>/<profile>)")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(ev)
     ev.set_defaults(func=cmd_evaluate)
 
@@ -315,26 +369,28 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("step", help="run one pipeline step here (used by torchrun for multi-GPU folds)")
     ps.add_argument("step", choices=("train-fold",))
     ps.add_argument("experiment")
-    ps.add_argument("--fold", type=int, required=True)
+    ps.add_argument("--fold", type=integer(0), required=True, help="fold index, from 0")
     ps.add_argument("--job-id", required=True, help="the Kubeflow job id whose MLflow runs to use")
-    ps.add_argument("--workdir", default=".")
+    ps.add_argument("--workdir", default=".", help="project root the step works in")
     add_params_args(ps)
     ps.set_defaults(func=cmd_pipeline_step)
 
     serve = sub.add_parser("serve", help="BentoML HTTP server for FAMILY@ALIAS (POST /predict)")
     serve.add_argument("family", help="registered model: ich-prognosis, covid-prognosis or cxr-findings")
-    serve.add_argument("--alias", default="champion")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=3000)
-    serve.add_argument("--max-upload-bytes", type=int, default=64 * 1024 * 1024)
+    serve.add_argument("--alias", default="champion", help="alias or version number to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=PORT, default=3000, help="port to listen on")
+    serve.add_argument("--max-upload-bytes", type=integer(1), default=64 * 1024 * 1024, help="largest upload accepted")
     serve.add_argument("--no-batching", action="store_true", help="turn BentoML's adaptive batching off")
-    serve.add_argument("--max-batch-size", type=int, default=16, help="largest adaptive batch")
+    serve.add_argument("--max-batch-size", type=integer(1), default=16, help="largest adaptive batch")
     serve.add_argument(
-        "--max-latency-ms", type=int, default=60_000,
+        "--max-latency-ms", type=integer(1), default=60_000,
         help="BentoML sheds (503, retry) requests it predicts to wait longer than this; the batching window adapts "
         "far below it",
     )  # fmt: skip
-    serve.add_argument("--reload-s", type=float, default=30.0, help="poll the alias this often; 0 = never switch")
+    serve.add_argument(
+        "--reload-s", type=number(0), default=30.0, help="poll the alias this often, in seconds; 0 = never switch"
+    )
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
     serve.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR, help="records waiting for monitoring (per family)")
     serve.add_argument("--repo", default=".", help="project root (holds serving/)")
@@ -359,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="the whole platform here: data, validation, MLflow, pipelines, serving, monitoring, drift"
     )
     demo.add_argument("--repo", default=".", help="project root holding params.yaml, data.dvc, dvc.yaml")
-    demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--stop", action="store_true", help="stop every process a demo started")
     demo.add_argument("--fresh", action="store_true", help="re-run the pipelines even when their models are there")
     add_params_args(demo)

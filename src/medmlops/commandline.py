@@ -12,38 +12,167 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.metadata
 import logging
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 from medmlops.config import PROFILES, Params, load_params
-from medmlops.errors import UserError, tracking_unreachable
+from medmlops.errors import UserError, did_you_mean, tracking_unreachable, unknown_name
 
 # A full or read-only disk, a quota, a file size limit, missing permissions: the environment, not a bug.
 _DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM}
 _NOISY_LOGGERS = ("great_expectations", "dvc", "urllib3", "matplotlib", "PIL", "monai")
 
 
+PROFILE_ENV = "MEDMLOPS_PROFILE"  # the profile when --profile is not given (a shell session at one profile)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless the help text already says it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            not action.option_strings
+            or "default" in text
+            or default in (None, False, argparse.SUPPRESS)
+            or default == []
+            or isinstance(action, argparse._VersionAction)
+        ):
+            return action.help
+        return f"{text} (default: %(default)s)".strip()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """The parser of every entry point: a usage error is one sentence naming the fix, and exit 1 (the project's
+    error contract), not argparse's usage block and exit 2; an invalid choice gets the closest valid one.
+    Sub-commands inherit the class (``add_subparsers`` makes its parsers with ``type(self)``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> typing.NoReturn:
+        found = re.search(r"invalid choice: '(.*?)' \(choose from (.*)\)$", message)
+        if found:
+            choices = re.findall(r"'([^']*)'", found.group(2))
+            message = (f"{message[: found.start()]}invalid choice '{found.group(1)}'"
+                       f"{did_you_mean(found.group(1), choices)} (choose from {', '.join(choices)})")  # fmt: skip
+        if message.startswith("the following arguments are required: "):
+            for action in self._actions:  # a missing sub-command: name the commands, not the attribute it fills
+                if isinstance(action, argparse._SubParsersAction) and action.metavar is None:
+                    commands = f"a command ({', '.join(action.choices)})"
+                    message = re.sub(rf"\b{re.escape(action.dest)}\b", commands, message)
+        self.exit(1, f"{self.prog}: error: {message}; see `{self.prog} --help`\n")
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("medmlops")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+
+
+def integer(minimum: int | None = None, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse ``type=``: an integer within bounds; anything else is a usage error that names the bounds."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"'{text}' is not {_bounds('an integer', minimum, maximum)}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(
+    minimum: float | None = None, maximum: float | None = None, *, above: bool = False
+) -> Callable[[str], float]:
+    """An argparse ``type=``: a finite number ``>= minimum`` (``> minimum`` with ``above``) and ``<= maximum``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if (
+            not math.isfinite(value)
+            or (minimum is not None and (value <= minimum if above else value < minimum))
+            or (maximum is not None and value > maximum)
+        ):
+            bounds = f"a number above {minimum:g}" if above else _bounds("a number", minimum, maximum)
+            if above and maximum is not None:
+                bounds += f" and at most {maximum:g}"
+            raise argparse.ArgumentTypeError(f"'{text}' is not {bounds}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def _bounds(what: str, minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"{what} from {minimum:g} to {maximum:g}"
+    if minimum is not None:
+        return f"{what} of at least {minimum:g}"
+    if maximum is not None:
+        return f"{what} of at most {maximum:g}"
+    return what
+
+
+PORT = integer(1, 65535)
+
+
 def add_params_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
-    parser.add_argument("--profile", choices=PROFILES, default=None, help="profile of overrides (default: the file's)")
+    parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument(
+        "--profile", choices=PROFILES, default=None,
+        help=f"profile of overrides (default: ${PROFILE_ENV} when set, else the params file's `profile`)",
+    )  # fmt: skip
     parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a param (repeatable)",
+        help="override a param, e.g. data.ich.n=16 (repeatable; applied after the profile)",
     )
 
 
-def params_from_args(args: argparse.Namespace) -> Params:
-    return load_params(args.params, profile=args.profile, overrides=args.overrides)
+def profile_from_args(args: argparse.Namespace) -> str | None:
+    """``--profile``, else ``$MEDMLOPS_PROFILE``, else None (the params file's own ``profile``)."""
+    if getattr(args, "profile", None):
+        return args.profile
+    chosen = os.environ.get(PROFILE_ENV, "").strip()
+    if not chosen:
+        return None
+    if chosen not in PROFILES:
+        raise UserError(f"${PROFILE_ENV}: {unknown_name('profile', chosen, PROFILES)}; set it to one or unset it")
+    return chosen
+
+
+def params_from_args(args: argparse.Namespace, root: Path | None = None) -> Params:
+    """The params of ``--params`` (relative to ``root`` when given), ``--profile``/``$MEDMLOPS_PROFILE``, ``--set``."""
+    path = Path(args.params) if root is None else Path(root) / args.params
+    return load_params(path, profile=profile_from_args(args), overrides=args.overrides)
 
 
 def quiet_third_parties() -> None:
@@ -86,7 +215,10 @@ def setup(verbose: bool = False) -> None:
 
 def run_main(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
     """Parse ``argv``, set up logging and telemetry, run the chosen command under :func:`run_command`."""
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a usage error (1: one sentence, already printed)
+        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
     setup(args.verbose)
     return run_command(args.func, args, prog="medmlops")
 

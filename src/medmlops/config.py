@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from medmlops.errors import UserError
+from medmlops.errors import UserError, did_you_mean, unknown_name
 
 PROFILES = ("smoke", "demo", "paper")
 
@@ -338,8 +338,20 @@ class Params:
 
     def experiment(self, name: str) -> ExperimentConfig:
         if name not in self.experiments:
-            raise ConfigError(f"unknown experiment '{name}' (expected one of: {', '.join(sorted(self.experiments))})")
+            raise ConfigError(unknown_name("experiment", name, self.experiments))
         return self.experiments[name]
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The model families the params name: the experiments' ``family`` values and the registry gates' keys."""
+        return tuple(sorted({e.family for e in self.experiments.values()} | set(self.registry.gates)))
+
+    def check_family(self, name: str) -> str:
+        """``name`` if the params name that family; else a ConfigError with the closest family (before any side
+        effect: a misspelled family must not create an MLflow database or a workspace)."""
+        if name not in self.families:
+            raise ConfigError(unknown_name("family", name, self.families, "families"))
+        return name
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
@@ -371,7 +383,10 @@ def load_params(
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(exc, "problem", None) or " ".join(str(exc).split())
+        raise ConfigError(f"{path}: not valid YAML{where} ({what}); fix the file or pass another --params") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping")
     return params_from_dict(raw, profile=profile, overrides=overrides, source=str(path))
@@ -389,16 +404,16 @@ def params_from_dict(
         raise ConfigError(f"{source}: 'profiles' must be a mapping of profile name to overrides")
     for name in profiles:
         if name not in PROFILES:
-            raise ConfigError(f"{source}: unknown profile 'profiles.{name}' (expected one of: {', '.join(PROFILES)})")
+            raise ConfigError(f"{source}: profiles.{name}: {unknown_name('profile', name, PROFILES)}")
     chosen = profile or raw.get("profile", "demo")
     if chosen not in PROFILES:
-        raise ConfigError(f"{source}: unknown profile '{chosen}' (expected one of: {', '.join(PROFILES)})")
+        raise ConfigError(f"{source}: {unknown_name('profile', chosen, PROFILES)}")
     merged = _deep_merge(raw, profiles.get(chosen) or {}, source=f"{source}: profiles.{chosen}")
     merged["profile"] = chosen
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override '{item}' must look like key=value")
+            raise ConfigError(f"--set '{item}' must look like key=value with a dotted key, e.g. --set data.ich.n=16")
         _set_dotted(merged, key.strip(), yaml.safe_load(value))
     return _build(Params, merged, prefix="", source=source)
 
@@ -433,7 +448,10 @@ def _build(cls: type, values: Any, prefix: str, source: str) -> Any:
     names = [f.name for f in dataclasses.fields(cls)]
     for key in values:
         if key not in names:
-            raise ConfigError(f"{source}: unknown key '{prefix}{key}' (expected one of: {', '.join(names)})")
+            raise ConfigError(
+                f"{source}: unknown key '{prefix}{key}'{did_you_mean(str(key), names)} (keys of "
+                f"{prefix.rstrip('.') or 'the top level'}: {', '.join(names)})"
+            )
     kwargs = {}
     for name in names:
         if name in values:

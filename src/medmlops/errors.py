@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Iterable
 
 
 class UserError(Exception):
@@ -15,6 +17,20 @@ class DataError(UserError, ValueError):
 
 class TrackingUnavailableError(UserError, ConnectionError):
     """The MLflow tracking server could not be reached (after MLflow's own retries)."""
+
+
+def did_you_mean(value: str, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to ``value`` (difflib), or ``""`` when none is close."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_name(kind: str, value: str, choices: Iterable[str], plural: str | None = None) -> str:
+    """One sentence for a name that is not one of ``choices``, with the closest match and the list:
+    ``unknown family 'ich-prognossis'; did you mean 'ich-prognosis'? (families: a, b, c)``."""
+    choices = sorted({str(c) for c in choices})
+    listed = ", ".join(choices) if choices else "none defined"
+    return f"unknown {kind} '{value}'{did_you_mean(value, choices)} ({plural or kind + 's'}: {listed})"
 
 
 _CONNECTION_FAILURES = {

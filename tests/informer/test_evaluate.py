@@ -244,21 +244,18 @@ def test_evaluate_refuses_when_the_calibration_images_overlap_the_test_split(
 ):
     from medmlops.cli import main
     from medmlops.informer import evaluate
-    from medmlops.registry.trained_params import VersionParams
 
     stored = {"methods": {"ixg": {}}, "direction": "low", "baselines": {}, "method": "ixg",
               "validation_ids": ["img-1", "img-2"],
               "csf": {"method": "ixg", "selected": "logit_learned", "states": {"logit_learned": {}}}}  # fmt: skip
     monkeypatch.setattr(evaluate, "informer_model", lambda family, alias: ("3", FINDINGS, None))
-    monkeypatch.setattr(
-        evaluate, "trained_version_params", lambda params, family, version: VersionParams(params, "this test")
-    )
+    monkeypatch.setattr(evaluate, "version_params", lambda params, family, version: params)
     monkeypatch.setattr(evaluate, "load_calibration", lambda family, version, contract: stored)
     monkeypatch.setattr(
         evaluate, "version_split", lambda *a, **k: (None, {}, ["img-0", "img-2", "img-3"])
     )  # the test split holds img-2, which the calibration was fitted on
     monkeypatch.setattr(evaluate, "batched_outputs", lambda *a, **k: pytest.fail("the model ran"))
-    code = main(["informer", "evaluate", "toy", "--alias", "3", "--method", "ixg", "--tta", "0", "--params",
+    code = main(["informer", "evaluate", "cxr-findings", "--alias", "3", "--method", "ixg", "--tta", "0", "--params",
                  str(params_file), "--repo", str(tmp_path), "--out", str(tmp_path / "out"), "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1
@@ -272,10 +269,10 @@ def test_evaluate_refuses_an_unknown_shift_in_one_sentence(
 ):
     from medmlops.cli import main
 
-    code = main(["informer", "evaluate", "toy", "--shift", "weather", "--params", str(params_file), "--repo",
+    code = main(["informer", "evaluate", "cxr-findings", "--shift", "weather", "--params", str(params_file), "--repo",
                  str(tmp_path), "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
-    assert code == 1 and "unknown shift 'weather'" in err and "Traceback" not in err
+    assert code == 1 and "invalid choice 'weather'" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, params_from_args
+from medmlops.commandline import add_params_args, integer, params_from_args
+from medmlops.data.simulate import SHIFTS
 
 
 def _add_common(parser: argparse.ArgumentParser, default_alias: str, *, several: bool = False) -> None:
@@ -25,7 +26,9 @@ def _add_common(parser: argparse.ArgumentParser, default_alias: str, *, several:
         help="saliency method (repeatable; the first is the one monitoring uses; default: params informer.methods)",
     )  # fmt: skip
     parser.add_argument("--direction", choices=("low", "high"), default=None, help="which side of tau is uncertain")
-    parser.add_argument("--tta", type=int, default=None, help="test-time augmentations of the TTA baseline (0 = off)")
+    parser.add_argument(
+        "--tta", type=integer(0), default=None, help="test-time augmentations of the TTA baseline (0 = off)"
+    )
     parser.add_argument("--repo", default=".", help="project root (params, preprocessed data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -45,6 +48,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from medmlops.registry import tracking
 
     params = params_from_args(args)
+    params.check_family(args.family)  # first: a misspelled family must not create an MLflow database
     tracking.configure(params.registry, cwd=Path(args.repo))
     calibration = calibrate_version(
         params, args.family, args.alias, **_settings(args, params), step=params.informer.step, repo=Path(args.repo),
@@ -81,6 +85,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from medmlops.registry import tracking
 
     params = params_from_args(args)
+    params.check_family(args.family)  # first: a misspelled family must not create an MLflow database
     tracking.configure(params.registry, cwd=Path(args.repo))
     summary = evaluate_versions(
         params, args.family, args.alias or ["champion"], **_settings(args, params),
@@ -117,8 +122,13 @@ def add_informer_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="FD-Shifts (AURC, E-AURC, AUGRC of every CSF, i.i.d. and shifted) and the paper's F1 tables"
     )
     _add_common(ev, "champion", several=True)
-    ev.add_argument("--bootstrap", type=int, default=None, help="bootstrap test sets (default: params; the paper: 30)")
-    ev.add_argument("--shift", action="append", default=None, help="shifted test set from the simulator (repeatable)")
+    ev.add_argument(
+        "--bootstrap", type=integer(0), default=None, help="bootstrap test sets (default: params; the paper: 30)"
+    )
+    ev.add_argument(
+        "--shift", action="append", default=None, choices=SHIFTS,
+        help="shifted test set from the simulator (repeatable; default: params informer.shifts)",
+    )  # fmt: skip
     ev.add_argument("--out", default="reports/informer", help="output folder")
     add_params_args(ev)
     ev.set_defaults(func=cmd_evaluate)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, add_shell_parser, params_from_args
+from medmlops.commandline import add_params_args, add_shell_parser, integer, number, params_from_args
 
 
 def add_db_url_option(parser: argparse.ArgumentParser) -> None:
@@ -24,18 +24,20 @@ def add_worker_options(parser: argparse.ArgumentParser) -> None:
     """The worker's options, shared by ``monitor worker`` and the in-process worker of ``monitor serve``."""
     from medmlops.monitoring.worker import DEFAULT_BACKLOG_BOUND, DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 
-    parser.add_argument("--batch-size", type=int, default=8, help="records per claim and INFORMER pass (one version)")
     parser.add_argument(
-        "--lease-s", type=float, default=DEFAULT_LEASE_S,
+        "--batch-size", type=integer(1), default=8, help="records per claim and INFORMER pass (one version)"
+    )
+    parser.add_argument(
+        "--lease-s", type=number(0, above=True), default=DEFAULT_LEASE_S,
         help="seconds a claim holds its records without renewal (renewed every third while a batch runs); a dead "
         "worker's records go to another after this",
     )  # fmt: skip
     parser.add_argument(
-        "--max-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+        "--max-attempts", type=integer(1), default=DEFAULT_MAX_ATTEMPTS,
         help="claims of a record (model not loadable, analyser errors, worker deaths) before it is marked failed",
     )  # fmt: skip
     parser.add_argument(
-        "--backlog-bound", type=int, default=DEFAULT_BACKLOG_BOUND,
+        "--backlog-bound", type=integer(0), default=DEFAULT_BACKLOG_BOUND,
         help="more pending records than this: claim logit-flagged records first, then the random sample, then the "
         "rest (each oldest first)",
     )  # fmt: skip
@@ -55,13 +57,18 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     worker = msub.add_parser(
         "worker", help="INFORMER (saliency tier) workers: claim pending records from the database and analyse them"
     )
-    worker.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default: 1)")
+    worker.add_argument("--workers", type=integer(1), default=1, help="worker processes on this machine")
     add_db_url_option(worker)
     add_worker_options(worker)
     worker.add_argument("--device", default=None, help="torch device of the analysers, e.g. cuda (default: cpu)")
-    worker.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks at an empty queue")
     worker.add_argument(
-        "--nice", type=int, default=0, help="CPU niceness added to the workers (on a node shared with serving)"
+        "--poll-s", type=number(0, above=True), default=1.0, help="seconds between looks at an empty queue"
+    )
+    worker.add_argument(
+        "--nice",
+        type=integer(0, 19),
+        default=0,
+        help="CPU niceness added to the workers (on a node shared with serving)",
     )
     worker.set_defaults(func=cmd_worker)
 
@@ -72,11 +79,15 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument("--workspace", required=True, help="Evidently workspace folder (snapshots for `evidently ui`)")
     add_db_url_option(report)
     report.add_argument("--version", default=None, help="only records predicted by this model version")
-    report.add_argument("--since-hours", type=float, default=None, help="only records of the last H hours")
-    report.add_argument("--last", type=int, default=None, metavar="N", help="only the newest N processed records")
+    report.add_argument(
+        "--since-hours", type=number(0, above=True), default=None, help="only records of the last H hours"
+    )
+    report.add_argument(
+        "--last", type=integer(1), default=None, metavar="N", help="only the newest N processed records"
+    )
     report.add_argument("--out", default=None, metavar="DIR", help="also write the HTML/JSON report files here")
     report.add_argument(
-        "--wait-s", type=float, default=0.0, metavar="SECONDS",
+        "--wait-s", type=number(0), default=0.0, metavar="SECONDS",
         help="first wait up to this long for the family's records still pending analysis (default: 0, report "
         "on what is analysed now)",
     )  # fmt: skip
@@ -113,5 +124,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medmlops.monitoring.drift import report_command
     from medmlops.registry import tracking
 
-    tracking.configure(params_from_args(args).registry)  # the reference features live with the model version in MLflow
+    params = params_from_args(args)
+    # The family is checked against the params (the experiments' families and the registry gates), before the
+    # monitoring database, the workspace or MLflow is touched: a misspelled name creates nothing. (The registry's
+    # contract list would need MLflow reached first, and would call a family without versions yet unknown.)
+    params.check_family(args.family)
+    tracking.configure(params.registry)  # the reference features live with the model version in MLflow
     return int(report_command(args) or 0)
