@@ -76,3 +76,15 @@ def test_calibrate_uses_the_versions_training_params_and_train_names_the_differi
     experiment = client.get_experiment(run.info.experiment_id)
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     print(f"\nversion tags: {mv.tags}\ndescription:\n{mv.description}")
+
+    # Data that is not the recorded version: trained and registered (loudly), refused as champion.
+    raw_dir = yaml.safe_load((root / record).read_text())["outs"][0]["path"]
+    (root / raw_dir / "chexpert" / "notes.txt").write_text("a file the record does not have\n")
+    overrides = ["--set", "train.n_folds=3", "--set", "train.epochs=1"]
+    assert main(["train", "cxr-findings", *smoke, "--register", *overrides]) == 0
+    captured = capsys.readouterr()
+    assert "warning: training on data that does not match its DVC record" in captured.err
+    assert "warning: cxr-findings version 2 was trained on data" in captured.err and md5 in captured.err
+    assert client.get_model_version("cxr-findings", "2").tags["data_version_verified"] == "false"
+    assert main(["registry", "promote", "cxr-findings", *smoke[:2]]) == 1
+    assert "medmlops data track" in capsys.readouterr().out

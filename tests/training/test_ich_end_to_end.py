@@ -29,7 +29,24 @@ def ich_project(tmp_path_factory, smoke_data):
     from medmlops.data.simulate import generate
 
     generate("ich", project / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
+    _record_data(project)
     return project
+
+
+def _record_data(project):
+    """Record the smoke data in its DVC record, as `medmlops data track` would: promotion refuses a model whose
+    training data is not the recorded version."""
+    import yaml
+
+    from medmlops.config import load_params
+    from medmlops.data import versioning
+    from medmlops.registry import tracking
+
+    params = load_params(project / "params.yaml", profile="smoke")
+    versioning.dvc(project, "init", "--quiet", check=True)
+    md5 = versioning.workspace_hash(project, params.data.raw_dir)
+    record = {"outs": [{"md5": md5, "hash": "md5", "path": params.data.raw_dir}]}
+    (project / tracking.data_record(params)).write_text(yaml.safe_dump(record))
 
 
 def _client(uri):
