@@ -11,7 +11,7 @@ import os
 import signal
 from pathlib import Path
 
-from medmlops.commandline import PORT, ArgumentParser, add_version, integer, number, run_main
+from medmlops.commandline import PORT, ArgumentParser, add_version, folder, integer, number, run_main
 from medmlops.errors import UserError
 from medmlops.monitoring.cli import add_db_url_option, add_worker_options
 from medmlops.monitoring.service import DEFAULT_MAX_BODY_BYTES, DEFAULT_SAMPLE_P, READ_TOKEN_ENV, TOKEN_ENV
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="uvicorn's and the service's log level")
     parser.add_argument(
-        "--repo", default=".", help="project root holding monitoring/ (default: here, else the checkout)"
+        "--repo", default=".", type=folder, help="project root holding monitoring/ (default: here, else the checkout)"
     )
     parser.set_defaults(func=cmd_serve)
     return parser

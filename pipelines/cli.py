@@ -6,7 +6,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmlops.commandline import ArgumentParser, add_params_args, add_version, params_from_args, run_main
+from medmlops.commandline import (
+    ArgumentParser,
+    add_params_args,
+    add_version,
+    folder,
+    output_folder,
+    params_from_args,
+    run_main,
+)
 from medmlops.errors import UserError
 from pipelines import PIPELINES
 
@@ -47,6 +55,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         kind = "recurring run" if args.recurring else "run"
         print(f"{args.pipeline}: submitted to {host} as {kind} {run_id}")
         return 0
+    if args.recurring:
+        raise UserError(
+            "--recurring schedules runs on a cluster: give --host URL (a Kubeflow Pipelines API), not --local"
+        )
     if not args.local:
         raise UserError(
             "say where to run: --local (Kubeflow's local runner here) or --host URL (a Kubeflow Pipelines API)"
@@ -72,8 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     psub = parser.add_subparsers(dest="pipeline_command", required=True)
     pc = psub.add_parser("compile", help="compile to pipelines/compiled/NAME.yaml (checked in)")
     pc.add_argument("pipeline", choices=(*PIPELINES, "all"), help="pipeline to compile")
-    pc.add_argument("--out", default=None, help="folder for the YAML (default: pipelines/compiled)")
-    pc.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")
+    pc.add_argument("--out", default=None, type=output_folder, help="folder for the YAML (default: pipelines/compiled)")
+    pc.add_argument("--repo", default=".", type=folder, help="project root (holds pipelines/ and params.yaml)")
     pc.set_defaults(func=cmd_compile)
     pr = psub.add_parser("run", help="run with Kubeflow's local runner (--local) or submit to a KFP API (--host)")
     pr.add_argument("pipeline", choices=PIPELINES, help="pipeline to run")
@@ -90,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--run-name", default=None, help="KFP run name (default: KFP's)")
     pr.add_argument("--recurring", default=None, metavar="CRON", help="create a recurring run with this cron schedule")
     pr.add_argument("--no-cache", action="store_true", help="disable Kubeflow's step cache for this run")
-    pr.add_argument("--repo", default=".", help="project root (holds pipelines/ and params.yaml)")
+    pr.add_argument("--repo", default=".", type=folder, help="project root (holds pipelines/ and params.yaml)")
     add_params_args(pr)
     pr.set_defaults(func=cmd_run)
     return parser

@@ -91,9 +91,49 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("monitor worker --backlog-bound -1", ("--backlog-bound", "at least 0")),
     ("pipeline step train-fold ich-mt-ord --fold -1 --job-id j", ("--fold", "at least 0")),
     ("pipeline step train-fold ich-mt-ord --job-id j", ("required", "--fold")),
+    ("pipeline step train-fold ich-mt-ord --fold 0 --job-id j --workdir nope", ("'nope' is not an existing folder",)),
+    # paths: a folder given must exist; an output cannot be made where a file is in the way
+    ("data track --repo nope", ("--repo", "'nope' is not an existing folder")),
+    ("serve ich-prognosis --repo nope", ("--repo", "'nope' is not an existing folder")),
+    ("demo --repo nope", ("'nope' is not an existing folder",)),
+    ("informer evaluate ich-prognosis --repo nope", ("'nope' is not an existing folder",)),
+    ("informer evaluate ich-prognosis --out params.yaml", ("'params.yaml' is a file: give a folder",)),
+    ("data generate ich --out params.yaml", ("--out", "'params.yaml' is a file: give a folder")),
+    ("data generate ich --out params.yaml/ich", ("cannot be made", "params.yaml is a file, not a folder")),
+    ("config show --out params.yaml/resolved.yaml", ("cannot be made", "params.yaml is a file, not a folder")),
+    ("config show --out .", ("'.' is a folder: give a file name",)),
+    ("data validate ich data --report .", ("--report", "is a folder: give a file name")),
+    ("evaluate ich-mt-ord --out params.yaml", ("--out", "is a file: give a folder")),
+    ("monitor report --family ich-prognosis --workspace params.yaml", ("--workspace", "is a file: give a folder")),
+    ("monitor report --family ich-prognosis --workspace ws --out params.yaml", ("--out", "is a file")),
+    ("monitor report --family ich-prognosis --workspace ws --db-url garbage", ("--db-url", "not a database URL")),
+    ("monitor worker --db-url foo://x", ("--db-url", "not a database URL", "sqlite:///monitoring.db")),
 ]
 
-# The real console: the reported cases, and the forwarded commands (their shell parses them, in its own process).
+# The shells' own parsers (what `medmlops pipeline compile|run` and `medmlops monitor serve` start), in-process.
+SHELL_ROWS: list[tuple[str, tuple[str, ...]]] = [
+    ("pipeline compile ichh", ("invalid choice 'ichh'", "did you mean 'ich'?", "see `medmlops pipeline compile")),
+    ("pipeline compile ich --repo nope", ("'nope' is not an existing folder",)),
+    ("pipeline compile ich --out params.yaml", ("'params.yaml' is a file: give a folder",)),
+    ("pipeline run ich --local --experiments ich-mt-or", ("unknown experiment 'ich-mt-or'", "did you mean")),
+    ("pipeline run ich --local --profile smok", ("did you mean 'smoke'?", "see `medmlops pipeline run --help`")),
+    ("pipeline run ich --local --set foo", ("--set 'foo'", "key=value")),
+    ("pipeline run ichh --local", ("did you mean 'ich'?",)),
+    ("pipeline run ich --local --recurring 0_*_*_*_*", ("--recurring", "--host")),
+    ("pipeline run ich --local --host http://kfp", ("not allowed with argument",)),
+    ("pipeline", ("a command (compile, run, step)",)),
+    ("monitor serve --port 99999", ("--port", "from 1 to 65535", "see `medmlops monitor serve --help`")),
+    ("monitor serve --flag-window 5x", ("--flag-window", "500", "24h")),
+    ("monitor serve --sample-p 2", ("--sample-p", "from 0 to 1")),
+    ("monitor serve --max-body-bytes 0", ("--max-body-bytes", "at least 1")),
+    ("monitor serve --worker-nice -1", ("--worker-nice", "from 0 to 19")),
+    ("monitor serve --log-level loud", ("invalid choice 'loud'",)),
+    ("monitor serve --bogus", ("unrecognized arguments: --bogus",)),
+    ("monitor serve --repo nope", ("--repo", "'nope' is not an existing folder")),
+    ("monitor serve --db-url garbage", ("--db-url", "not a database URL")),
+]
+
+# The real console, as a process: the reported cases, and a forwarded command of each shell (cmd_shell).
 PROCESS_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("data generate ich --out x --shape 32x128", ("--shape 32x128", "3 sizes of at least 8")),
     ("data generate ich --out x --n 0", ("--n", "at least 1")),
@@ -101,17 +141,7 @@ PROCESS_ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("monitor report --family ich-prognossis --workspace ws", ("unknown family 'ich-prognossis'",)),
     ("PROFILE=smok config show", ("$MEDMLOPS_PROFILE", "did you mean 'smoke'?")),
     ("pipeline compile ichh", ("invalid choice 'ichh'", "did you mean 'ich'?", "see `medmlops pipeline compile")),
-    ("pipeline run ich --local --experiments ich-mt-or", ("unknown experiment 'ich-mt-or'", "did you mean")),
-    ("pipeline run ich --local --profile smok", ("did you mean 'smoke'?", "see `medmlops pipeline run --help`")),
-    ("pipeline run ich --local --set foo", ("--set 'foo'", "key=value")),
-    ("pipeline run ichh --local", ("did you mean 'ich'?",)),
-    ("pipeline", ("a command (compile, run, step)",)),
     ("monitor serve --port 99999", ("--port", "from 1 to 65535", "see `medmlops monitor serve --help`")),
-    ("monitor serve --flag-window 5x", ("--flag-window", "500", "24h")),
-    ("monitor serve --sample-p 2", ("--sample-p", "from 0 to 1")),
-    ("monitor serve --worker-nice -1", ("--worker-nice", "from 0 to 19")),
-    ("monitor serve --log-level loud", ("invalid choice 'loud'",)),
-    ("monitor serve --bogus", ("unrecognized arguments: --bogus",)),
 ]
 
 
@@ -147,7 +177,7 @@ def _check(code: int, stderr: str, words: tuple[str, ...], before: set[str], aft
     assert after == before, f"created {sorted(after - before)}"
 
 
-@pytest.mark.parametrize(("row", "words"), ROWS, ids=[row or "<none>" for row, _ in ROWS])
+@pytest.mark.parametrize(("row", "words"), ROWS + SHELL_ROWS, ids=[row or "<none>" for row, _ in ROWS + SHELL_ROWS])
 def test_a_bad_argument_is_one_sentence_exit_1_and_creates_nothing(row, words, tmp_path, monkeypatch, capsys):
     project = _project(tmp_path / "project")
     env, argv = _split(row)
@@ -156,8 +186,21 @@ def test_a_bad_argument_is_one_sentence_exit_1_and_creates_nothing(row, words, t
         monkeypatch.setenv(key, value)
     monkeypatch.chdir(project)
     before = _tree(project)
-    code = main(argv)
+    code = _main(argv)
     _check(code, capsys.readouterr().err, words, before, _tree(project))
+
+
+def _main(argv: list[str]) -> int:
+    """``medmlops ARGV`` in-process; a forwarded command runs its shell's own ``main`` (what the child would)."""
+    if argv[:1] == ["pipeline"] and argv[1:2] in (["compile"], ["run"]):
+        from pipelines.cli import main as pipelines_main
+
+        return pipelines_main(argv[1:])
+    if argv[:2] == ["monitor", "serve"]:
+        from monitoring.__main__ import main as monitoring_main
+
+        return monitoring_main(argv[2:])
+    return main(argv)
 
 
 def test_the_console_commands_and_the_shells_keep_the_same_contract(tmp_path):

@@ -20,8 +20,11 @@ from medmlops.commandline import (
     add_shell_parser,
     add_version,
     code_root,
+    folder,
     integer,
     number,
+    output_file,
+    output_folder,
     params_from_args,
     profile_from_args,
     run_main,
@@ -284,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen = data.add_parser("generate", help="write a simulated dataset in its public on-disk format")
     gen.add_argument("dataset", choices=(*DATASET_CHOICES, "all"))
-    gen.add_argument("--out", required=True, help="output folder (for 'all': one subfolder per dataset)")
+    gen.add_argument(
+        "--out", required=True, type=output_folder, help="output folder (for 'all': one subfolder per dataset)"
+    )
     gen.add_argument("--n", type=integer(1), default=None, help="number of samples (default: params data.DATASET.n)")
     gen.add_argument("--seed", type=integer(0), default=None, help="simulator seed (default: params data.seed)")
     gen.add_argument(
@@ -304,13 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     val.add_argument("dataset", choices=DATASET_CHOICES)
     val.add_argument("dir", help="dataset folder")
-    val.add_argument("--report", default=None, help="write the report here (.json also writes .html beside it)")
+    val.add_argument(
+        "--report", default=None, type=output_file, help="write the report here (.json also writes .html beside it)"
+    )
     val.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(val)
     val.set_defaults(func=cmd_data_validate)
 
     trk = data.add_parser("track", help="dvc add data/raw and keep the record as data.dvc at the project root")
-    trk.add_argument("--repo", default=".", help="project root")
+    trk.add_argument("--repo", default=".", type=folder, help="project root")
     trk.add_argument(
         "--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)"
     )
@@ -342,7 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="covid: the MDMT paper's protocol over covid_protocol.backbones × {cv, loco} (trains what is missing)",
     )
-    ev.add_argument("--out", default=None, help="report folder (default: reports/<family>/<profile>)")
+    ev.add_argument(
+        "--out", default=None, type=output_folder, help="report folder (default: reports/<family>/<profile>)"
+    )
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(ev)
     ev.set_defaults(func=cmd_evaluate)
@@ -371,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("experiment")
     ps.add_argument("--fold", type=integer(0), required=True, help="fold index, from 0")
     ps.add_argument("--job-id", required=True, help="the Kubeflow job id whose MLflow runs to use")
-    ps.add_argument("--workdir", default=".", help="project root the step works in")
+    ps.add_argument("--workdir", default=".", type=folder, help="project root the step works in")
     add_params_args(ps)
     ps.set_defaults(func=cmd_pipeline_step)
 
@@ -392,8 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--reload-s", type=number(0), default=30.0, help="poll the alias this often, in seconds; 0 = never switch"
     )
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
+    # --spool-dir: checked by prepare_spool, which names the file in the way and the fix
     serve.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR, help="records waiting for monitoring (per family)")
-    serve.add_argument("--repo", default=".", help="project root (holds serving/)")
+    serve.add_argument("--repo", default=".", type=folder, help="project root (holds serving/)")
     add_params_args(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -407,14 +417,14 @@ def build_parser() -> argparse.ArgumentParser:
         dest="config_command", required=True
     )
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")
-    show.add_argument("--out", default=None, help="also write them to this YAML file")
+    show.add_argument("--out", default=None, type=output_file, help="also write them to this YAML file")
     add_params_args(show)
     show.set_defaults(func=cmd_config_show)
 
     demo = sub.add_parser(
         "demo", help="the whole platform here: data, validation, MLflow, pipelines, serving, monitoring, drift"
     )
-    demo.add_argument("--repo", default=".", help="project root holding params.yaml, data.dvc, dvc.yaml")
+    demo.add_argument("--repo", default=".", type=folder, help="project root holding params.yaml, data.dvc, dvc.yaml")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--stop", action="store_true", help="stop every process a demo started")
     demo.add_argument("--fresh", action="store_true", help="re-run the pipelines even when their models are there")

@@ -141,6 +141,38 @@ def _bounds(what: str, minimum: float | None, maximum: float | None) -> str:
 PORT = integer(1, 65535)
 
 
+def folder(text: str) -> str:
+    """An argparse ``type=`` for ``--repo`` and the like: a folder that exists."""
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is not an existing folder")
+    return text
+
+
+def _on_the_way(text: str) -> None:
+    """Nothing on the way to ``text`` is a file (so its folders can be made)."""
+    for parent in Path(text).absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"'{text}' cannot be made: {parent} is a file, not a folder")
+            return
+
+
+def output_folder(text: str) -> str:
+    """An argparse ``type=`` for a folder the command writes into (made if absent): not a file, nor under one."""
+    if Path(text).is_file():
+        raise argparse.ArgumentTypeError(f"'{text}' is a file: give a folder")
+    _on_the_way(text)
+    return text
+
+
+def output_file(text: str) -> str:
+    """An argparse ``type=`` for a file the command writes: not a folder, nor under a file."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"'{text}' is a folder: give a file name")
+    _on_the_way(text)
+    return text
+
+
 def add_params_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--params", default="params.yaml", help="params file")
     parser.add_argument(

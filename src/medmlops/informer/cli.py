@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, integer, params_from_args
+from medmlops.commandline import add_params_args, folder, integer, output_folder, params_from_args
 from medmlops.data.simulate import SHIFTS
 
 
@@ -29,7 +29,7 @@ def _add_common(parser: argparse.ArgumentParser, default_alias: str, *, several:
     parser.add_argument(
         "--tta", type=integer(0), default=None, help="test-time augmentations of the TTA baseline (0 = off)"
     )
-    parser.add_argument("--repo", default=".", help="project root (params, preprocessed data)")
+    parser.add_argument("--repo", default=".", type=folder, help="project root (params, preprocessed data)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -129,6 +129,6 @@ def add_informer_parser(sub: argparse._SubParsersAction) -> None:
         "--shift", action="append", default=None, choices=SHIFTS,
         help="shifted test set from the simulator (repeatable; default: params informer.shifts)",
     )  # fmt: skip
-    ev.add_argument("--out", default="reports/informer", help="output folder")
+    ev.add_argument("--out", default="reports/informer", type=output_folder, help="output folder")
     add_params_args(ev)
     ev.set_defaults(func=cmd_evaluate)

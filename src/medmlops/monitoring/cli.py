@@ -7,7 +7,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from medmlops.commandline import add_params_args, add_shell_parser, integer, number, params_from_args
+from medmlops.commandline import (
+    add_params_args,
+    add_shell_parser,
+    integer,
+    number,
+    output_folder,
+    params_from_args,
+)
 
 
 def add_db_url_option(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +22,32 @@ def add_db_url_option(parser: argparse.ArgumentParser) -> None:
     from medmlops.monitoring.store import DB_URL_ENV, DEFAULT_DB_URL
 
     parser.add_argument(
-        "--db-url", default=None,
+        "--db-url", default=None, type=_db_url,
         help=f"SQLAlchemy URL of the monitoring database (default: ${DB_URL_ENV}, else {DEFAULT_DB_URL})",
     )  # fmt: skip
+
+
+def _db_url(text: str) -> str:
+    """``--db-url``: a URL SQLAlchemy reads, whose driver is installed (checked before anything is opened)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(text)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError):
+        raise argparse.ArgumentTypeError(
+            "not a database URL SQLAlchemy can read: give e.g. sqlite:///monitoring.db or "
+            "postgresql+psycopg://user@host/db"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{url.drivername} needs the Python driver '{exc.name}', which is not installed: install it "
+            "(e.g. pip install 'psycopg[binary]') or give another URL"
+        ) from None
+    return text
 
 
 def add_worker_options(parser: argparse.ArgumentParser) -> None:
@@ -76,7 +106,12 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--family", required=True, help="registered model: ich-prognosis, covid-prognosis, cxr-findings"
     )
-    report.add_argument("--workspace", required=True, help="Evidently workspace folder (snapshots for `evidently ui`)")
+    report.add_argument(
+        "--workspace",
+        required=True,
+        type=output_folder,
+        help="Evidently workspace folder (snapshots for `evidently ui`)",
+    )
     add_db_url_option(report)
     report.add_argument("--version", default=None, help="only records predicted by this model version")
     report.add_argument(
@@ -85,7 +120,9 @@ def add_monitor_parser(sub: argparse._SubParsersAction) -> None:
     report.add_argument(
         "--last", type=integer(1), default=None, metavar="N", help="only the newest N processed records"
     )
-    report.add_argument("--out", default=None, metavar="DIR", help="also write the HTML/JSON report files here")
+    report.add_argument(
+        "--out", default=None, type=output_folder, metavar="DIR", help="also write the HTML/JSON report files here"
+    )
     report.add_argument(
         "--wait-s", type=number(0), default=0.0, metavar="SECONDS",
         help="first wait up to this long for the family's records still pending analysis (default: 0, report "
@@ -121,13 +158,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from medmlops.monitoring.drift import report_command
-    from medmlops.registry import tracking
-
     params = params_from_args(args)
     # The family is checked against the params (the experiments' families and the registry gates), before the
     # monitoring database, the workspace or MLflow is touched: a misspelled name creates nothing. (The registry's
     # contract list would need MLflow reached first, and would call a family without versions yet unknown.)
     params.check_family(args.family)
+    from medmlops.monitoring.drift import report_command  # Evidently: imported once the arguments are known good
+    from medmlops.registry import tracking
+
     tracking.configure(params.registry)  # the reference features live with the model version in MLflow
     return int(report_command(args) or 0)

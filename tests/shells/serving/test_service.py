@@ -457,7 +457,8 @@ def test_refuses_to_start_with_a_spool_where_a_file_is(tmp_path, below):
     spool_dir = taken / below if below else taken
     result = subprocess.run(
         [sys.executable, "-m", "medmlops.cli", "serve", "cxr-findings", "--spool-dir", str(spool_dir),
-         "--monitoring-url", "http://127.0.0.1:9", "--port", str(_free_port()), "--repo", str(REPO)],
+         "--monitoring-url", "http://127.0.0.1:9", "--port", str(_free_port()), "--repo", str(REPO),
+         "--params", str(REPO / "params.yaml")],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 1 and result.stdout == "", result.stdout + result.stderr
