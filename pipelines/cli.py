@@ -63,14 +63,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UserError(
             "say where to run: --local (Kubeflow's local runner here) or --host URL (a Kubeflow Pipelines API)"
         )
+    from medmlops.data.provision import ensure_raw_data
     from medmlops.registry import tracking
 
+    if not args.data_rev and not args.data_remote:  # the profile's own data version: made here when absent
+        ensure_raw_data(params, repo)
     uri = tracking.configure(params.registry, cwd=repo)
     arguments = {**common, "mlflow_uri": uri, "workdir": str(repo), "overrides": list(args.overrides), "nproc": 1}
     print(
         f"{args.pipeline}: running locally (Kubeflow local runner), profile {params.profile}, MLflow {uri}", flush=True
     )
-    seconds = run_local(args.pipeline, arguments, repo / ".medmlops" / "kfp")
+    seconds = run_local(
+        args.pipeline, arguments, repo / ".medmlops" / "kfp", Path(args.log_dir) if args.log_dir else None
+    )
     print(f"\n{args.pipeline}: pipeline finished in {seconds:.0f} s")
     for line in pipeline_summary(params, args.pipeline, repo):
         print(line)
@@ -95,12 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument(
         "--experiments", nargs="+", default=None, help="experiments to train (default: the paper's proposed one)"
     )
-    pr.add_argument("--data-rev", default="", help="DVC data version: md5, a git revision, or empty for data.dvc")
+    pr.add_argument(
+        "--data-rev", default="", help="DVC data version: md5, a git revision, or empty for the profile's data.dvc_file"
+    )
     pr.add_argument("--data-remote", default="", help="DVC remote (URL or path) to pull that version from")
     pr.add_argument("--tag", default=None, help="image tag (cluster; default: params images.tag)")
     pr.add_argument("--experiment-name", default=None, help="KFP experiment (default: params kubeflow.experiment)")
     pr.add_argument("--run-name", default=None, help="KFP run name (default: KFP's)")
     pr.add_argument("--recurring", default=None, metavar="CRON", help="create a recurring run with this cron schedule")
+    pr.add_argument(
+        "--log-dir", default=None, help="--local: one log file per step here (default .medmlops/kfp/logs/NAME)"
+    )
     pr.add_argument("--no-cache", action="store_true", help="disable Kubeflow's step cache for this run")
     pr.add_argument("--repo", default=".", type=folder, help="project root (holds pipelines/ and params.yaml)")
     add_params_args(pr)

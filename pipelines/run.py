@@ -1,10 +1,14 @@
 """Compile, run locally (Kubeflow's local runner) and submit (``kfp.Client``) the pipelines; ``medmlops pipeline``
 calls these. Kept beside the pipelines so the core (``medmlops``) never imports kfp."""
 
+import contextlib
 import importlib
 import logging
 import os
 import re
+import subprocess
+import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -33,38 +37,109 @@ def compile_pipeline(name: str, out: Path | None = None) -> Path:
     return out
 
 
-def run_local(name: str, arguments: dict, pipeline_root: Path) -> float:
+def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | None = None) -> float:
     """Run ``name`` end to end with Kubeflow's local runner (subprocesses in this environment); return seconds.
 
+    The console gets one line per finished step (``  ich: [3] train-fold done in 42 s``); each step's own output goes
+    to ``log_dir/NN-STEP.log`` (default ``pipeline_root/logs/NAME``) and the runner's to ``log_dir/runner.log``.
+    A failed step's last lines are printed with its log's path.
+
     Raises:
-        UserError: a task failed (kfp names it; its output is above).
+        UserError: a task failed (named, with its log).
     """
     from kfp import local
 
     pipeline = load(name)
     threads = fold_threads(arguments)
+    log_dir = Path(log_dir) if log_dir else pipeline_root / "logs" / name
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for old in log_dir.glob("*.log"):
+        old.unlink()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
     started = time.monotonic()
     # The steps run as subprocesses: keep libraries' deprecation chatter out of their output (as the CLI does).
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
-    with warnings.catch_warnings():
+    steps = _StepLogs(name, log_dir, sys.stdout)
+    print(f"{name}: each step's output goes to {log_dir}/NN-STEP.log", flush=True)
+    with warnings.catch_warnings(), (log_dir / "runner.log").open("w") as runner_log, steps.installed():
         # The components name the cluster image; locally they run in this environment, which is that image's content.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*local.*(ignore|not supported).*", category=UserWarning)
-        failed = _FailedTasks()
-        logging.getLogger().addFilter(failed)  # a filter: the runner replaces the root logger's handlers
         saved = os.environ.get(FOLD_THREADS)
         os.environ.setdefault(FOLD_THREADS, str(threads))  # the steps are subprocesses: they inherit it
         try:
-            pipeline(**arguments)
+            with contextlib.redirect_stdout(runner_log):  # the runner's own chatter (executor inputs, outputs)
+                pipeline(**arguments)
         except RuntimeError as err:
-            where = f" at step {', '.join(failed.names)}" if failed.names else ""
-            raise UserError(f"pipeline {name} failed{where} (its error is in the step's output above)") from err
+            where = f" at step {', '.join(steps.failed)}" if steps.failed else ""
+            logs = f"; its log: {', '.join(steps.failed_logs)}" if steps.failed_logs else f"; see {log_dir}"
+            raise UserError(f"pipeline {name} failed{where}{logs}") from err
         finally:
-            logging.getLogger().removeFilter(failed)
             if saved is None:
                 os.environ.pop(FOLD_THREADS, None)
     return time.monotonic() - started
+
+
+class _StepLogs(logging.Filter):
+    """The local runner's console, tamed: each task's subprocess writes to its own log file, and the console gets one
+    line per finished task. A logging filter on the root logger learns the task's name in the thread that runs it
+    (the runner logs "Executing task 'NAME'" there, then starts the task's subprocess in the same thread)."""
+
+    _START = re.compile(r"Executing task '([^']+)'")
+    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, pipeline: str, log_dir: Path, console) -> None:
+        super().__init__()
+        self.pipeline, self.log_dir, self.console = pipeline, log_dir, console
+        self.local = threading.local()
+        self.lock = threading.Lock()
+        self.count = 0
+        self.failed: list[str] = []
+        self.failed_logs: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        match = self._START.search(self._ANSI.sub("", record.getMessage()))
+        if match:
+            self.local.task = match.group(1)
+        return True
+
+    @contextlib.contextmanager
+    def installed(self):
+        from kfp.local import subprocess_task_handler
+
+        original = subprocess_task_handler.run_local_subprocess
+        subprocess_task_handler.run_local_subprocess = self.run_subprocess
+        logging.getLogger().addFilter(self)  # a filter: the runner replaces the root logger's handlers
+        try:
+            yield self
+        finally:
+            logging.getLogger().removeFilter(self)
+            subprocess_task_handler.run_local_subprocess = original
+
+    def run_subprocess(self, full_command: list[str]) -> int:
+        """kfp's ``run_local_subprocess`` with the output in the task's log file."""
+        task = getattr(self.local, "task", "step")
+        with self.lock:
+            self.count += 1
+            number = self.count
+        log = self.log_dir / f"{number:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', task)}.log"
+        started = time.monotonic()
+        with log.open("w") as out:
+            code = subprocess.call(full_command, stdout=out, stderr=subprocess.STDOUT)
+        seconds = time.monotonic() - started
+        with self.lock:
+            if code == 0:
+                self.console.write(f"  {self.pipeline}: [{number}] {task} done in {seconds:.0f} s\n")
+            else:
+                self.failed.append(task)
+                self.failed_logs.append(str(log))
+                tail = log.read_text(errors="replace").splitlines()[-20:]
+                self.console.write(
+                    f"  {self.pipeline}: [{number}] {task} FAILED after {seconds:.0f} s; last lines of {log}:\n"
+                )
+                self.console.write("".join(f"    {line}\n" for line in tail))
+            self.console.flush()
+        return code
 
 
 # kfp's local runner runs at most 2 iterations of a dsl.ParallelFor at once (its ParallelExecutor caps them), and the
@@ -93,23 +168,6 @@ def fold_threads(arguments: dict) -> int:
     at_once = min(cap, experiments) * min(cap, folds, max(1, params.kubeflow.fold_parallelism))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // at_once)
-
-
-class _FailedTasks(logging.Filter):
-    """Collects the tasks the local runner reports as failed (its exception names only the enclosing loop)."""
-
-    _FAILED = re.compile(r"Task '([^']+)' finished with status FAILURE")
-    _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.names: list[str] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        match = self._FAILED.search(self._ANSI.sub("", record.getMessage()))
-        if match and match.group(1) not in self.names and not match.group(1).startswith("for-loop"):
-            self.names.append(match.group(1))
-        return True
 
 
 def submit(

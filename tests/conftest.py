@@ -203,10 +203,12 @@ def registered_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
-    generate("ich", root / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
-    generate("chexpert", root / "data" / "raw" / "chexpert", n=32, n_valid=8, seed=0, shape=(64, 64), progress=False)
-    generate("aiforcovid", root / "data" / "raw" / "aiforcovid", n=24, seed=0, shape=(64, 64), progress=False)
-    generate("brixia", root / "data" / "raw" / "brixia", n=24, seed=0, shape=(64, 64), progress=False)
+    generate("ich", root / "data" / "raw-smoke" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
+    generate(
+        "chexpert", root / "data" / "raw-smoke" / "chexpert", n=32, n_valid=8, seed=0, shape=(64, 64), progress=False
+    )
+    generate("aiforcovid", root / "data" / "raw-smoke" / "aiforcovid", n=24, seed=0, shape=(64, 64), progress=False)
+    generate("brixia", root / "data" / "raw-smoke" / "brixia", n=24, seed=0, shape=(64, 64), progress=False)
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     mp.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -1,6 +1,8 @@
-"""``medmlops demo`` end to end at the smoke profile on free ports: every stage with real processes on 127.0.0.1
-(MLflow server, the cxr Kubeflow local run with calibration and gates, monitoring, BentoML, clean then shifted
-traffic, Evidently reports), the summary, reuse of the running servers and the calibrated model, and --stop.
+"""``medmlops demo`` end to end at the smoke profile on free ports, from a fresh clone without data: every stage with
+real processes on 127.0.0.1 (the smoke data generated and matching data-smoke.dvc, MLflow server, the cxr Kubeflow
+local run with calibration and gates, one console line per step and one log file each, monitoring, BentoML, clean
+then shifted traffic, Evidently reports), the summary, reuse of the running servers and the calibrated model, and
+--stop. The port check before anything starts (fast).
 
 This is also the test of the cxr pipeline's local run (registration, calibration, promotion); the ich pipeline
 (tests/shells/pipelines) and covid are run there. One pipeline keeps `make test` inside its time budget."""
@@ -8,6 +10,9 @@ This is also the test of the cxr pipeline's local run (registration, calibration
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,12 +22,30 @@ from pathlib import Path
 import pytest
 
 from medmlops.cli import main
+from medmlops.config import load_params
+from medmlops.data import versioning
 from medmlops.data.simulate import DATASETS
+from medmlops.errors import UserError
 from tests.shells.pipelines.test_pipeline_local import _project
 
-from .conftest import _free_port, stop_process
+from .conftest import REPO, _free_port, stop_process
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]
+
+def _fresh_clone(root: Path) -> Path:
+    """What `git clone` gives a new user: the project's files (tracked, or new and not ignored) in a git repository
+    with one commit, and no data, no DVC cache, no .medmlops."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")  # fmt: skip
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():  # a tracked file another change deleted is skipped
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(["git", "init", "-q"], cwd=root, check=True)
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True, capture_output=True)
+    subprocess.run([*git, "commit", "-qm", "clone"], cwd=root, check=True)
+    return root
 
 
 def _up(url: str) -> bool:
@@ -57,8 +80,30 @@ def _evidently_ui_lists(workspace, project: str) -> None:
         stop_process(ui)
 
 
-def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capfd, monkeypatch):
-    project = _project(tmp_path / "demo", tuple(DATASETS))
+@pytest.mark.parametrize("held", ["mlflow_port", "monitoring_port"])
+def test_a_busy_port_stops_the_demo_before_anything_starts(tmp_path, held):
+    from medmlops.demo import check_ports
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        params = load_params(REPO / "params.yaml", profile="smoke", overrides=[f"demo.{held}={port}"])
+        with pytest.raises(UserError) as caught:
+            check_ports(params, tmp_path / "workdir", ["cxr-findings"])
+    message = str(caught.value)
+    assert f"port {port} on 127.0.0.1" in message and f"`--set demo.{held}=PORT`" in message, message
+    assert f"by process {os.getpid()} (" in message, message  # this test's own process holds it
+    assert not (tmp_path / "workdir" / "logs").exists() or not list((tmp_path / "workdir" / "logs").iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_demo_runs_the_platform_from_a_fresh_clone_reuses_it_and_stops(tmp_path, capfd, monkeypatch):
+    project = _fresh_clone(tmp_path / "demo")
+    assert not (project / "data" / "raw-smoke").exists() and (project / "data-smoke.dvc").is_file()
+    records = {name: (project / name).read_bytes() for name in ("data.dvc", "data-smoke.dvc")}
+    monkeypatch.setattr(versioning, "DEFAULT_REMOTE", tmp_path / "dvc-remote")  # not the user's cache
     monkeypatch.chdir(project)
     # The demo points its own process at its MLflow server; undo that for the tests that follow.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset-by-the-demo-test")
@@ -74,10 +119,20 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capfd, monkeypatch
     try:
         assert main(args) == 0, capfd.readouterr().err
         out = capfd.readouterr().out
+        assert {name: (project / name).read_bytes() for name in records} == records  # no record rewritten
+        assert "data: generated data/raw-smoke (smoke profile; matches data-smoke.dvc" in out
         for stage in ("1/8 demo data", "3/8 MLflow server", "4/8 Kubeflow pipelines", "5/8 monitoring and serving",
                       "6/8 clean traffic", "7/8 shifted traffic", "8/8 summary"):  # fmt: skip
             assert f"==> {stage}" in out
         assert "cxr: pipeline finished" in out and "registered cxr-findings version 1 as @candidate" in out
+        # One console line per pipeline step; the steps' own output is in one log file each.
+        workdir = project / ".medmlops" / "demo"
+        logs = sorted((workdir / "logs" / "cxr").glob("[0-9][0-9]-*.log"))
+        steps = [line for line in out.splitlines() if line.startswith("  cxr: [")]
+        assert len(steps) == len(logs) >= 8 and all(" done in " in line for line in steps), steps
+        assert "validate-data" in steps[0] and logs[0].name == "01-validate-data.log"
+        assert "executor_input" not in out and "Streamed logs" not in out
+        assert "executor_input" in (workdir / "logs" / "cxr" / "runner.log").read_text() or logs[0].read_text()
         summary = out.split("==> 8/8 summary")[1]
         # stripped: a progress bar elsewhere may leave spaces at a line's start in the captured output
         rows = [line.strip() for line in summary.splitlines() if line.strip().startswith("cxr-findings")]
@@ -85,17 +140,17 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capfd, monkeypatch
         # Promoted by the gates after calibration; clean traffic: no drift; the scanner shift: drift.
         assert "v1 @champion" in rows[0] and rows[0].rstrip().endswith("no / yes"), rows[0]
         assert f"http://127.0.0.1:{monitoring_port}/dashboard" in summary
+        assert "promotion gates were OFF for cxr-findings" in summary and "flag rate: the share of answers" in summary
+        assert f"{workdir / 'logs' / 'cxr'}/NN-STEP.log" in summary
         assert _up(f"http://127.0.0.1:{monitoring_port}/dashboard") and _up(f"http://127.0.0.1:{mlflow_port}/health")
-        workdir = project / ".medmlops" / "demo"
         assert list((workdir / "evidently").rglob("*.json")), "the Evidently workspace holds the snapshots"
         _evidently_ui_lists(workdir / "evidently", "cxr-findings")  # the README's `evidently ui` command
         assert oct((workdir / "monitoring-token").stat().st_mode & 0o777) == "0o600"
 
         # A second run reuses what is there: the running servers and the calibrated model of this data version.
-        from medmlops.data import versioning
         from medmlops.demo import Processes, _ready_family
 
-        assert _ready_family("cxr-findings", versioning.recorded_hash(project)) == "1"
+        assert _ready_family("cxr-findings", versioning.recorded_hash(project, "data-smoke.dvc")) == "1"
         Processes(workdir).ensure("mlflow", ["false"], f"http://127.0.0.1:{mlflow_port}/health", env={}, cwd=project)
         assert "mlflow: reused" in capfd.readouterr().out
     finally:
@@ -113,8 +168,9 @@ def test_demo_runs_the_platform_reuses_it_and_stops(tmp_path, capfd, monkeypatch
     "Ctrl-C (SIGINT to the demo's process group) while `medmlops demo` runs its Kubeflow pipeline",
     "exit 130; every server it started is stopped and no process of the group is left",
 )
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_ctrl_c_during_the_pipelines_stops_everything_the_demo_started(tmp_path):
-    import os
     import signal
 
     project = _project(tmp_path / "demo", tuple(DATASETS))

@@ -113,31 +113,37 @@ def cmd_data_track(args: argparse.Namespace) -> int:
 
     params = params_from_args(args)
     repo = Path(args.repo).resolve()
-    record = versioning.track(repo, params.data.raw_dir)
-    print(f"tracked {params.data.raw_dir} in {record.name} (md5 {versioning.recorded_hash(repo)}); commit it with git")
+    record = versioning.track(repo, params.data.raw_dir, params.data.dvc_file)
+    md5 = versioning.recorded_hash(repo, params.data.dvc_file)
+    print(f"tracked {params.data.raw_dir} in {record.name} (md5 {md5}); commit it with git")
     if args.push:
         remote = versioning.ensure_remote(repo)
-        versioning.push(repo)
+        versioning.push(repo, params.data.dvc_file)
         print(f"pushed to the DVC remote '{remote}'")
     return 0
 
 
 def cmd_preprocess(args: argparse.Namespace) -> int:
     from medmlops.data.preprocess import preprocess
+    from medmlops.data.provision import ensure_raw_data
 
     params = params_from_args(args)
+    if not args.raw:
+        ensure_raw_data(params, progress=not args.quiet)
     path = preprocess(params, args.dataset, raw_root=Path(args.raw) if args.raw else None, progress=not args.quiet)
     print(f"{args.dataset}: preprocessed; manifest {path}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from medmlops.data.provision import ensure_raw_data
     from medmlops.registry import tracking
     from medmlops.training.experiment import run_experiment
 
     params = params_from_args(args)
     exp = params.experiment(args.experiment)  # first: a misspelled name must not create anything
     tracking.configure(params.registry)
+    ensure_raw_data(params, progress=not args.quiet)
     result = run_experiment(args.experiment, params, progress=not args.quiet, resume=not args.restart)
     print(f"\n{args.experiment}: MLflow run {result.run_id}; outputs in {result.run_dir}")
     for key in sorted(k for k in result.summary if k.endswith("_mean")):
@@ -152,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from medmlops.data.provision import ensure_raw_data
     from medmlops.registry import tracking
 
     params = params_from_args(args)
@@ -162,6 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.protocol != "covid" and not args.experiments:
         raise UserError("name the experiments to compare (keys of params experiments), or give --protocol covid")
     tracking.configure(params.registry)
+    ensure_raw_data(params, progress=not args.quiet)  # the test sets are read from the raw data
     out_dir = Path(args.out) if args.out else None
     if args.protocol == "covid":
         from medmlops.evaluation.covid_report import covid_protocol_report
@@ -268,7 +276,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if args.stop:
         return stop_demo(params_from_args(args), repo=Path(args.repo))
-    return run_demo(params_from_args(args), repo=Path(args.repo), progress=not args.quiet, fresh=args.fresh)
+    progress = not args.quiet and sys.stderr.isatty()  # progress bars only where a terminal shows them
+    return run_demo(params_from_args(args), repo=Path(args.repo), progress=progress, fresh=args.fresh)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -316,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_params_args(val)
     val.set_defaults(func=cmd_data_validate)
 
-    trk = data.add_parser("track", help="dvc add data/raw and keep the record as data.dvc at the project root")
+    trk = data.add_parser(
+        "track", help="dvc add the profile's data.raw_dir and keep its record (data.dvc_file) at the project root"
+    )
     trk.add_argument("--repo", default=".", type=folder, help="project root")
     trk.add_argument(
         "--push", action="store_true", help="also push to the DVC remote (a local one is configured if none)"
@@ -424,7 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the whole platform here: data, validation, MLflow, pipelines, serving, monitoring, drift"
     )
-    demo.add_argument("--repo", default=".", type=folder, help="project root holding params.yaml, data.dvc, dvc.yaml")
+    demo.add_argument(
+        "--repo", default=".", type=folder, help="project root holding params.yaml, the data records, dvc.yaml"
+    )
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.add_argument("--stop", action="store_true", help="stop every process a demo started")
     demo.add_argument("--fresh", action="store_true", help="re-run the pipelines even when their models are there")

@@ -62,6 +62,8 @@ class ChexpertData:
 @dataclass(frozen=True)
 class DataConfig:
     raw_dir: str = "data/raw"
+    dvc_file: str = "data.dvc"  # the DVC record of raw_dir (project root): each profile has its own
+    simulated: bool = True  # raw_dir is made by the simulators (made when absent); false: real data, never generated
     seed: int = 0
     ich: IchData = field(default_factory=IchData)
     aiforcovid: CxrData = field(default_factory=CxrData)

@@ -1,6 +1,8 @@
 """``medmlops demo``: the front door, run by ``make demo``. The whole platform on one machine:
 
-1. the demo datasets: reused when they match ``data.dvc``, else pulled from the DVC remote, else generated;
+0. a check that every port it needs is free (or held by the servers of an earlier demo run);
+1. the profile's datasets (``data.raw_dir``): reused when they match the profile's record (``data.dvc_file``), else
+   pulled from the DVC remote, else generated (``medmlops.data.provision``);
 2. Great Expectations validation of each;
 3. a real MLflow server on 127.0.0.1 (SQLite + local artifacts under ``demo.workdir``);
 4. the Kubeflow pipelines of ``demo.pipelines`` with Kubeflow's local runner (validate → preprocess → train folds →
@@ -13,7 +15,8 @@
 
 The servers keep running after the demo so their UIs can be browsed; ``medmlops demo --stop`` (``make demo-stop``)
 or Ctrl-C during the demo stops every process it started. A second run reuses running servers and finished
-pipelines. Everything it writes lives under ``demo.workdir`` (logs in ``logs/``).
+pipelines. Everything it writes lives under ``demo.workdir`` (logs in ``logs/``: one per server, and one per
+pipeline step in ``logs/PIPELINE/NN-STEP.log``; the console shows one line per step).
 """
 
 from __future__ import annotations
@@ -22,8 +25,8 @@ import concurrent.futures
 import json
 import os
 import secrets
-import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +40,8 @@ from pathlib import Path
 from medmlops.commandline import shell_command
 from medmlops.config import Params
 from medmlops.data import versioning
-from medmlops.data.simulate import DATASETS, generate_from_params
+from medmlops.data.provision import ensure_raw_data
+from medmlops.data.simulate import DATASETS
 from medmlops.errors import UserError
 
 FAMILY_DATASET = {"ich-prognosis": "ich", "cxr-findings": "chexpert", "covid-prognosis": "aiforcovid"}
@@ -47,24 +51,53 @@ def _step(title: str) -> None:
     print(f"\n==> {title}", flush=True)
 
 
-def ensure_demo_data(params: Params, repo: Path, progress: bool = True) -> tuple[bool, str]:
-    """Reuse, pull or generate ``data/raw``; return (matches data.dvc, how it was obtained)."""
-    raw = repo / params.data.raw_dir
-    ok, _ = versioning.workspace_matches(repo)
-    if ok:
-        return True, "reused (already matches data.dvc)"
-    if versioning.pull(repo) and versioning.workspace_matches(repo)[0]:
-        return True, "pulled from the DVC remote"
-    if raw.exists():
-        shutil.rmtree(raw)  # a partial or stale copy: regenerate from scratch so the hashes are comparable
-    for dataset in DATASETS:
-        generate_from_params(dataset, raw / dataset, params, progress=progress)
-    ok, detail = versioning.workspace_matches(repo)
-    if not ok:
-        return False, f"generated, but it does NOT match data.dvc ({detail}); params or simulator changed?"
-    remote = versioning.ensure_remote(repo)
-    versioning.push(repo)
-    return True, f"generated; matches data.dvc; pushed to the DVC remote '{remote}'"
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _port_holder(port: int) -> str:
+    """Who listens on ``port``: ``" by process PID (COMMAND)"`` when it can be seen (psutil), else ``""``."""
+    try:
+        import psutil
+
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+                command = " ".join(psutil.Process(conn.pid).cmdline()) or psutil.Process(conn.pid).name()
+                return f" by process {conn.pid} ({command[:80]})"
+    except Exception:  # noqa: BLE001 - best effort: another user's process, a platform without it
+        return ""
+    return ""
+
+
+def check_ports(params: Params, workdir: Path, families: list[str]) -> None:
+    """Before anything starts: every port the demo needs is free, or held by that server of an earlier demo run.
+
+    Raises:
+        UserError: a port is held by another process (named when visible) or a family has no serving port; the
+            message names the ``--set`` that moves it.
+    """
+    cfg = params.demo
+    ports = {"mlflow": ("demo.mlflow_port", cfg.mlflow_port),
+             "monitoring": ("demo.monitoring_port", cfg.monitoring_port)}  # fmt: skip
+    for family in families:
+        if family not in cfg.serving_ports:
+            raise UserError(f"params.yaml demo.serving_ports has no port for {family}: add one (`--set "
+                            f"demo.serving_ports.{family}=PORT`)")  # fmt: skip
+        ports[f"serve-{family}"] = (f"demo.serving_ports.{family}", cfg.serving_ports[family])
+    procs = Processes(workdir)
+    for name, (key, port) in ports.items():
+        if procs.running(name) or _port_free(cfg.host, port):
+            continue
+        raise UserError(
+            f"port {port} on {cfg.host}, which the demo's {name} needs, is already in use{_port_holder(port)}: stop "
+            f"that process or give the demo another port with `--set {key}=PORT`"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -100,6 +133,10 @@ class Processes:
             return pid
         except (OSError, ValueError):
             return None
+
+    def running(self, name: str) -> bool:
+        """Whether this demo (an earlier run of it) started ``name`` and it is still alive."""
+        return self._pid(name) is not None
 
     def ensure(self, name: str, command: list[str], health: str, *, env: dict, cwd: Path, timeout_s: float = 240.0):
         """Start ``command`` unless ``name`` already runs and ``health`` answers 200; wait until it does."""
@@ -188,11 +225,11 @@ def _ready_family(family: str, data_version: str) -> str | None:
     return version if contract.informer and contract.data_version == data_version else None
 
 
-def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> None:
+def _pipelines(params: Params, repo: Path, workdir: Path, mlflow_url: str, fresh: bool) -> None:
     """Each pipeline of ``demo.pipelines`` as a user runs it: ``medmlops pipeline run NAME --local`` (a process)."""
     from medmlops.pipeline_steps import PIPELINE_FAMILY
 
-    data_version = versioning.recorded_hash(repo)
+    data_version = versioning.recorded_hash(repo, params.data.dvc_file)
     for name in params.demo.pipelines:
         family = PIPELINE_FAMILY[name]
         ready = None if fresh else _ready_family(family, data_version)
@@ -201,12 +238,13 @@ def _pipelines(params: Params, repo: Path, mlflow_url: str, fresh: bool) -> None
             continue
         overrides = list(params.demo.overrides.get(name, ()))
         print(f"{name}: Kubeflow local run, profile {params.profile}, overrides {overrides}", flush=True)
-        argv = ["run", name, "--local", "--profile", params.profile, "--repo", str(repo),
+        log_dir = workdir / "logs" / name
+        argv = ["run", name, "--local", "--profile", params.profile, "--repo", str(repo), "--log-dir", str(log_dir),
                 *(f"--set={o}" for o in overrides)]  # fmt: skip
         command, env = shell_command(repo, "pipelines", argv)
         code = subprocess.call(command, cwd=repo, env={**env, "MLFLOW_TRACKING_URI": mlflow_url})
         if code != 0:
-            raise UserError(f"pipeline {name} failed (exit {code}; its error is in the output above)")
+            raise UserError(f"pipeline {name} failed (exit {code}; the failed step and its log are named above)")
 
 
 def _served_alias(family: str) -> str:
@@ -344,13 +382,13 @@ def run_demo(params: Params, repo: Path = Path("."), progress: bool = True, *, f
             raise UserError(
                 f"{key} names '{unknown[0]}', not a pipeline (expected one of: {', '.join(PIPELINE_FAMILY)})"
             )
+    workdir = (repo / params.demo.workdir).resolve()
+    check_ports(params, workdir, [PIPELINE_FAMILY[name] for name in params.demo.pipelines])
     started = time.monotonic()
     total = 8
-    _step(f"1/{total} demo data ({params.profile} profile) in {params.data.raw_dir}")
-    matches, how = ensure_demo_data(params, repo, progress=progress)
-    print(f"data: {how}")
-    if not matches:
-        raise UserError(f"the data in {params.data.raw_dir} does not match data.dvc: {how}")
+    _step(f"1/{total} demo data ({params.profile} profile) in {params.data.raw_dir}, version {params.data.dvc_file}")
+    if ensure_raw_data(params, repo, progress=progress, verify=True).startswith("present"):
+        print(f"data: reused (matches {params.data.dvc_file})")
 
     _step(f"2/{total} validating with Great Expectations")
     reports_dir = repo / params.validation.reports_dir
@@ -364,7 +402,6 @@ def run_demo(params: Params, repo: Path = Path("."), progress: bool = True, *, f
     if not all(r.success for r in results.values()):
         raise UserError(f"validation failed; see {reports_dir}/<dataset>.html")
 
-    workdir = (repo / params.demo.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     procs = Processes(workdir)
     try:
@@ -385,7 +422,7 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
     tracking.configure(params.registry, cwd=repo, uri=mlflow_url)
 
     _step(f"4/{total} Kubeflow pipelines (local runner): {', '.join(params.demo.pipelines)}")
-    _pipelines(params, repo, mlflow_url, fresh)
+    _pipelines(params, repo, workdir, mlflow_url, fresh)
     families = [PIPELINE_FAMILY[name] for name in params.demo.pipelines]
 
     _step(f"5/{total} monitoring and serving")
@@ -434,6 +471,18 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
     print("(flag rate and drift: clean / shifted traffic)")
     for note in notes:
         print(note)
+    print(
+        "flag rate: the share of answers the deployed confidence scoring function flagged as likely wrong and sent "
+        f"for review (its operating point: informer.review_budget = {params.informer.review_budget}); "
+        + ("on the smoke profile's tiny models it is high and not an alarm" if params.profile == "smoke"
+           else "a rise on shifted traffic is the signal to look at")
+    )  # fmt: skip
+    ungated = [f for f in families if (g := params.registry.gates.get(f)) is not None and not g.min_metrics]
+    if ungated:
+        print(
+            f"promotion gates were OFF for {', '.join(ungated)} (the {params.profile} profile sets "
+            "registry.gates.<family>.min_metrics: {}): any candidate became @champion, whatever its metrics"
+        )
     print("\nopen:")
     print(f"  MLflow UI            {mlflow_url}")
     print(f"  monitoring dashboard {monitoring}/dashboard")
@@ -442,6 +491,8 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
     for family in families:
         print(f"  drift report         {windows[family]['shifted']['drift'].get('html_path', '-')}")
     print(f"  Evidently UI         evidently ui --workspace {workdir / 'evidently'} --host 127.0.0.1 --port 8000")
-    print(f"  logs                 {workdir / 'logs'}")
+    print(f"  logs                 {workdir / 'logs'}  (one per server)")
+    for name in params.demo.pipelines:
+        print(f"  pipeline step logs   {workdir / 'logs' / name}/NN-STEP.log")
     print(f"\nfinished in {time.monotonic() - started:.0f} s; the servers keep running: `make demo-stop` stops them")
     return 0

@@ -114,23 +114,22 @@ def pipeline_sources(pipeline: str, experiments: Sequence[str], params: Params) 
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def resolve_data_version(data_rev: str, repo: Path = Path(".")) -> str:
-    """The DVC md5 that ``data_rev`` names: an md5 itself (``<32 hex>.dir``), a git revision whose ``data.dvc`` records
-    it (needs the git history, e.g. a local run), or empty for the ``data.dvc`` in the working directory."""
+def resolve_data_version(data_rev: str, repo: Path = Path("."), dvc_file: str = "data.dvc") -> str:
+    """The DVC md5 that ``data_rev`` names: an md5 itself (``<32 hex>.dir``), a git revision whose ``dvc_file`` (the
+    profile's ``data.dvc_file``) records it (needs the git history, e.g. a local run), or empty for the ``dvc_file``
+    in the working directory."""
     from medmlops.data import versioning
 
     if not data_rev:
-        if not (repo / versioning.DATA_DVC).is_file():
-            raise DataError(f"{repo / versioning.DATA_DVC}: not found; pass the data version (its md5) explicitly")
-        return versioning.recorded_hash(repo)
+        if not (repo / dvc_file).is_file():
+            raise DataError(f"{repo / dvc_file}: not found; pass the data version (its md5) explicitly")
+        return versioning.recorded_hash(repo, dvc_file)
     if _MD5.match(data_rev):
         return data_rev if data_rev.endswith(".dir") else f"{data_rev}.dir"
-    shown = subprocess.run(
-        ["git", "show", f"{data_rev}:{versioning.DATA_DVC}"], cwd=repo, capture_output=True, text=True
-    )
+    shown = subprocess.run(["git", "show", f"{data_rev}:{dvc_file}"], cwd=repo, capture_output=True, text=True)
     if shown.returncode != 0:
         raise DataError(
-            f"data version '{data_rev}' is neither a DVC md5 nor a git revision with {versioning.DATA_DVC} here "
+            f"data version '{data_rev}' is neither a DVC md5 nor a git revision with {dvc_file} here "
             f"({' '.join(shown.stderr.split())[:200] or 'no git history'})"
         )
     import yaml
@@ -183,7 +182,7 @@ def validate_step(
 
     params = ctx.enter()
     repo = Path(".")
-    md5 = resolve_data_version(data_rev, repo)
+    md5 = resolve_data_version(data_rev, repo, params.data.dvc_file)
     how = fetch_data(md5, data_remote, repo, params.data.raw_dir)
     print(f"data version {md5}: {how}")
     sections, failed = [], []
@@ -377,17 +376,13 @@ def train_fold_step(ctx: StepContext, experiment: str, fold: int, job_id: str, n
 
 def _train_fold(ctx: StepContext, experiment: str, fold: int, job_id: str) -> dict[str, float]:
     from medmlops.training import distributed as ddp
-    from medmlops.training.experiment import plan_experiment, run_dir_for, train_experiment_fold
+    from medmlops.training.experiment import plan_experiment, train_experiment_fold, train_prerequisites
 
     params = ctx.enter()
     main = ddp.is_main()
     run_id = ddp.broadcast_object(experiment_run(params, experiment, job_id) if main else None)
-    exp = params.experiment(experiment)
-    for source in exp.init_from:
-        if (run_dir_for(params, source) / f"fold-{fold}" / "best.pt").is_file():
-            continue
-        source_plan = _plan_in_order(plan_experiment, source, params)
-        train_experiment_fold(source_plan, params, fold, run_id, progress=main, tags={"prerequisite": source})
+    train_prerequisites(experiment, params, fold, run_id, progress=main,
+                        plan=lambda name, p: _plan_in_order(plan_experiment, name, p))  # fmt: skip
     plan = _plan_in_order(plan_experiment, experiment, params)
     return train_experiment_fold(plan, params, fold, run_id, progress=main)
 

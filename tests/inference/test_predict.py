@@ -59,7 +59,7 @@ def _png_bytes(array: np.ndarray) -> bytes:
 
 def test_ct_upload_predicts_every_head_with_the_contract_classes(project, predictors):
     predictor = predictors["ich-prognosis"]
-    data = next((project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()
+    data = next((project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")).read_bytes()
     out = predictor.predict_bytes(data)
     assert list(out) == ["prognosis", "gcs_ordinal", "age_binary"]
     prognosis = out["prognosis"]
@@ -78,7 +78,7 @@ def test_one_code_path_same_tensor_as_training(project, predictors):
     from medmlops.data.preprocess import deterministic_transforms
 
     predictor = predictors["ich-prognosis"]
-    path = next((project / "data" / "raw" / "ich").rglob("*.nii.gz"))
+    path = next((project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz"))
     params = load_params(project / "params.yaml", profile="smoke")
     expected = Compose(deterministic_transforms(params, "ich"))({"image": str(path)})["image"]
     assert torch.allclose(predictor.preprocess(path.read_bytes()), torch.as_tensor(expected), atol=1e-6)
@@ -88,9 +88,9 @@ def test_one_code_path_same_tensor_as_training(project, predictors):
 def test_xray_formats_predict_findings(project, predictors, fmt):
     predictor = predictors["cxr-findings"]
     if fmt == "dicom":
-        data = next((project / "data" / "raw" / "aiforcovid").rglob("*.dcm")).read_bytes()
+        data = next((project / "data" / "raw-smoke" / "aiforcovid").rglob("*.dcm")).read_bytes()
     else:
-        jpg = next((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
+        jpg = next((project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))
         data = jpg.read_bytes() if fmt == "jpeg" else _png_bytes(np.asarray(Image.open(jpg)))
     assert sniff_format(data) == fmt
     out = predictor.predict_bytes(data)["findings"]
@@ -104,7 +104,7 @@ def test_xray_formats_predict_findings(project, predictors, fmt):
 
 def test_batch_prediction_equals_one_by_one(project, predictors):
     predictor = predictors["cxr-findings"]
-    files = sorted((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:4]
+    files = sorted((project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))[:4]
     tensors = [predictor.preprocess(f.read_bytes()) for f in files]
     batched = predictor.predict_tensors(tensors)
     single = [predictor.predict_tensors([t])[0] for t in tensors]
@@ -132,10 +132,10 @@ def test_ordinal_labels_are_decoded_monotonically():
 
 def _bad_corpus(project) -> dict[str, tuple[str, bytes, str, str]]:
     """name → (family, bytes, error code, text the detail must contain)."""
-    nii = next((project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()
-    jpg = next((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
-    png = _png_bytes(np.asarray(Image.open(next((project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")))))
-    dcm = next((project / "data" / "raw" / "aiforcovid").rglob("*.dcm")).read_bytes()
+    nii = next((project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")).read_bytes()
+    jpg = next((project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    png = _png_bytes(np.asarray(Image.open(next((project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")))))
+    dcm = next((project / "data" / "raw-smoke" / "aiforcovid").rglob("*.dcm")).read_bytes()
     nan_volume = np.full((64, 64, 16), 40.0)
     nan_volume[10, 10, 3] = np.nan
     return {

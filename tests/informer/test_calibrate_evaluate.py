@@ -79,8 +79,8 @@ def test_calibrate_stores_thresholds_reference_and_contract(in_project, capsys):
     # The monitoring side: the analyser of that exact version reads the calibration and flags by it.
     analyser = Analyser.from_registry("cxr-findings", version)
     assert analyser.calibration is not None and analyser.method == "ixg"
-    png = next((in_project / "data" / "raw" / "chexpert").rglob("*.jpg"), None) or next(
-        (in_project / "data" / "raw" / "chexpert").rglob("*.png")
+    png = next((in_project / "data" / "raw-smoke" / "chexpert").rglob("*.jpg"), None) or next(
+        (in_project / "data" / "raw-smoke" / "chexpert").rglob("*.png")
     )
     [result, bad] = analyser.analyse_bytes([png.read_bytes(), b"not an image"])
     assert isinstance(bad, Exception) and "unsupported_format" in str(bad)

@@ -27,7 +27,9 @@ def cxr_project(tmp_path_factory):
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     for dataset, n in (("chexpert", 32), ("aiforcovid", 24), ("brixia", 24)):
         extra = {"n_valid": 8} if dataset == "chexpert" else {}
-        generate(dataset, project / "data" / "raw" / dataset, n=n, seed=0, shape=(64, 64), progress=False, **extra)
+        generate(
+            dataset, project / "data" / "raw-smoke" / dataset, n=n, seed=0, shape=(64, 64), progress=False, **extra
+        )
     return project
 
 
@@ -89,7 +91,7 @@ def test_mdmt_protocol_tables_and_registration(cxr_project, monkeypatch, capsys)
     assert set(table2["comparison"]) == {"MDMT vs STL τ1", "MDMT vs FT"}
     assert (table2["n_backbones"] == 1).all() and (table2["t"] == "not tested").all()  # one backbone: no paired test
     # LOCO has one fold per AIforCOVID hospital, for every experiment (STL τ2's folds pair with MDMT's).
-    hospitals = pd.read_csv(cxr_project / "data" / "raw" / "aiforcovid" / "AIforCOVID.csv")["Hospital"].nunique()
+    hospitals = pd.read_csv(cxr_project / "data" / "raw-smoke" / "aiforcovid" / "AIforCOVID.csv")["Hospital"].nunique()
     runs = cxr_project / ".medmlops" / "runs" / "smoke"
     for name in ("covid-stl-severity", "covid-mdmt"):
         assert pd.read_csv(runs / f"{name}@resnet18-loco" / "splits.csv")["fold"].nunique() == hospitals

@@ -28,7 +28,7 @@ def ich_project(tmp_path_factory, smoke_data):
     subprocess.run(["git", "init", "-q"], cwd=project, check=True)
     from medmlops.data.simulate import generate
 
-    generate("ich", project / "data" / "raw" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
+    generate("ich", project / "data" / "raw-smoke" / "ich", n=16, seed=0, shape=(16, 64, 64), progress=False)
     _record_data(project)
     return project
 
@@ -200,7 +200,7 @@ def test_bad_volume_stops_training_and_registers_nothing(ich_project, tmp_path, 
     project = tmp_path / "bad"
     shutil.copytree(ich_project / "data", project / "data")
     shutil.copy2(ich_project / "params.yaml", project / "params.yaml")
-    victim = sorted((project / "data" / "raw" / "ich" / "POOR_PROGNOSIS").glob("*.nii.gz"))[0]
+    victim = sorted((project / "data" / "raw-smoke" / "ich" / "POOR_PROGNOSIS").glob("*.nii.gz"))[0]
     expected = damage(victim)
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
@@ -217,7 +217,7 @@ def test_missing_label_is_named(ich_project, tmp_path, monkeypatch, capsys):
     project = tmp_path / "nolabel"
     shutil.copytree(ich_project / "data", project / "data")
     shutil.copy2(ich_project / "params.yaml", project / "params.yaml")
-    table_path = project / "data" / "raw" / "ich" / "CLINICAL_DATA_ICH.csv"
+    table_path = project / "data" / "raw-smoke" / "ich" / "CLINICAL_DATA_ICH.csv"
     table = pd.read_csv(table_path)
     table.loc[3, "Label (poor_prognosis)"] = np.nan
     table.to_csv(table_path, index=False)

@@ -1,4 +1,5 @@
-"""DVC versioning of ``data/raw``: track it in ``data.dvc``, compare the workspace with it, push and pull.
+"""DVC versioning of a profile's raw data (``data.raw_dir``): track it in its record (``data.dvc_file``: ``data.dvc``
+for the demo profile, ``data-smoke.dvc`` for smoke), compare the workspace with it, push and pull.
 
 Thin over the ``dvc`` CLI of the project's environment (the same commands a user types), so what the demo and
 tests do is what the README says.
@@ -68,23 +69,23 @@ def commit(repo: Path, target: str = DATA_DVC) -> None:
     dvc(repo, "commit", "--force", target, check=True)
 
 
-def track(repo: Path, data_dir: str = "data/raw") -> Path:
-    """``dvc add`` the data folder and keep its record as ``data.dvc`` at the project root.
+def track(repo: Path, data_dir: str = "data/raw", target: str = DATA_DVC) -> Path:
+    """``dvc add`` the data folder and keep its record as ``target`` (the profile's ``data.dvc_file``) at the root.
 
-    DVC 3 writes ``<dir>.dvc`` next to the folder; the project keeps one ``data.dvc`` at the root (the layout
+    DVC 3 writes ``<dir>.dvc`` next to the folder; the project keeps its records at the root (the layout
     the README documents), so the record is moved and its path rewritten relative to the root.
     """
     dvc(repo, "add", data_dir, check=True)  # not --quiet: it would also silence the error we report
     written = repo / f"{data_dir}.dvc"
-    if not written.is_file() and (repo / DATA_DVC).is_file():
-        return repo / DATA_DVC  # already tracked: dvc add updated data.dvc in place
+    if not written.is_file() and (repo / target).is_file():
+        return repo / target  # already tracked: dvc add updated the record in place
     record = yaml.safe_load(written.read_text())
     for out in record.get("outs", []):
         out["path"] = data_dir
-    target = repo / DATA_DVC
-    target.write_text(yaml.safe_dump(record, sort_keys=False))
+    path = repo / target
+    path.write_text(yaml.safe_dump(record, sort_keys=False))
     written.unlink()
-    return target
+    return path
 
 
 def recorded_hash(repo: Path, target: str = DATA_DVC) -> str:
@@ -103,10 +104,10 @@ def ensure_remote(repo: Path, url: Path | str = DEFAULT_REMOTE, name: str = "loc
 
 
 def push(repo: Path, target: str = DATA_DVC) -> None:
-    """Push ``target``'s data to the default remote (from the cache; the workspace is committed first if needed)."""
-    if dvc(repo, "push", target).returncode != 0:
-        commit(repo, target)
-        dvc(repo, "push", target, check=True)
+    """Push ``target``'s data to the default remote (the workspace is committed to the cache first: a push of data
+    that is not in the cache pushes nothing and still succeeds)."""
+    commit(repo, target)
+    dvc(repo, "push", target, check=True)
 
 
 def pull(repo: Path, target: str = DATA_DVC) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -500,6 +501,37 @@ def load_experiment_result(plan: ExperimentPlan, run_id: str) -> ExperimentResul
     return ExperimentResult(plan.name, run_id, run_dir, summary, per_fold, best_fold, checkpoint, list(record["folds"]))
 
 
+def train_prerequisites(
+    name: str,
+    params: Params,
+    fold: int,
+    run_id: str,
+    *,
+    repo: Path = Path("."),
+    progress: bool = True,
+    plan: Callable[[str, Params], ExperimentPlan] | None = None,
+) -> list[str]:
+    """Train fold ``fold`` of every ``init_from`` experiment of ``name`` that has no checkpoint for it yet, as a run
+    nested under ``run_id`` tagged ``prerequisite`` (never registered); return the experiments trained.
+
+    What `medmlops train` (through `run_experiment`) and the pipelines' train-fold step both do, so covid-ft and
+    covid-mdmt train on a fresh project without their STL runs first. ``plan`` plans the prerequisite (default
+    `plan_experiment`; the pipeline step passes its rank-ordered one).
+    """
+    trained = []
+    for source in params.experiment(name).init_from:
+        if (run_dir_for(params, source, repo) / f"fold-{fold}" / "best.pt").is_file():
+            continue
+        if _is_main_process():
+            print(f"{name}: fold {fold} starts from {source}, not trained yet: training it first (not registered)",
+                  flush=True)  # fmt: skip
+        source_plan = plan(source, params) if plan else plan_experiment(source, params, repo=repo, progress=False)
+        train_experiment_fold(source_plan, params, fold, run_id, repo=repo, progress=progress,
+                              tags={"prerequisite": source})  # fmt: skip
+        trained.append(source)
+    return trained
+
+
 def run_experiment(
     name: str,
     params: Params,
@@ -520,6 +552,7 @@ def run_experiment(
     run_id = start_experiment_run(plan, params, repo=repo, parent_run_id=parent_run_id)
     try:
         for fold in plan.folds:
+            train_prerequisites(name, params, fold, run_id, repo=repo, progress=progress)
             train_experiment_fold(plan, params, fold, run_id, repo=repo, progress=progress, resume=resume)
         return aggregate_experiment(plan, params, run_id, repo=repo)
     except BaseException:

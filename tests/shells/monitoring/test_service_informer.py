@@ -81,9 +81,9 @@ def _png(path) -> bytes:
 def test_real_informer_results_by_the_version_that_predicted(registered_project, predictors, service):
     from PIL import Image
 
-    jpgs = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:2]
+    jpgs = sorted((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))[:2]
     uploads = [jpgs[0].read_bytes(), _png(jpgs[1])]
-    nifti = next((registered_project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()
+    nifti = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")).read_bytes()
     cxr = [_served_record(predictors["cxr-findings"], data) for data in uploads]
     ct = _served_record(predictors["ich-prognosis"], nifti)
     for record in (*cxr, ct):

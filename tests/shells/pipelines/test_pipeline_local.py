@@ -28,16 +28,18 @@ from medmlops.pipeline_steps import (
 from tests.conftest import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+SMOKE_RAW, SMOKE_DVC = "data/raw-smoke", "data-smoke.dvc"  # the smoke profile's data.raw_dir and data.dvc_file
 
 
 def _project(root, datasets: tuple[str, ...]):
-    """params.yaml, git + DVC, smoke data under data/raw tracked in data.dvc and committed."""
+    """params.yaml, git + DVC, smoke data under data/raw-smoke tracked in data-smoke.dvc (the smoke profile's record)
+    and committed."""
     root.mkdir(parents=True, exist_ok=True)
     shutil.copy2(REPO / "params.yaml", root / "params.yaml")
     subprocess.run(["git", "init", "-q"], cwd=root, check=True)
     versioning.dvc(root, "init", "-q", check=True)
     for dataset in datasets:
-        assert main(["data", "generate", dataset, "--out", str(root / "data" / "raw" / dataset), "--profile", "smoke", "--quiet", "--params", str(root / "params.yaml")]) == 0  # fmt: skip
+        assert main(["data", "generate", dataset, "--out", str(root / "data" / "raw-smoke" / dataset), "--profile", "smoke", "--quiet", "--params", str(root / "params.yaml")]) == 0  # fmt: skip
     assert (
         main(["data", "track", "--profile", "smoke", "--repo", str(root), "--params", str(root / "params.yaml")]) == 0
     )
@@ -92,7 +94,7 @@ def test_ich_pipeline_registers_a_candidate_with_the_data_version(ich_run):
     finally:
         tracking.mlflow.set_tracking_uri(previous[0])
         tracking.mlflow.set_registry_uri(previous[1])
-    assert contract.data_version == versioning.recorded_hash(ich_run["project"])
+    assert contract.data_version == versioning.recorded_hash(ich_run["project"], SMOKE_DVC)
     assert contract.experiment == "ich-mt-ord" and [t.name for t in contract.tasks] == [
         "prognosis",
         "gcs_ordinal",
@@ -113,7 +115,7 @@ def test_ich_pipeline_logs_one_tree_of_runs(ich_run):
     pipeline = pipelines[0]
     job = pipeline.data.tags[JOB_TAG]
     assert pipeline.info.status == "FINISHED"
-    assert pipeline.data.tags["data_version"] == versioning.recorded_hash(ich_run["project"])
+    assert pipeline.data.tags["data_version"] == versioning.recorded_hash(ich_run["project"], SMOKE_DVC)
     assert pipeline.data.tags["image"] == "ghcr.io/medmlops/medmlops-train:0.1.0"
     assert pipeline.data.tags["registered.ich-prognosis"] and pipeline.data.tags["promoted.ich-prognosis"] in (
         "true",
@@ -273,13 +275,13 @@ def test_chest_xray_pipelines_register_their_family(name, datasets, family, tmp_
 )
 def test_changed_data_fails_the_pipeline_at_validation(tmp_path, monkeypatch, capfd):
     project = _project(tmp_path, ("ich",))
-    table = project / "data" / "raw" / "ich" / "CLINICAL_DATA_ICH.csv"
+    table = project / "data" / "raw-smoke" / "ich" / "CLINICAL_DATA_ICH.csv"
     table.write_text(table.read_text() + "\n")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert _run(project, "ich", monkeypatch) == 1
     captured = capfd.readouterr()
     assert "pipeline ich failed at step validate-data" in captured.err
-    assert f"not data version {versioning.recorded_hash(project)}" in captured.out + captured.err
+    assert f"not data version {versioning.recorded_hash(project, SMOKE_DVC)}" in captured.out + captured.err
     assert not (project / ".medmlops" / "runs").exists(), "nothing trained on the wrong data"
 
 
@@ -295,7 +297,7 @@ def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeyp
     import pandas as pd
 
     project = _project(tmp_path, ("ich",))
-    root = project / "data" / "raw" / "ich"
+    root = project / "data" / "raw-smoke" / "ich"
     truncated, with_nan = sorted(root.rglob("*.nii.gz"))[:2]
     truncated.write_bytes(truncated.read_bytes()[:200])
     image = nib.load(str(with_nan))
@@ -321,30 +323,30 @@ def test_defective_data_stops_the_pipeline_naming_every_defect(tmp_path, monkeyp
 
 def test_data_version_is_pulled_from_a_remote_by_md5(tmp_path):
     project = _project(tmp_path / "project", ("ich",))
-    md5 = versioning.recorded_hash(project)
+    md5 = versioning.recorded_hash(project, SMOKE_DVC)
     remote = tmp_path / "remote"
     versioning.ensure_remote(project, remote)
-    versioning.push(project)
-    shutil.rmtree(project / "data" / "raw")
+    versioning.push(project, SMOKE_DVC)
+    shutil.rmtree(project / "data" / "raw-smoke")
     shutil.rmtree(project / ".dvc" / "cache")
     with pytest.raises(DataError, match="no data_remote was given"):
-        fetch_data(md5, "", project)
-    assert fetch_data(md5, str(remote), project) == f"pulled from {remote}"
-    assert versioning.workspace_hash(project) == md5
-    assert fetch_data(md5, str(remote), project) == "already present"
+        fetch_data(md5, "", project, SMOKE_RAW)
+    assert fetch_data(md5, str(remote), project, SMOKE_RAW) == f"pulled from {remote}"
+    assert versioning.workspace_hash(project, SMOKE_RAW) == md5
+    assert fetch_data(md5, str(remote), project, SMOKE_RAW) == "already present"
     with pytest.raises(DataError, match="failed"):
-        fetch_data("0" * 32 + ".dir", str(remote), project)
+        fetch_data("0" * 32 + ".dir", str(remote), project, SMOKE_RAW)
 
 
 def test_data_version_names(tmp_path):
     project = _project(tmp_path, ("ich",))
-    md5 = versioning.recorded_hash(project)
-    assert resolve_data_version("", project) == md5
-    assert resolve_data_version("HEAD", project) == md5  # a git revision's data.dvc
-    assert resolve_data_version(md5.removesuffix(".dir"), project) == md5
+    md5 = versioning.recorded_hash(project, SMOKE_DVC)
+    assert resolve_data_version("", project, SMOKE_DVC) == md5
+    assert resolve_data_version("HEAD", project, SMOKE_DVC) == md5  # a git revision's data-smoke.dvc
+    assert resolve_data_version(md5.removesuffix(".dir"), project, SMOKE_DVC) == md5
     with pytest.raises(DataError, match="neither a DVC md5 nor a git revision"):
-        resolve_data_version("no-such-rev", project)
-    record = yaml.safe_load((project / "data.dvc").read_text())
+        resolve_data_version("no-such-rev", project, SMOKE_DVC)
+    record = yaml.safe_load((project / SMOKE_DVC).read_text())
     assert record["outs"][0]["md5"] == md5
 
 
@@ -352,7 +354,7 @@ def test_validation_failure_is_reported_per_dataset(tmp_path):
     project = _project(tmp_path, ("ich",))
     # Same DVC version check passes only for the recorded data: re-track after breaking a column so the version
     # matches and Great Expectations is what fails.
-    table = project / "data" / "raw" / "ich" / "CLINICAL_DATA_ICH.csv"
+    table = project / "data" / "raw-smoke" / "ich" / "CLINICAL_DATA_ICH.csv"
     table.write_text(table.read_text().replace("GCS", "GCS_renamed", 1))
     assert (
         main(["data", "track", "--profile", "smoke", "--repo", str(project), "--params", str(project / "params.yaml")])

@@ -130,7 +130,7 @@ def test_a_full_spool_is_a_503_never_a_silent_drop_and_sigterm_stops_every_worke
 
     from ...conftest import small_disk
 
-    data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    data = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
     with small_disk(tmp_path / "spool", "48k") as spool:
         process, url = _start(registered_project, "cxr-findings", "--no-batching", "--spool-dir", str(spool),
                               "--monitoring-url", f"http://127.0.0.1:{_free_port()}")  # fmt: skip
@@ -151,7 +151,7 @@ def test_a_full_spool_is_a_503_never_a_silent_drop_and_sigterm_stops_every_worke
 
 
 def test_ct_prediction_over_http(registered_project, servers):
-    data = next((registered_project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()
+    data = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")).read_bytes()
     status, body = _predict(servers["ich-prognosis"], data, "case.nii.gz")
     assert status == 200, body
     assert body["model"] == "ich-prognosis" and body["version"] == "1" and len(body["request_id"]) == 32
@@ -163,7 +163,7 @@ def test_covid_prognosis_over_http(registered_project):
     """The third family: MDMT with two heads (AIforCOVID prognosis, BRIXIA severity) from a DICOM upload."""
     process, url = _start(registered_project, "covid-prognosis", "--reload-s", "0")
     try:
-        data = next((registered_project / "data" / "raw" / "aiforcovid").rglob("*.dcm")).read_bytes()
+        data = next((registered_project / "data" / "raw-smoke" / "aiforcovid").rglob("*.dcm")).read_bytes()
         status, body = _predict(url, data, "film.dcm")
     finally:
         _stop(process)
@@ -179,8 +179,8 @@ def test_xray_predictions_over_http_match_in_process(registered_project, servers
 
     from ...inference.test_predict import _png_bytes
 
-    jpg = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))
-    dcm = next((registered_project / "data" / "raw" / "aiforcovid").rglob("*.dcm"))
+    jpg = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))
+    dcm = next((registered_project / "data" / "raw-smoke" / "aiforcovid").rglob("*.dcm"))
     for data in (jpg.read_bytes(), _png_bytes(np.asarray(Image.open(jpg))), dcm.read_bytes()):
         status, body = _predict(servers["cxr-findings"], data)
         assert status == 200, body
@@ -195,7 +195,7 @@ def test_xray_predictions_over_http_match_in_process(registered_project, servers
     "all 200; the same image gets the same answer whatever batch it lands in",
 )
 def test_concurrent_requests_all_succeed(registered_project, servers):
-    files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:6]
+    files = sorted((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))[:6]
     payloads = [f.read_bytes() for f in files] * 4
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda d: _predict(servers["cxr-findings"], d), payloads))
@@ -221,7 +221,7 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(registered_proje
     cases = []
     for name, (family, data, code, text) in _bad_corpus(registered_project).items():
         cases.append((name, family, lambda f=family, d=data: _predict(servers[f], d), code, text))
-    good = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    good = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
     url = servers["cxr-findings"]
     http_cases = [
         ("empty body", lambda: _post(f"{url}/predict", b"", None), "wrong_content_type", "multipart"),
@@ -245,7 +245,7 @@ def test_bad_requests_get_4xx_json_and_the_server_keeps_serving(registered_proje
     assert len(cases) >= 15
     for family, data in (
         ("cxr-findings", good),
-        ("ich-prognosis", next((registered_project / "data" / "raw" / "ich").rglob("*.nii.gz")).read_bytes()),
+        ("ich-prognosis", next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")).read_bytes()),
     ):
         status, _ = _predict(servers[family], data)
         assert status == 200, f"{family} stopped serving after the bad requests"
@@ -312,7 +312,7 @@ def test_records_reach_monitoring_exactly_once_after_it_comes_up(registered_proj
     )  # fmt: skip
     receiver = None
     try:
-        files = sorted((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg"))[:4]
+        files = sorted((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg"))[:4]
         uploads = [files[i % len(files)].read_bytes() for i in range(12)]
         answers = [_predict(url, data) for data in uploads[:4]]
         with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:  # one client id, reused at once
@@ -358,7 +358,7 @@ def test_a_moved_alias_is_served_without_dropping_requests(registered_project, m
     uri = f"sqlite:///{registered_project / '.medmlops' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     process, url = _start(registered_project, "cxr-findings", "--reload-s", "1")
-    data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    data = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
     answers: list[tuple[int, str]] = []
     stop = threading.Event()
 
@@ -418,7 +418,7 @@ def test_sigterm_drains_the_spool_within_its_grace_period(registered_project, tm
     )  # fmt: skip
     receiver = None
     try:
-        data = next((registered_project / "data" / "raw" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+        data = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
         answers = [_predict(url, data, headers={"X-Request-ID": f"case-{i}"}) for i in range(10)]
         assert [status for status, _ in answers] == [200] * 10, answers
         sent = {body["request_id"]: body["correlation_id"] for _, body in answers}
