@@ -31,6 +31,8 @@ ROWS: list[tuple[str, tuple[str, ...]]] = [
     ("data generate ich --out x --n -5", ("--n", "at least 1")),
     ("data generate ich --out x --n 1", ("--n 1", "at least 2 samples")),
     ("data generate brixia --out x --n 3", ("--n 3", "at least 4 samples")),
+    ("data generate ich --out x --set data.ich.n=1", ("params data.ich.n 1", "at least 2 samples")),
+    ("data generate ich --out x --set data.ich.shape=[4,64,64]", ("params data.ich.shape 4x64x64", "at least 8")),
     ("data generate ich --out x --seed -1", ("--seed", "at least 0")),
     ("data generate ich --out x --seed abc", ("--seed", "'abc' is not an integer")),
     ("data generate ich --out x --shift scaner", ("invalid choice 'scaner'", "did you mean 'scanner'?")),

@@ -56,14 +56,21 @@ _SIMULATOR_LIMITS = {"ich": (2, 3, 8, "32,128,128")} | {
 }
 
 
-def _check_generate_args(dataset: str, n: int, shape: tuple[int, ...] | None) -> None:
-    """One sentence naming the flag when ``--n``/``--shape`` is outside what ``dataset``'s simulator accepts."""
+def _check_generate_args(dataset: str, args: argparse.Namespace, params) -> None:
+    """One sentence naming the flag (or the param) when the sample count or the shape is outside what ``dataset``'s
+    simulator accepts: checked for every dataset before any is written."""
     least, dims, size, example = _SIMULATOR_LIMITS[dataset]
+    cfg = getattr(params.data, dataset)
+    n, n_from = (args.n, "--n") if args.n is not None else (cfg.n, f"params data.{dataset}.n")
+    shape, shape_from = (
+        (args.shape, "--shape") if args.shape is not None else (cfg.shape, f"params data.{dataset}.shape")
+    )
     if n < least:
-        raise UserError(f"--n {n}: the {dataset} simulator needs at least {least} samples")
-    if shape is not None and (len(shape) != dims or min(shape) < size):
+        raise UserError(f"{n_from} {n}: the {dataset} simulator needs at least {least} samples")
+    if len(shape) != dims or min(shape) < size:
         raise UserError(
-            f"--shape {'x'.join(map(str, shape))}: {dataset} images need {dims} sizes of at least {size}, e.g. {example}"
+            f"{shape_from} {'x'.join(map(str, shape))}: {dataset} images need {dims} sizes of at least {size}, "
+            f"e.g. {example}"
         )
 
 
@@ -80,7 +87,7 @@ def cmd_data_generate(args: argparse.Namespace) -> int:
     if args.dataset == "all" and args.shape is not None:
         raise UserError("--shape cannot apply to 'all' (CT volumes and X-rays differ): generate one dataset at a time")
     for dataset in targets:  # every dataset checked before any is written
-        _check_generate_args(dataset, args.n if args.n is not None else getattr(params.data, dataset).n, args.shape)
+        _check_generate_args(dataset, args, params)
     for dataset in targets:
         cfg = getattr(params.data, dataset)
         out = Path(args.out) / dataset if args.dataset == "all" else Path(args.out)
