@@ -244,12 +244,15 @@ def test_evaluate_refuses_when_the_calibration_images_overlap_the_test_split(
 ):
     from medmlops.cli import main
     from medmlops.informer import evaluate
+    from medmlops.registry.trained_params import VersionParams
 
     stored = {"methods": {"ixg": {}}, "direction": "low", "baselines": {}, "method": "ixg",
               "validation_ids": ["img-1", "img-2"],
               "csf": {"method": "ixg", "selected": "logit_learned", "states": {"logit_learned": {}}}}  # fmt: skip
     monkeypatch.setattr(evaluate, "informer_model", lambda family, alias: ("3", FINDINGS, None))
-    monkeypatch.setattr(evaluate, "version_params", lambda params, family, version: params)
+    monkeypatch.setattr(
+        evaluate, "trained_version_params", lambda params, family, version: VersionParams(params, "this test")
+    )
     monkeypatch.setattr(evaluate, "load_calibration", lambda family, version, contract: stored)
     monkeypatch.setattr(
         evaluate, "version_split", lambda *a, **k: (None, {}, ["img-0", "img-2", "img-3"])
