@@ -67,14 +67,20 @@ def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | N
         warnings.filterwarnings("ignore", message=".*local.*(ignore|not supported).*", category=UserWarning)
         saved = os.environ.get(FOLD_THREADS)
         os.environ.setdefault(FOLD_THREADS, str(threads))  # the steps are subprocesses: they inherit it
+        # The runner's own chatter (executor inputs, outputs) goes to runner.log: its prints, and its logging, whose
+        # handlers it swaps per task from parallel threads (a task's lines can land on whatever handler another
+        # thread restored, so every root handler during the run is the file's).
+        root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
+        root.handlers[:] = [logging.StreamHandler(runner_log)]
         try:
-            with contextlib.redirect_stdout(runner_log):  # the runner's own chatter (executor inputs, outputs)
+            with contextlib.redirect_stdout(runner_log):
                 pipeline(**arguments)
         except RuntimeError as err:
             where = f" at step {', '.join(steps.failed)}" if steps.failed else ""
             logs = f"; its log: {', '.join(steps.failed_logs)}" if steps.failed_logs else f"; see {log_dir}"
             raise UserError(f"pipeline {name} failed{where}{logs}") from err
         finally:
+            root.handlers[:] = handlers
             if saved is None:
                 os.environ.pop(FOLD_THREADS, None)
     return time.monotonic() - started
