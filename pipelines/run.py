@@ -1,6 +1,7 @@
 """Compile, run locally (Kubeflow's local runner) and submit (``kfp.Client``) the pipelines; ``medmlops pipeline``
 calls these. Kept beside the pipelines so the core (``medmlops``) never imports kfp."""
 
+import builtins
 import contextlib
 import importlib
 import logging
@@ -72,6 +73,7 @@ def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | N
         # thread restored, so every root handler during the run is the file's).
         root, handlers = logging.getLogger(), logging.getLogger().handlers[:]
         root.handlers[:] = [logging.StreamHandler(runner_log)]
+        original_print = builtins.print  # kfp indents print per task, from parallel threads: it can stay indented
         try:
             with contextlib.redirect_stdout(runner_log):
                 pipeline(**arguments)
@@ -81,6 +83,7 @@ def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | N
             raise UserError(f"pipeline {name} failed{where}{logs}") from err
         finally:
             root.handlers[:] = handlers
+            builtins.print = original_print
             if saved is None:
                 os.environ.pop(FOLD_THREADS, None)
     return time.monotonic() - started
