@@ -320,3 +320,27 @@ def test_the_readme_commands_run_in_order_on_a_fresh_clone(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_make_validate_runs_the_validation_stages_only(tmp_path):
+    """`make validate` on a fresh clone: makes the demo data (absent there), checks it against data.dvc and runs
+    the four validate stages of dvc.yaml, not the training stages `dvc repro` alone would run (hours)."""
+    import yaml
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=120)
+    venv = Path(sys.executable).parent.parent  # this environment: `-o install` keeps make from reinstalling it
+    done = subprocess.run(
+        ["make", "-o", "install", f"VENV={venv}", "validate"], cwd=clone, capture_output=True, text=True,
+        timeout=840, env={**__import__("os").environ, "MEDMLOPS_DVC_REMOTE": str(tmp_path / "remote")},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "data: generated data/raw" in done.stdout
+    stages = set(yaml.safe_load((clone / "dvc.lock").read_text())["stages"])
+    assert stages == {f"validate@{d}" for d in ("ich", "aiforcovid", "brixia", "chexpert")}, stages
+    for dataset in ("ich", "aiforcovid", "brixia", "chexpert"):
+        report = clone / "reports" / "validation" / f"{dataset}.json"
+        assert report.is_file() and (clone / "reports" / "validation" / f"{dataset}.html").is_file()
+    assert subprocess.run(["git", "diff", "--quiet", "data.dvc"], cwd=clone).returncode == 0

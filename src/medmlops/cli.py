@@ -115,6 +115,17 @@ def cmd_data_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def cmd_data_get(args: argparse.Namespace) -> int:
+    """Make the profile's data.raw_dir hold its data (what train, preprocess and the demo do first)."""
+    from medmlops.data.provision import ensure_raw_data
+
+    params = params_from_args(args)
+    how = ensure_raw_data(params, Path(args.repo).resolve(), progress=not args.quiet, verify=args.verify)
+    if how.startswith("present"):
+        print(f"data: {params.data.raw_dir} {how}")
+    return 0
+
+
 def cmd_data_track(args: argparse.Namespace) -> int:
     from medmlops.data import versioning
 
@@ -331,6 +342,17 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("--quiet", action="store_true", help="no progress bars")
     add_params_args(val)
     val.set_defaults(func=cmd_data_validate)
+
+    get = data.add_parser(
+        "get",
+        help="make the profile's data.raw_dir hold its data: kept when there, else pulled from the DVC remote, else "
+        "generated (simulated profiles only), checked against the profile's record",
+    )  # fmt: skip
+    get.add_argument("--repo", default=".", type=folder, help="project root")
+    get.add_argument("--verify", action="store_true", help="also check data already there against the profile's record")
+    get.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_params_args(get)
+    get.set_defaults(func=cmd_data_get)
 
     trk = data.add_parser(
         "track", help="dvc add the profile's data.raw_dir and keep its record (data.dvc_file) at the project root"

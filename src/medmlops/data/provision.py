@@ -70,7 +70,7 @@ def ensure_raw_data(params: Params, repo: Path = Path("."), *, progress: bool = 
         pull = f", or `dvc pull {data.dvc_file}` from the DVC remote holding it" if record.is_file() else ""
         raise UserError(
             f"{data.raw_dir}: no data; the {profile} profile reads real data, which is never generated: put the datasets "
-            f'there as README section "Real data" describes and run {_track_hint(params)}{pull}'
+            f'there as README section "Using real data, end to end" describes and run {_track_hint(params)}{pull}'
         )
     return _generate(params, repo, progress)
 
