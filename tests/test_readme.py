@@ -39,7 +39,7 @@ def _shell_blocks(text: str) -> list[str]:
         joined = re.sub(r"\\\n\s*", " ", block)
         for line in joined.splitlines():
             line = line.split("  #", 1)[0].strip()
-            synopsis = re.search(r"\[--|\{[\w-]+,", line)  # usage notation ([--opt], {a,b}), not a command
+            synopsis = re.search(r"\[--|\{[\w-]+,|\s\|\s", line)  # usage notation ([--opt], {a,b}), not a command
             if line and not line.startswith("#") and not synopsis:
                 commands.append(line)
     return commands
@@ -198,7 +198,7 @@ def readme_steps(text: str) -> list[tuple[str, str | None]]:
         joined = re.sub(r"\\\n\s*", " ", block.group(1))
         for line in joined.splitlines():
             line = line.split("  #", 1)[0].strip()
-            if not line or line.startswith("#") or re.search(r"\[--|\{[\w-]+,", line):
+            if not line or line.startswith("#") or re.search(r"\[--|\{[\w-]+,|\s\|\s", line):
                 continue
             if reason is None and line.startswith("make "):
                 if line not in MAKE_IN_ORDER:
@@ -299,13 +299,13 @@ def test_the_readme_commands_run_in_order_on_a_fresh_clone(tmp_path):
                 assert port, f"README.md: `{command}`: a background server must name its --port"
                 with log.open("w") as out:
                     background.append(subprocess.Popen(
-                        ["bash", "-c", command[:-1]], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+                        ["bash", "-e", "-o", "pipefail", "-c", command[:-1]], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
                         start_new_session=True,
                     ))  # fmt: skip
                 _wait_ready(port.group(1), background[-1], log)
             else:
                 with log.open("w") as out:
-                    done = subprocess.run(["bash", "-c", command], cwd=clone, env=env, stdout=out,
+                    done = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", command], cwd=clone, env=env, stdout=out,
                                           stderr=subprocess.STDOUT, timeout=1800)  # fmt: skip
                 assert done.returncode == 0, (
                     f"README.md: `{command}` exited {done.returncode}:\n{log.read_text()[-4000:]}"
