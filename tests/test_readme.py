@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import REPO
+from .conftest import REPO, _free_port
 from .reliability import readme_block, without_results
 
 
@@ -214,15 +214,7 @@ def _ports(commands: list[str]) -> dict[str, str]:
     found = set()
     for command in commands:
         found |= set(re.findall(r"(?:--port |127\.0\.0\.1:|localhost:)(\d{4,5})\b", command))
-    return {port: str(_free_port_here()) for port in sorted(found)}
-
-
-def _free_port_here() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return {port: str(_free_port()) for port in sorted(found)}
 
 
 def _with_ports(command: str, ports: dict[str, str]) -> str:
