@@ -472,10 +472,12 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
     for note in notes:
         print(note)
     print(
-        "flag rate: the share of answers the deployed confidence scoring function flagged as likely wrong and sent "
-        f"for review (its operating point: informer.review_budget = {params.informer.review_budget}); "
+        "flag rate: the share of answers the deployed confidence scoring function flagged as likely wrong (any "
+        "class) and sent for review; its operating point flags about informer.review_budget = "
+        f"{params.informer.review_budget} of each class's answers on the calibration split, so an answer with "
+        "several classes is flagged more often; "
         + ("on the smoke profile's tiny models it is high and not an alarm" if params.profile == "smoke"
-           else "a rise on shifted traffic is the signal to look at")
+           else "a confidence score can go quiet on shifted inputs the model is sure of: read it beside drift")
     )  # fmt: skip
     ungated = [f for f in families if (g := params.registry.gates.get(f)) is not None and not g.min_metrics]
     if ungated:
