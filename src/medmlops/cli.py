@@ -30,7 +30,7 @@ from medmlops.commandline import (
     run_main,
 )
 from medmlops.config import save_resolved
-from medmlops.data.simulate import SHIFTS
+from medmlops.data.simulate import LIMITS, SHIFTS
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
 
@@ -50,16 +50,11 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-# What the simulators accept (their own checks raise ValueError): (samples at least, dimensions, size at least, example)
-_SIMULATOR_LIMITS = {"ich": (2, 3, 8, "32,128,128")} | {
-    d: (4, 2, 32, "256,256") for d in ("aiforcovid", "brixia", "chexpert")
-}
-
-
 def _check_generate_args(dataset: str, args: argparse.Namespace, params) -> None:
     """One sentence naming the flag (or the param) when the sample count or the shape is outside what ``dataset``'s
     simulator accepts: checked for every dataset before any is written."""
-    least, dims, size, example = _SIMULATOR_LIMITS[dataset]
+    limits = LIMITS[dataset]
+    least, dims, size, example = limits.min_n, limits.dims, limits.min_size, limits.example
     cfg = getattr(params.data, dataset)
     n, n_from = (args.n, "--n") if args.n is not None else (cfg.n, f"params data.{dataset}.n")
     shape, shape_from = (

@@ -234,7 +234,7 @@ def _splits_differ(splits_path: Path, params: Params) -> str:
         )
     return (
         f"{splits_path} was made from other data than {params.data.raw_dir} holds now (same params): restore that data "
-        f"(`dvc checkout {getattr(params.data, 'dvc_file', 'data.dvc')}`) to use the trained runs there; {aside}"
+        f"(`dvc checkout {params.data.dvc_file}`) to use the trained runs there; {aside}"
     )
 
 

@@ -17,11 +17,28 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 DATASETS = ("ich", "aiforcovid", "brixia", "chexpert")
 SHIFTS = ("scanner", "intensity", "noise", "population", "corruption")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a simulator accepts (its own checks raise ValueError beyond them; the CLI checks them up front): at least
+    ``min_n`` samples, a shape of ``dims`` sizes of at least ``min_size`` each (``example``: a valid ``--shape``)."""
+
+    min_n: int
+    dims: int
+    min_size: int
+    example: str
+
+
+CT_LIMITS = Limits(min_n=2, dims=3, min_size=8, example="32,128,128")
+CXR_LIMITS = Limits(min_n=4, dims=2, min_size=32, example="256,256")
+LIMITS = {"ich": CT_LIMITS, "aiforcovid": CXR_LIMITS, "brixia": CXR_LIMITS, "chexpert": CXR_LIMITS}
 
 # Lazy: importing one simulator should not import the others (the CT one pulls nibabel, the CXR ones pydicom).
 _GENERATORS = {

@@ -14,7 +14,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 
-from medmlops.data.simulate import SHIFTS
+from medmlops.data.simulate import CXR_LIMITS, SHIFTS
 
 __all__ = ["CXR_SHIFTS", "check_args", "rng_for", "sigmoid", "single_threaded_blas"]
 
@@ -31,14 +31,16 @@ def check_args(n: int, shape: Sequence[int], shift: str | None) -> tuple[int, in
     """
     if shift is not None and shift not in CXR_SHIFTS:
         raise ValueError(f"shift must be None or one of {', '.join(CXR_SHIFTS)}, got {shift!r}.")
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 4:
-        raise ValueError(f"n must be an integer >= 4, got {n!r}.")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < CXR_LIMITS.min_n:
+        raise ValueError(f"n must be an integer >= {CXR_LIMITS.min_n}, got {n!r}.")
     try:
         dims = tuple(int(d) for d in shape)
     except (TypeError, ValueError):
-        raise ValueError(f"shape must be a (rows, cols) pair of integers >= 32, got {shape!r}.") from None
-    if len(dims) != 2 or min(dims) < 32:
-        raise ValueError(f"shape must be a (rows, cols) pair of integers >= 32, got {shape!r}.")
+        raise ValueError(
+            f"shape must be a (rows, cols) pair of integers >= {CXR_LIMITS.min_size}, got {shape!r}."
+        ) from None
+    if len(dims) != CXR_LIMITS.dims or min(dims) < CXR_LIMITS.min_size:
+        raise ValueError(f"shape must be a (rows, cols) pair of integers >= {CXR_LIMITS.min_size}, got {shape!r}.")
     return dims[0], dims[1]
 
 

@@ -32,7 +32,7 @@ import pandas as pd
 from scipy import ndimage
 from tqdm.auto import tqdm
 
-from medmlops.data.simulate import SHIFTS
+from medmlops.data.simulate import CT_LIMITS, SHIFTS
 
 __all__ = ["ICH_CLINICAL_COLUMNS", "ICH_SHIFTS", "generate_ich"]
 
@@ -698,16 +698,20 @@ def _nifti_bytes(data: np.ndarray, affine: np.ndarray, descrip: bytes) -> bytes:
 def _validate(n: int, shape: tuple[int, int, int], shift: str | None, seed: int) -> tuple[int, int, int]:
     if shift is not None and shift not in ICH_SHIFTS:
         raise ValueError(f"shift must be None or one of {', '.join(ICH_SHIFTS)}, got {shift!r}.")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 2:
-        raise ValueError(f"n must be an integer >= 2, got {n!r}.")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < CT_LIMITS.min_n:
+        raise ValueError(f"n must be an integer >= {CT_LIMITS.min_n}, got {n!r}.")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     try:
         dims = tuple(int(d) for d in shape)
     except TypeError:
-        raise ValueError(f"shape must be a (slices, rows, cols) tuple of 3 ints >= 8, got {shape!r}.") from None
-    if len(dims) != 3 or min(dims) < 8:
-        raise ValueError(f"shape must be a (slices, rows, cols) tuple of 3 ints >= 8, got {shape!r}.")
+        raise ValueError(
+            f"shape must be a (slices, rows, cols) tuple of 3 ints >= {CT_LIMITS.min_size}, got {shape!r}."
+        ) from None
+    if len(dims) != CT_LIMITS.dims or min(dims) < CT_LIMITS.min_size:
+        raise ValueError(
+            f"shape must be a (slices, rows, cols) tuple of 3 ints >= {CT_LIMITS.min_size}, got {shape!r}."
+        )
     return dims  # type: ignore[return-value]
 
 
