@@ -34,6 +34,7 @@ from medmlops.informer.outputs import batched_outputs, feature_frame
 from medmlops.informer.probability import performance_section
 from medmlops.interpret.saliency import METHODS, LogitsModel
 from medmlops.registry.contract import ModelContract
+from medmlops.registry.trained_params import version_params as trained_version_params
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +53,19 @@ class CalibrationError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def version_params(params: Params, family: str, version: str) -> Params:
-    """``params`` with the training params of ``family`` version ``version`` for everything that defines the model and
-    its data (seed, profile, data, preprocess, train, experiments: :mod:`medmlops.registry.trained_params`), so its
-    splits and preprocessing are rebuilt exactly as trained whatever ``params.yaml`` and ``--set`` say now; the
-    command's own settings (``informer.*``, ``registry.*``) stay the current ones."""
-    from medmlops.registry.trained_params import version_params as resolve
-
-    return resolve(params, family, version).params
-
-
 def version_split(
     params: Params, family: str, version: str, split: str, *, repo: Path = Path("."), progress: bool = False
 ) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
     """The images ``(N, *shape)``, labels by task and sample ids of ``split`` (val | test) of the fold whose weights
-    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag), split with the seed the
-    version was trained with and its other training params (:func:`version_params`), whatever the current params
-    say."""
+    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag). ``params`` must be the
+    version's (:func:`medmlops.registry.trained_params.version_params`, which the callers resolve once): its seed,
+    data, preprocessing and folds made those splits, whatever the current params say."""
     from mlflow import MlflowClient
 
     from medmlops.data import preprocess as prep
     from medmlops.registry.tracking import load_contract
     from medmlops.training.experiment import experiment_sources, plan_experiment
 
-    params = version_params(params, family, version)  # the version's own seed made its splits
     contract = load_contract(family, version)
     client = MlflowClient()
     mv = client.get_model_version(family, str(version))
@@ -381,10 +371,9 @@ def calibrate_version(
         raise CalibrationError(f"unknown saliency method '{unknown[0]}' (expected one of: {', '.join(METHODS)})")
     if direction not in scores.DIRECTIONS:
         raise CalibrationError(f"direction must be low or high, got '{direction}'")
-    from medmlops.registry.trained_params import version_params as resolve
-
     version, contract, logits_model = informer_model(family, alias)
-    trained = resolve(params, family, version)  # the model's splits, data and preprocessing are the version's
+    # The model's splits, data and preprocessing are the version's; informer.* and registry.* the current params'.
+    trained = trained_version_params(params, family, version)
     params = trained.params
     images, labels, ids = version_split(params, family, version, "val", repo=repo, progress=progress)
     targets = scores.logit_targets(contract, labels)
