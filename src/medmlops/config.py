@@ -220,6 +220,42 @@ class InformerConfig:
 
 
 @dataclass(frozen=True)
+class InputGateConfig:
+    """What one family's model is for: the serving input gate, stored in every registered version's contract.
+
+    DICOM attributes are checked before any pixel is decoded; an empty tuple takes any value. ``body_parts`` and
+    ``view_positions`` are checked where the header has the attribute (many archives leave them empty). The CT
+    value rule (Hounsfield units, air around the head) and the size ranges are the validation suite's
+    (:class:`ValidationConfig`), copied into the contract at registration.
+    """
+
+    modalities: tuple[str, ...] = ()  # DICOM Modality (0008,0060)
+    body_parts: tuple[str, ...] = ()  # BodyPartExamined (0018,0015), where present
+    view_positions: tuple[str, ...] = ()  # ViewPosition (0018,5101), where present: PA/AP for frontal-only models
+    photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")  # PhotometricInterpretation (0028,0004)
+    samples_per_pixel: int = 1
+    max_frames: int = 1  # NumberOfFrames: one image per upload
+    raster: bool = True  # PNG/JPEG (no header to check; the out-of-distribution score still applies)
+    max_pixels: int = 4096 * 4096  # decoded pixels (X-ray) or voxels (CT) per upload, read from the header
+    ood: str = "warn"  # out-of-distribution uploads: "warn" (answer, in_distribution false) or "refuse" (422)
+    ood_percentile: float = 99.0  # the threshold: this percentile of the validation split's scores
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """``medmlops serve``'s door: the input gate per family and the bounds on each request's work."""
+
+    inputs: dict[str, InputGateConfig] = field(default_factory=dict)  # registered family → input gate
+    max_zip_entries: int = 2048  # a CT series zip: files in it
+    body_timeout_s: float = 30.0  # a request body not received in full by then is answered 408
+    max_concurrent_preprocessing: int = 2  # uploads decoded at once per gateway worker (the others wait)
+
+    def gate(self, family: str) -> InputGateConfig:
+        """The family's gate; a family without one takes what its contract's formats allow (any DICOM header)."""
+        return self.inputs.get(family, InputGateConfig())
+
+
+@dataclass(frozen=True)
 class DemoConfig:
     """``make demo``: the whole platform on one machine (see medmlops.demo)."""
 
@@ -334,6 +370,7 @@ class Params:
     covid_protocol: CovidProtocolConfig = field(default_factory=CovidProtocolConfig)
     informer: InformerConfig = field(default_factory=InformerConfig)
     demo: DemoConfig = field(default_factory=DemoConfig)
+    serving: ServingConfig = field(default_factory=ServingConfig)
     images: ImagesConfig = field(default_factory=ImagesConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
     experiments: dict[str, ExperimentConfig] = field(default_factory=dict)
