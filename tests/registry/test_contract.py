@@ -8,7 +8,7 @@ import json
 import pytest
 
 from medmlops.errors import UserError
-from medmlops.registry.contract import ContractError, ModelContract, TaskSpec
+from medmlops.registry.contract import ContractError, InputGate, ModelContract, TaskSpec
 from tests.registry.conftest import make_contract
 
 
@@ -34,6 +34,36 @@ def test_round_trip_preserves_every_field():
     assert back == contract
     assert isinstance(back.tasks[1].thresholds, tuple) and back.input.shape == (1, 16, 16)
     assert json.loads(text)["tasks"][1]["classes"] == ["mild", "moderate", "severe"]
+
+
+def test_the_input_gate_round_trips_and_older_contracts_without_it_still_load():
+    gate = InputGate(modalities=("CR", "DX"), body_parts=("CHEST",), view_positions=("PA", "AP"),
+                     limits={"cxr_min_size": 32, "cxr_max_size": 8192},
+                     ood={"action": "warn", "percentile": 99.0, "threshold": 3.5})  # fmt: skip
+    contract = dataclasses.replace(make_contract(), input_gate=gate)
+    back = ModelContract.from_json(contract.to_json())
+    assert back == contract and back.input_gate.view_positions == ("PA", "AP")
+    older = json.loads(make_contract().to_json())
+    del older["input_gate"]
+    assert ModelContract.from_dict(older).input_gate is None
+
+
+@pytest.mark.parametrize(
+    ("gate", "field"),
+    [
+        (InputGate(modalities=("CR", "")), "input_gate.modalities"),
+        (InputGate(max_pixels=0), "input_gate.max_pixels"),
+        (InputGate(samples_per_pixel=True), "input_gate.samples_per_pixel"),
+        (InputGate(ood={"action": "drop"}), "input_gate.ood.action"),
+    ],
+)
+def test_an_invalid_input_gate_is_named(gate, field):
+    with pytest.raises(ContractError, match=field.replace(".", r"\.")):
+        dataclasses.replace(make_contract(), input_gate=gate).validate()
+    raw = json.loads(make_contract().to_json())
+    raw["input_gate"] = {"modalities": ["CR"], "colour": "grey"}
+    with pytest.raises(ContractError, match="unknown key 'input_gate.colour'"):
+        ModelContract.from_dict(raw)
 
 
 def test_ct_contract_round_trips_with_spacing_and_window():

@@ -17,7 +17,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "contract": ("ContractError", "InputSpec", "ModelContract", "TaskSpec", "SCHEMA_VERSION"),
+    "contract": ("ContractError", "InputGate", "InputSpec", "ModelContract", "TaskSpec", "SCHEMA_VERSION"),
     "tracking": (
         "CONTRACT_FILE",
         "ModelNotFoundError",
@@ -41,6 +41,7 @@ __all__ = [
     "CONTRACT_FILE",
     "SCHEMA_VERSION",
     "ContractError",
+    "InputGate",
     "InputSpec",
     "ModelContract",
     "ModelNotFoundError",
@@ -65,7 +66,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from medmlops.registry.contract import SCHEMA_VERSION, ContractError, InputSpec, ModelContract, TaskSpec
+    from medmlops.registry.contract import SCHEMA_VERSION, ContractError, InputGate, InputSpec, ModelContract, TaskSpec
     from medmlops.registry.promotion import PromotionError, PromotionResult, list_versions, promote, rollback
     from medmlops.registry.tracking import (
         CONTRACT_FILE,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import MISSING, asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 from medmlops.errors import UserError
@@ -143,6 +143,51 @@ class InputSpec:
 
 
 @dataclass(frozen=True)
+class InputGate:
+    """What the model takes beyond its formats: the serving door checks it before decoding an upload.
+
+    ``modalities`` … ``max_frames`` are DICOM header rules (empty tuple: any value; body part and view are checked
+    where the header has them). ``max_pixels`` bounds the decoded pixels (X-ray) or voxels (CT) of one upload,
+    read from the header. ``limits`` are the validation suite's plausibility ranges at registration
+    (:class:`medmlops.config.ValidationConfig` fields: sizes, and for CT the Hounsfield-unit rule). ``ood`` is the
+    out-of-distribution reference: ``action`` (``warn`` | ``refuse``), ``percentile``, ``threshold`` and what
+    scoring needs (see :mod:`medmlops.inference.ood`); None when the version has none.
+    """
+
+    modalities: tuple[str, ...] = ()
+    body_parts: tuple[str, ...] = ()
+    view_positions: tuple[str, ...] = ()
+    photometric: tuple[str, ...] = ("MONOCHROME1", "MONOCHROME2")
+    samples_per_pixel: int = 1
+    max_frames: int = 1
+    raster: bool = True
+    max_pixels: int = 4096 * 4096
+    limits: dict[str, Any] = field(default_factory=dict)
+    ood: dict[str, Any] | None = None
+
+    def _validate(self) -> None:
+        for name in ("modalities", "body_parts", "view_positions", "photometric"):
+            value = getattr(self, name)
+            if not isinstance(value, tuple) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise ContractError(f"model contract: input_gate.{name} must be a list of non-empty strings")
+        for name in ("samples_per_pixel", "max_frames", "max_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ContractError(f"model contract: input_gate.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.raster, bool):
+            raise ContractError("model contract: input_gate.raster must be true or false")
+        if not isinstance(self.limits, dict):
+            raise ContractError("model contract: input_gate.limits must be a mapping")
+        if self.ood is not None:
+            if not isinstance(self.ood, dict):
+                raise ContractError("model contract: input_gate.ood must be a mapping or null")
+            if self.ood.get("action") not in ("warn", "refuse"):
+                raise ContractError(
+                    f"model contract: input_gate.ood.action must be 'warn' or 'refuse', got {self.ood.get('action')!r}"
+                )
+
+
+@dataclass(frozen=True)
 class ModelContract:
     """The machine-readable input/output contract of one registered model version."""
 
@@ -154,6 +199,7 @@ class ModelContract:
     git_commit: str
     metrics: dict[str, float]
     informer: dict[str, Any] | None = None  # INFORMER calibration: per-class tau, direction, saliency method, ...
+    input_gate: InputGate | None = None  # what serving takes beyond the formats; None: versions registered before it
     experiment: str = ""
     created_at: str = ""  # ISO 8601, UTC; filled in at registration when empty
     schema_version: int = SCHEMA_VERSION
@@ -221,6 +267,12 @@ class ModelContract:
                 raise ContractError(f"model contract: metrics.{key} must be a finite number, got {value!r}")
         if self.informer is not None and not isinstance(self.informer, dict):
             raise ContractError("model contract: informer must be a mapping or null")
+        if self.input_gate is not None:
+            if not isinstance(self.input_gate, InputGate):
+                raise ContractError(
+                    f"model contract: input_gate must be an InputGate, got {type(self.input_gate).__name__}"
+                )
+            self.input_gate._validate()
         try:
             self.to_json()
         except (TypeError, ValueError) as exc:
@@ -237,6 +289,7 @@ class ModelContract:
         out = {f.name: _plain(getattr(self, f.name)) for f in fields(self)}
         out["tasks"] = [_plain(asdict(t)) for t in self.tasks]
         out["input"] = _plain(asdict(self.input))
+        out["input_gate"] = None if self.input_gate is None else _plain(asdict(self.input_gate))
         return out
 
     def to_json(self, indent: int | None = 2) -> str:
@@ -278,8 +331,15 @@ class ModelContract:
             intensity_window=None if window is None else _tuple(window, "input.intensity_window"),  # type: ignore[arg-type]
             channels=raw_input["channels"],
         )
-        kwargs = {k: v for k, v in data.items() if k not in ("tasks", "input")}
-        contract = cls(tasks=tuple(tasks), input=spec, **kwargs)
+        gate = data.get("input_gate")
+        if gate is not None:
+            if not isinstance(gate, dict):
+                raise ContractError("model contract: input_gate must be an object or null")
+            _check_keys(gate, InputGate, "input_gate.")
+            listed = {"modalities", "body_parts", "view_positions", "photometric"}
+            gate = InputGate(**{k: _tuple(v, f"input_gate.{k}") if k in listed else v for k, v in gate.items()})
+        kwargs = {k: v for k, v in data.items() if k not in ("tasks", "input", "input_gate")}
+        contract = cls(tasks=tuple(tasks), input=spec, input_gate=gate, **kwargs)
         return contract.validate() if validate else contract
 
     @classmethod

@@ -60,9 +60,26 @@ def build_contract(result: ExperimentResult, params: Params, repo: Path = Path("
     metrics = {k: float(v) for k, v in result.summary.items() if np.isfinite(v)}
     return ModelContract(
         family=exp.family, tasks=specs, input=input_spec, preprocessing=preprocessing,
+        input_gate=input_gate(params, exp.family, input_spec.modality),
         data_version=_run_data_version(result.run_id) or tracking.data_version(repo, tracking.data_record(params)),
         git_commit=tracking.git_commit(repo), metrics=metrics,
         experiment=result.experiment, created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    )  # fmt: skip
+
+
+def input_gate(params: Params, family: str, modality: str):
+    """The family's input gate from params (``serving.inputs``), with the validation suite's plausibility limits
+    for the modality, as the contract stores it; the out-of-distribution reference is added once computed."""
+    from medmlops.registry import InputGate
+
+    gate, limits = params.serving.gate(family), asdict(params.validation)
+    prefix = "ct_" if modality == "ct" else "cxr_"
+    kept = {k: v for k, v in limits.items() if k.startswith(prefix) or k == "min_image_std"}
+    return InputGate(
+        modalities=tuple(gate.modalities), body_parts=tuple(gate.body_parts),
+        view_positions=tuple(gate.view_positions), photometric=tuple(gate.photometric),
+        samples_per_pixel=gate.samples_per_pixel, max_frames=gate.max_frames, raster=gate.raster,
+        max_pixels=gate.max_pixels, limits=json.loads(json.dumps(kept)),
     )  # fmt: skip
 
 
