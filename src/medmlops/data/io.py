@@ -127,14 +127,23 @@ def _looks_like_dicom(data: bytes) -> bool:
 
 
 def _read_dicom(data: bytes, name: str) -> XrayImage:
+    """Decode with pydicom and its plugins (pylibjpeg: JPEG Baseline/Extended/Lossless, JPEG-LS, JPEG 2000; RLE,
+    deflated and big endian natively). A transfer syntax no installed decoder reads is a DataError naming it."""
     import pydicom
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        arr = ds.pixel_array.astype(np.float32)
     except Exception as exc:
         raise DataError(f"{name}: cannot be read as DICOM ({type(exc).__name__}: {exc})") from exc
-    if arr.ndim == 3 and arr.shape[-1] in (3, 4):  # RGB secondary captures: use luminance
+    try:
+        arr = ds.pixel_array.astype(np.float32)
+    except Exception as exc:
+        unsupported = _unsupported_syntax(ds)
+        if unsupported:
+            raise DataError(f"{name}: {unsupported}") from exc
+        raise DataError(f"{name}: cannot be read as DICOM ({type(exc).__name__}: {exc})") from exc
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if samples > 1 and arr.ndim >= 3 and arr.shape[-1] == samples:  # RGB secondary captures: use luminance
         arr = arr[..., :3].mean(axis=-1)
     slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
     intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
@@ -146,6 +155,37 @@ def _read_dicom(data: bytes, name: str) -> XrayImage:
         # image reaches the model with air dark, whatever the vendor wrote.
         arr = (arr.max() + arr.min()) - arr
     return XrayImage(arr, photometric, bits, str(getattr(ds, "Manufacturer", "") or ""))
+
+
+def _unsupported_syntax(ds) -> str:
+    """Why the pixel data's transfer syntax cannot be decoded here, in one sentence; '' when the failure is not
+    the syntax's (no transfer syntax in the header, or an uncompressed one: truncated or inconsistent data)."""
+    from pydicom.pixels.decoders.base import get_decoder
+    from pydicom.uid import UID
+
+    meta = getattr(ds, "file_meta", None)
+    raw = meta.get("TransferSyntaxUID") if meta is not None else None
+    if not raw:
+        return ""
+    uid = UID(str(raw).strip())
+    if not uid.is_transfer_syntax:
+        return f"transfer syntax {uid} is not supported (not a DICOM transfer syntax pydicom knows)"
+    label = f"transfer syntax '{uid.name}' ({uid})"
+    try:
+        decoder = get_decoder(uid)
+    except NotImplementedError:
+        return f"{label} is not supported (no decoder exists for it here)"
+    if not decoder.is_available:
+        return f"{label} is not supported (its decoder plugins are not installed)"
+    if not uid.is_compressed:
+        return ""
+    bits = getattr(ds, "BitsStored", "?")
+    samples = getattr(ds, "SamplesPerPixel", "?")
+    plugins = ", ".join(sorted(decoder.available_plugins))
+    return (
+        f"{label} is not supported for this image ({bits}-bit, {samples} sample(s) per pixel): none of the "
+        f"installed decoders ({plugins}) can decode its pixel data"
+    )
 
 
 def _read_raster(data: bytes, name: str) -> XrayImage:
