@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 
 import aiohttp
+import anyio
 import bentoml
 import numpy as np
 from fastapi import FastAPI, Request
@@ -29,10 +30,85 @@ from medmlops.inference.service import ServedModel, ServiceUnavailable, ServingS
 
 SETTINGS = ServingSettings.from_env()
 FIELD = "image"
+STUDY_FIELD = "study_id"
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers around the upload
 _PATHLIKE = re.compile(r"(^|[\\/])\.\.([\\/]|$)|^[\\/]|[\\/]|^[A-Za-z]:")
 
-app = FastAPI(title="medmlops serving", docs_url=None, redoc_url=None)
+# Every refusal is {"error": code, "detail": one sentence}; a gate refusal (422 not_accepted) adds "attribute",
+# "value" and "accepted". The codes, per status, as /docs lists them.
+ERRORS = {
+    400: "bad_multipart, missing_field, bad_filename, bad_request_id, bad_study_id, empty_upload, corrupt_file, "
+         "unreadable_image, non_finite, implausible_shape, bad_zip, bad_entry_name, not_dicom, unreadable_slice: "
+         "the request or the file cannot be read as sent",
+    408: "body_timeout: the body did not arrive in full within the server's body timeout",
+    413: "too_large (bytes on the wire or inflated), too_many_pixels (decoded size from the header), "
+         "too_many_entries (a series zip): refused before decoding",
+    415: "wrong_content_type (not multipart/form-data), wrong_modality (a format this model does not take)",
+    422: "not_accepted (a DICOM attribute the model is not for: Modality, BodyPartExamined, ViewPosition, "
+         "PhotometricInterpretation, SamplesPerPixel, NumberOfFrames), not_hounsfield_units, wrong_shape, "
+         "mixed_series, not_ct, missing_slices, inconsistent_spacing, inconsistent_geometry, duplicate_slices, "
+         "too_few_slices, out_of_distribution (when the contract refuses it)",
+    503: "model_unavailable, spool_unavailable (with Retry-After when known): try again",
+}  # fmt: skip
+_ERROR_SCHEMA = {"type": "object", "required": ["error", "detail"],
+                 "properties": {"error": {"type": "string"}, "detail": {"type": "string"}}}  # fmt: skip
+_PREDICT_DOCS = {
+    "summary": "Predict from one image",
+    "description": "One image per request: NIfTI (.nii, .nii.gz) or a zip of one DICOM CT series for "
+    "ich-prognosis; DICOM, PNG or JPEG for the chest families. The header is checked against the model's contract "
+    "before anything is decoded. The answer names the model version, the predictions per task, "
+    "`in_distribution` with the out-of-distribution score and threshold, and the study identity.",
+    "responses": {
+        **{
+            status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+            for status, text in ERRORS.items()
+        },  # fmt: skip
+    },
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": [FIELD],
+                        "properties": {
+                            FIELD: {"type": "string", "format": "binary", "description": "the image file"},
+                            STUDY_FIELD: {
+                                "type": "string",
+                                "maxLength": 128,
+                                "description": "the hospital's study identifier, kept with the record (optional)",
+                            },
+                        },
+                    }
+                }
+            },
+        }
+    },  # fmt: skip
+}
+
+app = FastAPI(
+    title="medmlops serving", version="1", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+    description=f"POST an image to /predict as multipart field '{FIELD}'. Errors are JSON "
+    "{error, detail}; see each status below.",
+)  # fmt: skip
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The whole body, stopping at ``limit`` bytes whatever the transfer encoding (a chunked upload has no
+    Content-Length), and within ``timeout_s`` (a client that stops sending holds nothing for long)."""
+    chunks, size = [], 0
+    with anyio.fail_after(timeout_s):
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _BodyTooLarge
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _error(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -69,7 +145,7 @@ class Gateway:
         # Blocks this worker's event loop for at most the drain period: no request is left to serve by then.
         self.core.close()
 
-    @app.post("/predict")
+    @app.post("/predict", **_PREDICT_DOCS)
     async def predict(self, request: Request) -> JSONResponse:
         from medmlops.inference.predict import InputError  # brings torch: not when BentoML only reads this module
 
@@ -79,9 +155,20 @@ class Gateway:
             sent = content_type or "no content type"
             return _error(415, "wrong_content_type",
                           f"send multipart/form-data with the file in field '{FIELD}', not '{sent}'")  # fmt: skip
-        declared = int(request.headers.get("content-length") or 0)
-        if declared > limit + MULTIPART_OVERHEAD:
-            return _error(413, "too_large", f"the request has {declared} bytes; the upload limit is {limit}")
+        declared = request.headers.get("content-length") or "0"
+        if not declared.isdigit():
+            return _error(400, "bad_multipart", f"the Content-Length header {declared[:40]!r} is not a number")
+        if int(declared) > limit + MULTIPART_OVERHEAD:
+            return _error(413, "too_large", f"the request has {declared} bytes; the upload limit is {limit}",
+                          {"Connection": "close"})  # fmt: skip
+        try:
+            request._body = await _read_body(request, limit + MULTIPART_OVERHEAD, SETTINGS.body_timeout_s)
+        except _BodyTooLarge:
+            return _error(413, "too_large", f"the request body passed the upload limit of {limit} bytes; "
+                          "reading stopped there", {"Connection": "close"})  # fmt: skip
+        except TimeoutError:
+            return _error(408, "body_timeout", f"the request body did not arrive in full within "
+                          f"{SETTINGS.body_timeout_s:g} s", {"Connection": "close"})  # fmt: skip
         try:
             form = await request.form(max_files=1, max_fields=8)
         except Exception as exc:  # noqa: BLE001 - starlette raises several parser errors
@@ -93,12 +180,19 @@ class Gateway:
             return _error(400, "missing_field", f"no file in field '{FIELD}' (fields sent: {fields or 'none'})")
         if _PATHLIKE.search(upload.filename or ""):
             return _error(400, "bad_filename", f"file names must not contain a path ({upload.filename!r})")
+        study_id = form.get(STUDY_FIELD)
+        if study_id is not None and not isinstance(study_id, str):
+            return _error(400, "bad_study_id", f"field '{STUDY_FIELD}' must be text, not a file")
         data = await upload.read(limit + 1)
         try:
-            answer = await self.core.predict(data, request.headers.get("x-request-id"), self.model.to_async.forward)
+            answer = await self.core.predict(
+                data, request.headers.get("x-request-id"), self.model.to_async.forward, study_id or None
+            )
         except ServiceUnavailable as err:
             retry = {"Retry-After": str(err.retry_after_s)} if err.retry_after_s else None
             return _error(err.status, err.error, err.detail, retry)
-        except (InputError, RecordError) as err:
+        except InputError as err:
+            return JSONResponse(err.body(), status_code=err.status)
+        except RecordError as err:
             return _error(err.status, err.error, err.detail)
         return JSONResponse(answer)

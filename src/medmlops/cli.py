@@ -261,6 +261,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "MEDMLOPS_MAX_BATCH_SIZE": str(args.max_batch_size), "MEDMLOPS_MAX_LATENCY_MS": str(args.max_latency_ms),
         "BENTOML_DO_NOT_TRACK": "true", "MONITORING_URL": monitoring_url, "MEDMLOPS_SPOOL_DIR": str(spool),
         "MEDMLOPS_ALIAS": "" if args.alias.isdigit() else args.alias, "MEDMLOPS_RELOAD_S": str(args.reload_s),
+        "MEDMLOPS_BODY_TIMEOUT_S": str(params.serving.body_timeout_s),
+        "MEDMLOPS_MAX_DECODING": str(params.serving.max_concurrent_preprocessing),
+        "MEDMLOPS_MAX_ZIP_ENTRIES": str(params.serving.max_zip_entries),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])),
     }  # fmt: skip
     bentoml = Path(sys.executable).with_name("bentoml")

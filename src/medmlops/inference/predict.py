@@ -11,10 +11,8 @@ naming the problem; a server turns it into a 4xx JSON answer.
 
 from __future__ import annotations
 
-import gzip
-import io
+import dataclasses
 import tempfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,70 +22,16 @@ import numpy as np
 import torch
 
 from medmlops.config import ValidationConfig
-from medmlops.errors import UserError
+from medmlops.inference.errors import InputError
+from medmlops.inference.upload import Upload, deidentified_dicom, inspect_upload, sniff_format
 from medmlops.registry.contract import ModelContract, TaskSpec
 
-# Magic bytes → format (content decides, never the client's file name).
-_PNG = b"\x89PNG\r\n\x1a\n"
-_JPEG = b"\xff\xd8\xff"
-_GZIP = b"\x1f\x8b"
-
-
-class InputError(UserError, ValueError):
-    """An upload the model cannot take; ``error`` is a stable code, ``detail`` one sentence for the client."""
-
-    def __init__(self, error: str, detail: str, status: int = 400) -> None:
-        super().__init__(f"{error}: {detail}")
-        self.error, self.detail, self.status = error, detail, status
-
-
-def sniff_format(data: bytes) -> str:
-    """``nifti`` (plain or gzipped), ``png``, ``jpeg`` or ``dicom`` from the content.
-
-    Raises:
-        InputError: empty, corrupt gzip, or no known signature.
-    """
-    if not data:
-        raise InputError("empty_upload", "the uploaded file is empty")
-    if data.startswith(_PNG):
-        return "png"
-    if data.startswith(_JPEG):
-        return "jpeg"
-    if len(data) >= 132 and data[128:132] == b"DICM":
-        return "dicom"
-    head = data
-    if data.startswith(_GZIP):
-        head = _check_gzip(data)
-    if len(head) >= 348 and head[344:347] in (b"n+1", b"ni1"):
-        return "nifti"
-    if len(head) >= 4 and int.from_bytes(head[:4], "little") in (348, 540):
-        return "nifti"
-    raise InputError(
-        "unsupported_format", "the upload is not NIfTI, PNG, JPEG or DICOM (recognised from its content, not its name)"
-    )
-
-
-MAX_DECOMPRESSED = 2 * 1024**3  # a gzip bomb stops here
-
-
-def _check_gzip(data: bytes) -> bytes:
-    """Decompress the whole stream (in chunks, capped) so a truncated or corrupt file is caught here; return its head."""
-    head, total = b"", 0
-    try:
-        with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
-            while chunk := f.read(1 << 20):
-                head = head or chunk[:352]
-                total += len(chunk)
-                if total > MAX_DECOMPRESSED:
-                    raise InputError("too_large", f"the upload decompresses to more than {MAX_DECOMPRESSED} bytes", 413)
-    except (OSError, EOFError, zlib.error) as exc:
-        raise InputError("corrupt_file", f"the upload is gzip data that cannot be decompressed ({exc})") from exc
-    return head
-
+__all__ = ["InputError", "Predictor", "Preprocessor", "decode", "sniff_format"]
 
 # Format → the suffix the readers expect, and the contract's accepted formats.
-_SUFFIX = {"nifti": ".nii.gz", "png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
-_ACCEPTS = {"nifti": {"nii", "nii.gz", "nifti"}, "png": {"png"}, "jpeg": {"jpg", "jpeg"}, "dicom": {"dcm", "dicom"}}
+_SUFFIX = {"nifti": ".nii", "png": ".png", "jpeg": ".jpg", "dicom": ".dcm"}
+_ACCEPTS = {"nifti": {"nii", "nii.gz", "nifti"}, "png": {"png"}, "jpeg": {"jpg", "jpeg"}, "dicom": {"dcm", "dicom"},
+            "zip": {"zip"}}  # fmt: skip
 
 
 def preprocessing_chain(contract: ModelContract) -> list:
@@ -143,22 +87,50 @@ def decode(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Ten
     return results
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One upload made ready: the model's input, what its header said, and the copy monitoring keeps (a DICOM
+    without patient identifiers; a series as the NIfTI volume built from it; anything else as sent)."""
+
+    image: torch.Tensor
+    upload: Upload
+    stored: bytes
+
+
+def contract_limits(contract: ModelContract, default: ValidationConfig | None = None) -> ValidationConfig:
+    """The validation suite's plausibility limits the version was registered with (its input gate), else ``default``."""
+    base = default or ValidationConfig()
+    if contract.input_gate is None or not contract.input_gate.limits:
+        return base
+    known = {f for f in ValidationConfig.__dataclass_fields__}
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in contract.input_gate.limits.items() if k in known}
+    return dataclasses.replace(base, **given)
+
+
 @dataclass
 class Preprocessor:
-    """Upload bytes → the model's input tensor, exactly as training preprocessed its data (from the contract)."""
+    """Upload bytes → the model's input tensor, exactly as training preprocessed its data (from the contract).
+
+    The header is read and checked against the contract's input gate before any pixel is decoded
+    (:mod:`medmlops.inference.upload`); a CT must hold Hounsfield units with air around the head (the validation
+    suite's rule, :func:`medmlops.validation.images.ct_value_problems`).
+    """
 
     family: str
     contract: ModelContract
     max_bytes: int = 64 * 1024 * 1024
-    # Plausible raw image sizes (params.yaml ``validation`` uses the same defaults for datasets): a 1-voxel volume
-    # would otherwise be resized into a "valid" input.
-    limits: ValidationConfig = field(default_factory=lambda: ValidationConfig())
+    # Plausible raw image sizes, from the contract (the validation suite's at registration; params.yaml
+    # ``validation`` defaults for versions registered before): a 1-voxel volume would otherwise be resized into a
+    # "valid" input.
+    limits: ValidationConfig | None = None
+    max_zip_entries: int = 2048
 
     def __post_init__(self) -> None:
         from monai.transforms import Compose
 
         chain = preprocessing_chain(self.contract)
         self._load, self._rest = chain[0], Compose(chain[1:])
+        self.limits = contract_limits(self.contract, self.limits)
 
     def accepted_formats(self) -> tuple[str, ...]:
         return tuple(self.contract.input.formats)
@@ -181,25 +153,49 @@ class Preprocessor:
                 "implausible_shape", f"the image has shape {list(shape[1:])}; {self.family} takes {ranges}"
             )
 
+    def _check_ct_values(self, image: Any) -> None:
+        from medmlops.validation.images import array_stats, ct_value_problems
+
+        array = np.asarray(image, dtype=np.float32)
+        problems = ct_value_problems(array_stats(array[0] if array.ndim == 4 else array, []), self.limits)
+        if problems:
+            raise InputError("not_hounsfield_units", f"{problems[0]}; {self.family} takes CT in Hounsfield units", 422)
+
     def __call__(self, data: bytes) -> torch.Tensor:
         """Upload bytes → the model's input tensor (contract shape), or InputError naming what is wrong."""
+        return self.prepare(data).image
+
+    def prepare(self, data: bytes) -> Prepared:
+        """Upload bytes → :class:`Prepared`, or InputError naming what is wrong (before decoding when it can)."""
         if len(data) > self.max_bytes:
             raise InputError(
                 "too_large", f"the upload has {len(data)} bytes; the limit is {self.max_bytes}", status=413
             )
         fmt = sniff_format(data)
-        if not _ACCEPTS[fmt] & {f.lstrip(".").lower() for f in self.accepted_formats()}:
+        formats = {f.lstrip(".").lower() for f in self.accepted_formats()}
+        if not _ACCEPTS[fmt] & formats:
+            sent = "a zip (a DICOM series)" if fmt == "zip" else fmt.upper()
             raise InputError(
                 "wrong_modality",
-                f"model {self.family} takes {', '.join(self.accepted_formats())} images; the upload is {fmt.upper()}",
+                f"model {self.family} takes {', '.join(self.accepted_formats())} images; the upload is {sent}",
                 status=415,
             )
+        upload = inspect_upload(data, self.family, self.contract.input_gate)
+        stored = deidentified_dicom(data) if fmt == "dicom" else data
         with tempfile.TemporaryDirectory(prefix="medmlops-upload-") as tmp:
-            path = Path(tmp) / f"upload{_SUFFIX[fmt]}"  # our name: a client's file name never becomes a path
-            path.write_bytes(data)
+            if fmt == "zip":
+                upload, stored = self._series(data)
+                path = Path(tmp) / "upload.nii.gz"
+                path.write_bytes(stored)
+            else:
+                suffix = ".nii.gz" if fmt == "nifti" and data[:2] == b"\x1f\x8b" else _SUFFIX[fmt]
+                path = Path(tmp) / f"upload{suffix}"  # our name: a client's file name never becomes a path
+                path.write_bytes(data)
             try:
                 item = self._load({"image": str(path), "sample_id": "upload"})
                 self._check_raw_shape(tuple(item["image"].shape))
+                if self.contract.input.modality == "ct":
+                    self._check_ct_values(item["image"])
                 item = self._rest(item)
             except InputError:
                 raise
@@ -215,7 +211,31 @@ class Preprocessor:
             )
         if not torch.isfinite(image).all():
             raise InputError("non_finite", "the image contains NaN or infinite values")
-        return image
+        return Prepared(image, upload, stored)
+
+    def _series(self, data: bytes) -> tuple[Upload, bytes]:
+        """A zip of one CT series → (what its headers said, the volume as gzipped NIfTI in the training geometry)."""
+        import gzip
+
+        import nibabel as nib
+
+        from medmlops.data.dicom_series import SeriesError, SeriesLimits, read_series_zip
+        from medmlops.inference.upload import check_header, check_pixels, study_identity
+
+        gate = self.contract.input_gate
+        max_voxels = gate.max_pixels if gate is not None else SeriesLimits().max_voxels
+        limits = SeriesLimits(max_entries=self.max_zip_entries, max_inflated_bytes=max_voxels * 8 + (16 << 20),
+                              max_voxels=max_voxels)  # fmt: skip
+        try:
+            volume, header = read_series_zip(data, limits)
+        except SeriesError as exc:
+            raise InputError(exc.code, str(exc), exc.status) from exc
+        upload = Upload("zip", tuple(volume.array.shape), dict(header), study_identity(header))
+        if gate is not None:
+            check_pixels(upload.pixels, upload.shape, self.family, gate)
+            check_header({**header, "SamplesPerPixel": "1", "NumberOfFrames": "1"}, self.family, gate)
+        image = nib.Nifti1Image(volume.array.astype(np.float32), volume.affine)
+        return upload, gzip.compress(image.to_bytes(), compresslevel=1)
 
 
 def flatten_outputs(contract: ModelContract, outputs: dict[str, torch.Tensor] | torch.Tensor) -> np.ndarray:

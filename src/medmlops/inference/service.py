@@ -10,6 +10,7 @@ row as a last column, so the gateway decodes with that version's contract even w
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -24,7 +25,7 @@ import numpy as np
 
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_DRAIN_S, DEFAULT_SPOOL_DIR, Forwarder, SpoolError
-from medmlops.inference.record import PredictionRecord, correlation_id_from_header, new_request_id
+from medmlops.inference.record import PredictionRecord, check_study_id, correlation_id_from_header, new_request_id
 
 if TYPE_CHECKING:
     from medmlops.inference.predict import Predictor
@@ -53,13 +54,17 @@ class ServingSettings:
     spool_dir: str = ""
     monitoring_token: str = ""
     spool_drain_s: float = DEFAULT_DRAIN_S  # on shutdown, how long to keep delivering the spool before leaving it
+    body_timeout_s: float = 30.0  # a request body not received in full by then is answered 408
+    max_concurrent_preprocessing: int = 2  # uploads decoded at once per gateway worker
+    max_zip_entries: int = 2048  # files in a CT series zip
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> ServingSettings:
         """``MEDMLOPS_FAMILY``, ``MEDMLOPS_MODEL_VERSION``, ``MEDMLOPS_MAX_UPLOAD_BYTES``, ``MEDMLOPS_BATCHING``
         (``0``: off), ``MEDMLOPS_MAX_BATCH_SIZE``, ``MEDMLOPS_MAX_LATENCY_MS``, ``MEDMLOPS_ALIAS``,
         ``MEDMLOPS_RELOAD_S``, ``MONITORING_URL`` (empty: no forwarding), ``MEDMLOPS_SPOOL_DIR``,
-        ``MEDMLOPS_MONITORING_TOKEN``, ``MEDMLOPS_SPOOL_DRAIN_S``; defaults where unset."""
+        ``MEDMLOPS_MONITORING_TOKEN``, ``MEDMLOPS_SPOOL_DRAIN_S``, ``MEDMLOPS_BODY_TIMEOUT_S``,
+        ``MEDMLOPS_MAX_DECODING``, ``MEDMLOPS_MAX_ZIP_ENTRIES``; defaults where unset."""
         default = cls("", "")
         return cls(
             family=env.get("MEDMLOPS_FAMILY", ""), version=env.get("MEDMLOPS_MODEL_VERSION", ""),
@@ -71,6 +76,9 @@ class ServingSettings:
             monitoring_url=env.get("MONITORING_URL", ""), spool_dir=env.get("MEDMLOPS_SPOOL_DIR", ""),
             monitoring_token=env.get("MEDMLOPS_MONITORING_TOKEN", ""),
             spool_drain_s=float(env.get("MEDMLOPS_SPOOL_DRAIN_S", default.spool_drain_s)),
+            body_timeout_s=float(env.get("MEDMLOPS_BODY_TIMEOUT_S", default.body_timeout_s)),
+            max_concurrent_preprocessing=int(env.get("MEDMLOPS_MAX_DECODING", default.max_concurrent_preprocessing)),
+            max_zip_entries=int(env.get("MEDMLOPS_MAX_ZIP_ENTRIES", default.max_zip_entries)),
         )  # fmt: skip
 
 
@@ -160,7 +168,11 @@ class Gateway:
 
         self.settings, self.resend_on, self.give_up_on = settings, resend_on, give_up_on
         self.contracts = {settings.version: contract}
-        self.preprocess = Preprocessor(settings.family, contract, settings.max_upload_bytes)
+        self.preprocess = Preprocessor(
+            settings.family, contract, settings.max_upload_bytes, max_zip_entries=settings.max_zip_entries
+        )
+        # Decoding is the memory-hungry step: at most this many uploads are decoded at once; the others wait.
+        self.decoding = anyio.CapacityLimiter(settings.max_concurrent_preprocessing)
         self.forwarder: Forwarder | None = None
         if settings.monitoring_url:
             spool = settings.spool_dir or Path(DEFAULT_SPOOL_DIR) / settings.family
@@ -189,20 +201,30 @@ class Gateway:
             if left:
                 log.warning("%d records for monitoring stay in %s for the next start", left, self.forwarder.spool)
 
-    async def predict(self, upload: bytes, x_request_id: str | None, forward: Forward) -> dict[str, Any]:
+    async def predict(
+        self, upload: bytes, x_request_id: str | None, forward: Forward, study_id: str | None = None
+    ) -> dict[str, Any]:
         """The client's answer for ``upload``: a record id of the server's own, and the client's ``X-Request-ID`` (if
-        it sent one) as its correlation id.
+        it sent one) as its correlation id. The study identity (the DICOM's StudyInstanceUID and AccessionNumber,
+        the client's ``study_id``) travels with the record; monitoring keeps the upload without patient identifiers.
 
         Raises:
-            RecordError: the X-Request-ID header breaks the request-id rule.
+            RecordError: the X-Request-ID header or the study id breaks its rule.
             InputError: the upload is not an image this model takes.
             ServiceUnavailable: the model service did not take it, or the spool cannot keep the record.
         """
+        from medmlops.inference.upload import study_identity
+
         correlation_id = correlation_id_from_header(x_request_id)
+        if study_id is not None:
+            check_study_id(study_id)
         request_id = new_request_id()
-        image = await anyio.to_thread.run_sync(self.preprocess, upload)
-        outputs = await self._forward(forward, image.numpy()[None], request_id)
-        return await anyio.to_thread.run_sync(self.answer, request_id, upload, outputs, correlation_id)
+        prepared = await anyio.to_thread.run_sync(self.preprocess.prepare, upload, limiter=self.decoding)
+        outputs = await self._forward(forward, prepared.image.numpy()[None], request_id)
+        study = {**prepared.upload.study, **study_identity({}, study_id)}
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.answer, request_id, prepared.stored, outputs, correlation_id, study=study or None)
+        )
 
     async def _forward(self, forward: Forward, images: np.ndarray, request_id: str) -> np.ndarray:
         for _attempt in range(self.attempts):

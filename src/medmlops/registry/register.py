@@ -21,7 +21,7 @@ from medmlops.data import preprocess as prep
 from medmlops.training.experiment import ExperimentResult, build_experiment_model, experiment_sources
 from medmlops.training.tasks import resolve_tasks
 
-CT_FORMATS = (".nii", ".nii.gz")
+CT_FORMATS = (".nii", ".nii.gz", ".zip")  # .zip: one DICOM series (medmlops.data.dicom_series)
 XRAY_FORMATS = (".dcm", ".png", ".jpg", ".jpeg")
 
 
