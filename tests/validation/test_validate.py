@@ -11,7 +11,13 @@ import pandas as pd
 import pytest
 
 from medmlops.cli import main
-from medmlops.validation import validate_dataset
+from medmlops.config import ValidationConfig, load_params
+from medmlops.data import readers
+from medmlops.validation import MODALITY, ValidationReport, run_suites, validate_dataset
+from medmlops.validation import suites as S
+from medmlops.validation.images import array_stats, ct_value_problems, ct_value_rules, dicom_header_columns, image_stats
+
+from ..dicom_samples import chest_like
 
 
 @pytest.mark.parametrize("dataset", ["ich", "aiforcovid", "brixia", "chexpert"])
@@ -237,3 +243,150 @@ def test_cli_missing_folder_is_one_sentence(tmp_path, capsys):
     assert main(["data", "validate", "ich", str(tmp_path / "nope"), "--quiet"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("medmlops: error:") and "dataset folder not found" in err and "Traceback" not in err
+
+
+# --- DICOM headers against the family's serving input gate ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gated_params(params_file):
+    return load_params(params_file, profile="smoke")
+
+
+def _image_report(dataset, root, params):
+    """validate_dataset's image part, with the input gate of the family the dataset trains."""
+    manifest = readers.read_manifest(dataset, root, params)
+    stats = image_stats(manifest, MODALITY[dataset], progress=False)
+    suite = S.image_suite(stats, MODALITY[dataset], ValidationConfig(), dataset, gate=S.dataset_gate(dataset, params))
+    report = ValidationReport(dataset=dataset, root=str(root), images_checked=len(stats))
+    run_suites([suite], report)
+    return report, stats
+
+
+@pytest.mark.parametrize("dataset", ["aiforcovid", "brixia", "chexpert"])
+def test_simulated_images_pass_their_family_gate(smoke_data, gated_params, dataset):
+    report, stats = _image_report(dataset, smoke_data(dataset), gated_params)
+    assert report.success, report.summary()
+    if dataset == "chexpert":  # JPEG: no header, nothing to check
+        assert not stats["dicom"].any() and (stats["modality"] == "").all() and stats["frames"].isna().all()
+        return
+    is_dcm = stats["image_path"].str.endswith(".dcm")  # AIforCOVID: hospitals E-F send PNG
+    assert is_dcm.any() and (stats["dicom"] == is_dcm).all()
+    dicom, raster = stats[is_dcm], stats[~is_dcm]
+    assert set(dicom["modality"]) <= {"CR", "DX"} and set(dicom["body_part"]) == {"CHEST"}
+    assert set(dicom["view_position"]) <= {"PA", "AP"}
+    assert set(dicom["photometric"]) <= {"MONOCHROME1", "MONOCHROME2"}
+    assert (dicom["samples_per_pixel"] == 1).all() and (dicom["frames"] == 1).all()
+    assert (raster["modality"] == "").all() and raster["frames"].isna().all()
+    gate_rules = [e for e in S.image_suite(stats, "xray", ValidationConfig(), dataset,
+                                           gate=S.dataset_gate(dataset, gated_params)).expectations
+                  if "serving.inputs.covid-prognosis" in (e.description or "")]  # fmt: skip
+    assert len(gate_rules) == 6
+
+
+def _edit_dicom(path, **attributes):
+    import pydicom
+
+    ds = pydicom.dcmread(path)
+    for keyword, value in attributes.items():
+        if value is None:
+            delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+@pytest.mark.reliability(
+    "Bad input",
+    "training DICOMs outside the family's serving input gate (modality, view, body part)",
+    "each caught and named with the allowed values",
+)
+def test_dicom_outside_the_gate_fails_validation(smoke_copy, gated_params):
+    root = smoke_copy("aiforcovid")
+    mr, lateral, no_view, abdomen = sorted((root / "imgs").glob("*.dcm"))[:4]
+    _edit_dicom(mr, Modality="MR")
+    _edit_dicom(lateral, ViewPosition="LL")
+    _edit_dicom(no_view, ViewPosition=None)  # absent: not checked
+    _edit_dicom(abdomen, BodyPartExamined="ABDOMEN")
+    report, _ = _image_report("aiforcovid", root, gated_params)
+    text = report.summary()
+    failures = {f.column: f for f in report.failures}
+    assert set(failures) == {"modality", "view_position", "body_part"}, text
+    assert "DICOM Modality (0008,0060) must be one of CR, DX for covid-prognosis" in text, text
+    assert failures["modality"].unexpected == 1 and mr.name in text and "modality=MR" in text, text
+    assert "DICOM ViewPosition (0018,5101) where present must be one of PA, AP" in text, text
+    assert failures["view_position"].unexpected == 1 and lateral.name in text and no_view.name not in text, text
+    assert "BodyPartExamined (0018,0015) where present must be one of CHEST" in text and abdomen.name in text, text
+
+
+def test_dicom_frames_and_samples_outside_the_gate(tmp_path, gated_params):
+    """An RGB or multi-frame DICOM among chest images: the header rules name the attribute even though the
+    pixels do not load as a 2D grey image."""
+    import shutil
+
+    from ..dicom_samples import pydicom_test_file
+
+    good = tmp_path / "good.dcm"
+    good.write_bytes(chest_like("1.2.840.10008.1.2.1"))
+    multi = tmp_path / "multi.dcm"
+    shutil.copy(pydicom_test_file("SC_rgb_rle_2frame.dcm"), multi)
+    manifest = pd.DataFrame({"sample_id": ["a", "b"], "image_path": [str(good), str(multi)]})
+    stats = image_stats(manifest, "xray", progress=False)
+    gate = gated_params.serving.gate("cxr-findings")
+    report = ValidationReport(dataset="chexpert", root=str(tmp_path))
+    run_suites([S.image_suite(stats, "xray", ValidationConfig(), "chexpert", gate=gate)], report)
+    text = report.summary()
+    assert "SamplesPerPixel (0028,0002) must be 1 for cxr-findings" in text and "multi.dcm" in text, text
+    assert "NumberOfFrames (0028,0008) must be at most 1" in text, text
+    assert "PhotometricInterpretation (0028,0004) must be one of MONOCHROME1, MONOCHROME2" in text, text
+    assert "Modality (0008,0060) must be one of CR, DX" in text, text  # OT
+    assert "good.dcm" not in text, text
+
+
+def test_dicom_header_columns():
+    columns = dicom_header_columns(chest_like("1.2.840.10008.1.2.4.90"), "x.dcm")
+    assert columns == {
+        "dicom": True, "modality": "CR", "body_part": "CHEST", "view_position": "PA", "photometric": "MONOCHROME2",
+        "samples_per_pixel": 1.0, "frames": 1.0,
+    }  # fmt: skip
+    png = dicom_header_columns(b"\x89PNG\r\n\x1a\n" + bytes(200), "x.png")
+    assert png["dicom"] is False and png["modality"] == "" and np.isnan(png["frames"])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="validation/__init__.py does not pass params.serving's gate to image_suite yet "
+    "(gate=S.dataset_gate(dataset, params)); remove this mark when it does",
+)
+def test_validate_dataset_applies_the_family_gate(smoke_copy, gated_params):
+    root = smoke_copy("aiforcovid")
+    _edit_dicom(sorted((root / "imgs").glob("*.dcm"))[0], Modality="MR")
+    report = validate_dataset("aiforcovid", root, gated_params, progress=False)
+    assert "DICOM Modality (0008,0060) must be one of CR, DX" in report.summary()
+
+
+# --- the CT value rule, shared with serving ------------------------------------------------------------------------
+
+
+def test_ct_value_rule_on_a_loaded_volume():
+    cfg = ValidationConfig()
+    rng = np.random.default_rng(0)
+    head = rng.normal(40, 20, (32, 32, 16)).astype(np.float32)
+    head[:4] = -1000.0  # air around the head
+    assert ct_value_problems(array_stats(head, (0.5, 0.5, 5.0)), cfg) == []
+
+    rescaled = (head - head.min()) / (head.max() - head.min())
+    problems = ct_value_problems(array_stats(rescaled, (0.5, 0.5, 5.0)), cfg)
+    assert problems == [ct_value_rules(cfg)[2][3]] and "air around the head" in problems[0]
+
+    too_bright = head.copy()
+    too_bright[0, 0, 0] = cfg.ct_hu_max + 1
+    assert ct_value_problems(array_stats(too_bright, (1, 1, 1)), cfg) == [ct_value_rules(cfg)[1][3]]
+    assert len(ct_value_problems({"vmin": np.nan}, cfg)) == 3  # nothing finite: every rule fails
+
+
+def test_suite_uses_the_shared_ct_rules():
+    stats = pd.DataFrame([{"image_path": "a", "exists": True, "loads": True, "ndim": 3, "vmin": 0.0}])
+    suite = S.image_suite(stats, "ct", ValidationConfig(), "ich")
+    descriptions = {e.description for e in suite.expectations}
+    assert {d for _, _, _, d in ct_value_rules(ValidationConfig())} <= descriptions

@@ -12,7 +12,7 @@ import great_expectations as gx
 import numpy as np
 import pandas as pd
 
-from medmlops.config import ValidationConfig
+from medmlops.config import InputGateConfig, Params, ValidationConfig
 from medmlops.data.readers import (
     AIFORCOVID_PROGNOSIS,
     CHEXPERT_COLUMNS,
@@ -20,8 +20,14 @@ from medmlops.data.readers import (
     ICH_CLINICAL_COLUMNS,
     parse_brixia_score,
 )
+from medmlops.validation.images import ct_value_rules
 
 E = gx.expectations
+
+# The model family each dataset trains: its training images must pass that family's serving input gate.
+DATASET_FAMILY = {
+    "ich": "ich-prognosis", "aiforcovid": "covid-prognosis", "brixia": "covid-prognosis", "chexpert": "cxr-findings",
+}  # fmt: skip
 
 ICH_BINARY = (
     "Label (poor_prognosis)", "Gender", "Smoker", "Alcohol", "HT", "DM", "Dyslipidemia", "MH_ICH", "MH_CVD",
@@ -234,7 +240,23 @@ def chexpert_table_suite(tables: dict[str, pd.DataFrame]) -> list[Suite]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, dataset: str) -> Suite:
+def dataset_gate(dataset: str, params: Params | None) -> InputGateConfig:
+    """The serving input gate of the family ``dataset`` trains (``params.serving.inputs``); without params, the
+    permissive default gate (any modality, body part and view; monochrome, one sample, one frame)."""
+    if params is None:
+        return InputGateConfig()
+    return params.serving.gate(DATASET_FAMILY.get(dataset, ""))
+
+
+def image_suite(
+    stats: pd.DataFrame,
+    modality: str,
+    cfg: ValidationConfig,
+    dataset: str,
+    gate: InputGateConfig | None = None,
+) -> Suite:
+    """Expectations over :func:`~medmlops.validation.images.image_stats`' table. ``gate``: the input gate of the
+    family the dataset trains (:func:`dataset_gate`); X-ray DICOM headers outside it fail. None: the default gate."""
     frame = stats.copy()
     suite = Suite(f"{dataset}.images", frame, "image_path")
     _true(suite, "exists", "every referenced image file must exist")
@@ -245,6 +267,8 @@ def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, datas
             description="every image must open with the dataset's reader",
         )
     )  # fmt: skip
+    if modality == "xray" and "dicom" in frame.columns and frame["dicom"].eq(True).any():
+        _gate_expectations(suite, gate if gate is not None else InputGateConfig(), DATASET_FAMILY.get(dataset, ""))
     if loaded.empty:
         return suite
     cond = {"row_condition": "loads==True", "condition_parser": "pandas"}
@@ -282,19 +306,12 @@ def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, datas
                 column="spacing_max", max_value=hi, **cond, description=f"voxel spacing must be at most {hi} mm"
             )
         )
-        suite.add(
-            E.ExpectColumnValuesToBeBetween(column="vmin", min_value=cfg.ct_hu_min, **cond,
-                                            description=f"CT values must be Hounsfield units (minimum ≥ {cfg.ct_hu_min:g})")
-        )  # fmt: skip
-        suite.add(
-            E.ExpectColumnValuesToBeBetween(column="vmax", max_value=cfg.ct_hu_max, **cond,
-                                            description=f"CT values must be Hounsfield units (maximum ≤ {cfg.ct_hu_max:g})")
-        )  # fmt: skip
-        suite.add(
-            E.ExpectColumnValuesToBeBetween(column="p01", max_value=cfg.ct_air_below_hu, **cond,
-                                            description=f"CT must contain air around the head (1st percentile ≤ {cfg.ct_air_below_hu:g} HU; "
-                                                        "a volume already rescaled away from HU fails here)")
-        )  # fmt: skip
+        for column, lo, hi, description in ct_value_rules(cfg):
+            suite.add(
+                E.ExpectColumnValuesToBeBetween(
+                    column=column, min_value=lo, max_value=hi, **cond, description=description
+                )
+            )
     else:
         for column, what in (("dim0", "rows"), ("dim1", "columns")):
             suite.add(
@@ -302,3 +319,40 @@ def image_suite(stats: pd.DataFrame, modality: str, cfg: ValidationConfig, datas
                                                 **cond, description=f"X-ray {what} must be between {cfg.cxr_min_size} and {cfg.cxr_max_size}")
             )  # fmt: skip
     return suite
+
+
+def _gate_expectations(suite: Suite, gate: InputGateConfig, family: str) -> None:
+    """DICOM header attributes against the family's input gate, on the rows read from DICOM (whether the pixels
+    decoded or not): Modality, PhotometricInterpretation, SamplesPerPixel and NumberOfFrames always; BodyPartExamined
+    and ViewPosition where the header has them."""
+    where = f" for {family} (serving.inputs.{family})" if family else ""
+    dicom = "dicom==True"
+    for column, allowed, attribute, condition in (
+        ("modality", gate.modalities, "Modality (0008,0060)", dicom),
+        ("body_part", gate.body_parts, "BodyPartExamined (0018,0015)", f'{dicom} and body_part!=""'),
+        ("view_position", gate.view_positions, "ViewPosition (0018,5101)", f'{dicom} and view_position!=""'),
+        ("photometric", gate.photometric, "PhotometricInterpretation (0028,0004)", dicom),
+    ):
+        if not allowed:
+            continue
+        present = " where present" if "!=" in condition else ""
+        suite.add(
+            E.ExpectColumnValuesToBeInSet(
+                column=column, value_set=[str(v).upper() for v in allowed], row_condition=condition,
+                condition_parser="pandas",
+                description=f"DICOM {attribute}{present} must be one of {', '.join(allowed)}{where}",
+            )
+        )  # fmt: skip
+    suite.add(
+        E.ExpectColumnValuesToBeInSet(
+            column="samples_per_pixel", value_set=[float(gate.samples_per_pixel)], row_condition=dicom,
+            condition_parser="pandas",
+            description=f"DICOM SamplesPerPixel (0028,0002) must be {gate.samples_per_pixel}{where}",
+        )
+    )  # fmt: skip
+    suite.add(
+        E.ExpectColumnValuesToBeBetween(
+            column="frames", min_value=1, max_value=gate.max_frames, row_condition=dicom, condition_parser="pandas",
+            description=f"DICOM NumberOfFrames (0028,0008) must be at most {gate.max_frames}{where}",
+        )
+    )  # fmt: skip
