@@ -145,6 +145,16 @@ def _informer(method: str) -> Callable[[Outputs, ModelContract, State | None], n
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def embedding_pca(embedding: np.ndarray, max_dims: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """The mean ``(F,)`` and the first ``k = min(max_dims, N - 2, F)`` principal axes ``(k, F)`` of ``(N, F)``
+    embeddings: the subspace both Mahalanobis distances (this CSF and :mod:`medmlops.inference.ood`) are taken in.
+    ``N - 2``: a shrunk covariance of ``k`` dimensions from ``N`` images stays well conditioned."""
+    emb = np.asarray(embedding, dtype=np.float64)
+    mean = emb.mean(axis=0)
+    k = int(max(0, min(max_dims, len(emb) - 2, emb.shape[1])))
+    return mean, np.linalg.svd(emb - mean, full_matrices=False)[2][:k]
+
+
 def _fit_mahalanobis(
     outputs: Outputs, contract: ModelContract, targets: np.ndarray, predictions: np.ndarray, max_dims: int = 16
 ) -> State:
@@ -154,9 +164,7 @@ def _fit_mahalanobis(
     n = len(emb)
     if n < 4:
         raise CSFUnavailable(f"mahalanobis needs at least 4 calibration images, got {n}")
-    mean = emb.mean(axis=0)
-    k = int(min(max_dims, n - 2, emb.shape[1]))
-    components = np.linalg.svd(emb - mean, full_matrices=False)[2][:k]
+    mean, components = embedding_pca(emb, max_dims)
     z = (emb - mean) @ components.T
     targets = np.asarray(targets, dtype=np.float64)
     means, residuals = [], []
