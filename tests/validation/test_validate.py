@@ -353,11 +353,6 @@ def test_dicom_header_columns():
     assert png["dicom"] is False and png["modality"] == "" and np.isnan(png["frames"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="validation/__init__.py does not pass params.serving's gate to image_suite yet "
-    "(gate=S.dataset_gate(dataset, params)); remove this mark when it does",
-)
 def test_validate_dataset_applies_the_family_gate(smoke_copy, gated_params):
     root = smoke_copy("aiforcovid")
     _edit_dicom(sorted((root / "imgs").glob("*.dcm"))[0], Modality="MR")

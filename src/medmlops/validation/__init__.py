@@ -237,6 +237,6 @@ def validate_dataset(
     if manifest is not None and len(manifest):
         stats = image_stats(manifest, MODALITY[dataset], max_images=cfg.max_images, progress=progress)
         report.images_checked = len(stats)
-        suites.append(S.image_suite(stats, MODALITY[dataset], cfg, dataset))
+        suites.append(S.image_suite(stats, MODALITY[dataset], cfg, dataset, gate=S.dataset_gate(dataset, params)))
     run_suites(suites, report)
     return report
