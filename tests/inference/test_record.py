@@ -196,3 +196,57 @@ def test_times_and_their_iso_form():
         with pytest.raises(ValueError):
             unix_seconds(bad)
     assert iso(T0) == "2026-09-21T14:13:20.000+00:00" and iso(None) is None and iso(float("nan")) is None
+
+
+OOD = {"in_distribution": False, "score": 14.25, "threshold": 6.5}
+STUDY = {"study_instance_uid": "1.2.826.0.1.3680043.8.498.1", "accession_number": "ACC 0042", "study_id": "s-7"}
+
+
+def test_the_ood_verdict_and_the_study_identity_travel_with_the_record():
+    record = _built(ood=OOD, study=STUDY)
+    wire = record.to_json()
+    assert wire["in_distribution"] is False and wire["ood"] == {"score": 14.25, "threshold": 6.5}
+    assert wire["study"] == STUDY
+    answer = record.answer()
+    assert (answer["in_distribution"], answer["ood"], answer["study"]) == (False, wire["ood"], STUDY)
+    assert PredictionRecord.parse(json.loads(json.dumps(wire, allow_nan=False))) == record
+    # A version without a reference: null verdict, still on the wire (the client is told it is unknown).
+    unknown = _built(ood={"in_distribution": None, "score": None, "threshold": None}, study={"study_id": "x"})
+    assert unknown.to_json()["in_distribution"] is None
+    assert unknown.answer()["ood"] == {"score": None, "threshold": None}
+    assert PredictionRecord.parse(unknown.to_json()) == unknown and unknown.study == {"study_id": "x"}
+
+
+def test_records_spooled_before_the_ood_and_study_fields_still_parse():
+    old = make_record("r-old")
+    assert not {"ood", "in_distribution", "study"} & set(old)
+    record = PredictionRecord.parse(old)
+    assert record.ood is None and record.study is None
+    assert not {"ood", "in_distribution", "study"} & set(record.to_json()) and "study" not in record.answer()
+    assert PredictionRecord.parse({**old, "study": None, "ood": None}).ood is None
+    assert _built(study={}).study is None  # no identifier known: no study
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"study": {"study_id": "x" * 129}}, "study.study_id"),
+        ({"study": {"accession_number": "ACC\n1"}}, "study.accession_number"),
+        ({"study": {"study_id": ""}}, "study.study_id"),
+        ({"study": {"patient_name": "DOE^JANE"}}, "study.patient_name"),  # no other identifier is stored
+        ({"study": ["s-1"]}, "study"),
+        ({"in_distribution": "yes", "ood": {"score": 1.0, "threshold": 2.0}}, "in_distribution"),
+        ({"in_distribution": True, "ood": {"score": "1", "threshold": 2.0}}, "ood.score"),
+        ({"in_distribution": True, "ood": [1.0]}, "ood"),
+    ],
+)
+def test_a_bad_ood_or_study_field_is_refused_naming_it(changes, field):
+    with pytest.raises(RecordError) as caught:
+        PredictionRecord.parse({**make_record("r-bad"), **changes})
+    assert caught.value.field == field and caught.value.status == 422
+
+
+def test_a_study_identifier_is_at_most_128_printable_characters_when_built():
+    assert _built(study={"study_id": "x" * 128}).study == {"study_id": "x" * 128}
+    with pytest.raises(RecordError, match=r"study\.study_id"):
+        _built(study={"study_id": "x" * 129})

@@ -7,6 +7,7 @@ it; closing gives the spool its bounded drain. The real BentoML server is exerci
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -198,10 +199,85 @@ def test_the_served_model_appends_the_version_to_each_row():
     served = ServedModel(ServingSettings("cxr-findings", "7"), Predictor("cxr-findings", "7", _contract(), model))
     images = np.random.default_rng(1).random((2, 3, SIZE, SIZE), dtype=np.float32)
     outputs = served.forward(images)
-    assert outputs.shape == (2, len(CLASSES) + 1) and list(outputs[:, -1]) == [7.0, 7.0]
+    assert outputs.shape == (2, len(CLASSES) + 2) and list(outputs[:, -1]) == [7.0, 7.0]
     with torch.no_grad():
         expected = model(torch.as_tensor(images)).numpy()
-    np.testing.assert_allclose(outputs[:, :-1], expected, rtol=1e-5)
+    np.testing.assert_allclose(outputs[:, :-2], expected, rtol=1e-5)
+    assert np.isnan(outputs[:, -2]).all()  # no out-of-distribution reference in this contract: no score
+
+
+class Surfaced(torch.nn.Module):
+    """A tiny model with the uniform surface (``forward_features``, ``forward_head(pre_logits=...)``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 8), torch.nn.Tanh())
+        self.head = torch.nn.Linear(8, len(CLASSES))
+        self.calls = 0
+
+    def forward_features(self, x):
+        self.calls += 1
+        return self.features(x)
+
+    def forward_head(self, features, pre_logits=False):
+        return features if pre_logits else {"findings": self.head(features)}
+
+    def forward(self, x):
+        return self.forward_head(self.forward_features(x))
+
+
+def _gated(contract: ModelContract, reference: dict | None) -> ModelContract:
+    from medmlops.registry.contract import InputGate
+
+    return dataclasses.replace(contract, input_gate=InputGate(ood=reference))
+
+
+def test_the_served_model_adds_the_out_of_distribution_score_from_the_same_forward():
+    from medmlops.inference import ood
+
+    torch.manual_seed(0)
+    model = Surfaced().eval()
+    rng = np.random.default_rng(2)
+    train, val = (torch.as_tensor(rng.random((n, 3, SIZE, SIZE), dtype=np.float32)) for n in (40, 20))
+    reference = ood.fit_reference(ood.embeddings(model, train), ood.embeddings(model, val))
+    contract = _gated(_contract(), reference)
+    served = ServedModel(ServingSettings("cxr-findings", "7"), Predictor("cxr-findings", "7", contract, model))
+    images = np.concatenate([val[:1].numpy(), np.full((1, 3, SIZE, SIZE), 50.0, np.float32)])
+    model.calls = 0
+    outputs = served.forward(images)
+    assert model.calls == 1  # logits and embedding from one pass
+    assert outputs.shape == (2, len(CLASSES) + 2) and list(outputs[:, -1]) == [7.0, 7.0]
+    expected = ood.score(reference, ood.embeddings(model, torch.as_tensor(images)))
+    np.testing.assert_allclose(outputs[:, -2], expected, rtol=1e-4)
+    assert outputs[0, -2] <= reference["threshold"] < outputs[1, -2]
+
+
+def test_the_answer_carries_the_ood_verdict_and_the_study_and_refuses_when_the_contract_says_so(gateway, tmp_path):
+    reference = {"action": "warn", "threshold": 5.0, "percentile": 99.0}
+    gateway.contracts["3"] = _gated(_contract(), reference)
+    outputs = np.array([[2.0, -2.0, 0.1, 9.5, 3.0]], np.float32)  # logits, score, version
+    study = {"study_instance_uid": "1.2.3", "study_id": "s-9"}
+    answer = gateway.answer("r-warn", _png(), outputs, study=study)
+    assert answer["in_distribution"] is False and answer["ood"] == {"score": 9.5, "threshold": 5.0}
+    assert answer["study"] == study and answer["predictions"]["findings"]["labels"] == ["Atelectasis", "Edema"]
+    inside = gateway.answer("r-in", _png(), np.array([[2.0, -2.0, 0.1, 4.0, 3.0]], np.float32))
+    assert inside["in_distribution"] is True and "study" not in inside
+    (warned, _) = sorted(_spooled(tmp_path), key=lambda r: r.request_id != "r-warn")
+    assert warned.ood == {"in_distribution": False, "score": 9.5, "threshold": 5.0} and warned.study == study
+
+    gateway.contracts["3"] = _gated(_contract(), {**reference, "action": "refuse"})
+    with pytest.raises(InputError) as refused:
+        gateway.answer("r-refused", _png(), outputs, study=study)
+    assert (refused.value.status, refused.value.error) == (422, "out_of_distribution")
+    assert "9.5" in refused.value.detail and "5" in refused.value.detail
+    assert "r-refused" not in {r.request_id for r in _spooled(tmp_path)}  # nothing recorded
+    assert gateway.answer("r-in-2", _png(), np.array([[2.0, -2.0, 0.1, 4.0, 3.0]], np.float32))["in_distribution"]
+
+
+def test_a_version_without_a_reference_or_outputs_without_a_score_answer_in_distribution_null(gateway):
+    assert gateway.answer("r-old", _png(), VERSION_3)["in_distribution"] is None  # no score column
+    with_nan = np.array([[2.0, -2.0, 0.1, np.nan, 3.0]], np.float32)
+    assert gateway.answer("r-nan", _png(), with_nan)["ood"] == {"score": None, "threshold": None}
 
 
 def test_settings_come_from_the_environment_medmlops_serve_writes():

@@ -290,10 +290,35 @@ class Predictor:
     @torch.no_grad()
     def forward(self, batch: np.ndarray | torch.Tensor) -> np.ndarray:
         """Preprocessed images (N, *contract shape) → logits (N, total logits), tasks in contract order."""
+        return self.forward_scored(batch)[0]
+
+    @property
+    def ood_reference(self) -> dict[str, Any] | None:
+        """The contract's out-of-distribution reference (:mod:`medmlops.inference.ood`); None when it has none."""
+        gate = self.contract.input_gate
+        return gate.ood if gate is not None and gate.ood and "projection" in gate.ood else None
+
+    @torch.no_grad()
+    def forward_scored(self, batch: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """One forward pass → (logits (N, total logits), out-of-distribution scores (N,)): the embedding is taken
+        from the same pass (:func:`medmlops.inference.ood.forward_with_embedding`); scores are NaN when the
+        version has no reference."""
+        from medmlops.inference import ood
+
         x = torch.as_tensor(batch, dtype=torch.float32).to(self.device)
+        reference = self.ood_reference
         with torch.autocast(device_type=self.device.type, enabled=self.device.type == "cuda"):
-            outputs = self.model(x)
-        return flatten_outputs(self.contract, outputs)
+            if reference is None:
+                outputs, emb = self.model(x), None
+            else:
+                outputs, emb = ood.forward_with_embedding(self.model, x)
+        logits = flatten_outputs(self.contract, outputs)
+        scores = np.full(len(logits), np.nan)
+        if emb is not None:
+            if getattr(self, "_ood_scorer", None) is None or self._ood_scorer.reference is not reference:
+                self._ood_scorer = ood.Scorer(reference)
+            scores = self._ood_scorer(emb.float().cpu().numpy())
+        return logits, scores
 
     def predict_tensors(self, images: Sequence[torch.Tensor]) -> list[dict[str, Any]]:
         """One forward pass over a batch of preprocessed images; decoded per sample."""

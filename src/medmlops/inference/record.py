@@ -9,7 +9,11 @@ On the wire (JSON)::
     {"request_id": "...", "model": family, "version": "3", "created_at": ISO 8601 (UTC) or Unix seconds,
      "predictions": {task: {...}}, "logits": [number, ...],
      "input": {"sha256": 64 hex digits, "bytes_b64": the upload, base64},
-     "correlation_id": "..."}   (optional: only when the client sent an X-Request-ID)
+     "correlation_id": "...",   (optional: only when the client sent an X-Request-ID)
+     "in_distribution": true | false | null, "ood": {"score": number | null, "threshold": number | null},
+                                (optional: the out-of-distribution verdict, :mod:`medmlops.inference.ood`)
+     "study": {"study_instance_uid": "...", "accession_number": "...", "study_id": "..."}}
+                                (optional, only the identifiers known: where the case is in the hospital's systems)
 
 The record id is the server's (:func:`new_request_id`, one per prediction): a client reusing its ``X-Request-ID``
 would otherwise make two predictions one record, and monitoring would keep only the first. What the client sent is
@@ -80,6 +84,50 @@ def correlation_id_from_header(header: str | None) -> str | None:
     if not is_request_id(header):
         raise RecordError("X-Request-ID", f"X-Request-ID must be {REQUEST_ID_RULE}", error="bad_request_id", status=400)
     return header
+
+
+STUDY_ID_RULE = "1-128 printable characters"
+
+
+def check_study_id(value: str, field: str = "study_id") -> str:
+    """A study identifier (a client's ``study_id`` form field, a StudyInstanceUID, an AccessionNumber) when it
+    follows :data:`STUDY_ID_RULE`; RecordError (400) naming the field otherwise."""
+    if not isinstance(value, str) or not 1 <= len(value) <= 128 or not value.isprintable():
+        raise RecordError(field, f"{field} must be {STUDY_ID_RULE}", error=f"bad_{field}", status=400)
+    return value
+
+
+STUDY_KEYS = ("study_instance_uid", "accession_number", "study_id")
+OOD_KEYS = ("in_distribution", "score", "threshold")
+
+
+def _check_study(study: Mapping[str, Any]) -> None:
+    """Only :data:`STUDY_KEYS`, each following :data:`STUDY_ID_RULE` (RecordError 422 naming ``study.<key>``)."""
+    if not isinstance(study, Mapping):
+        raise RecordError("study", "field 'study' must be an object", error="bad_type")
+    for key, value in study.items():
+        if key not in STUDY_KEYS:
+            raise RecordError(
+                f"study.{key}", f"field 'study' takes only {', '.join(STUDY_KEYS)}, not {str(key)[:40]!r}"
+            )
+        try:
+            check_study_id(value, f"study.{key}")
+        except RecordError as exc:
+            raise RecordError(exc.field, exc.detail, error="bad_study") from None
+
+
+def _check_ood(ood: Mapping[str, Any]) -> None:
+    """``{in_distribution: bool | None, score: finite number | None, threshold: finite number | None}``."""
+    if not isinstance(ood, Mapping) or set(ood) != set(OOD_KEYS):
+        raise RecordError("ood", f"field 'ood' must hold exactly {', '.join(OOD_KEYS)}", error="bad_type")
+    if ood["in_distribution"] is not None and not isinstance(ood["in_distribution"], bool):
+        raise RecordError("in_distribution", "field 'in_distribution' must be true, false or null", error="bad_type")
+    for key in ("score", "threshold"):
+        value = ood[key]
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)
+        ):
+            raise RecordError(f"ood.{key}", f"field 'ood.{key}' must be a finite number or null", error="bad_type")
 
 
 def required(obj: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
@@ -186,6 +234,9 @@ class PredictionRecord:
         predictions: serving's decoded answer, strict JSON.
         logits: the model's raw outputs, finite.
         correlation_id: the client's ``X-Request-ID``, the request-id rule; None when it sent none.
+        ood: the out-of-distribution verdict ``{in_distribution, score, threshold}`` (bool / finite numbers, each
+            may be None: the version has no reference); None for records made before it existed.
+        study: the study identity, :data:`STUDY_KEYS` → :data:`STUDY_ID_RULE` (only those known); None when none.
     """
 
     request_id: str
@@ -197,6 +248,8 @@ class PredictionRecord:
     predictions: dict[str, Any]
     logits: tuple[float, ...]
     correlation_id: str | None = None  # last and optional: records spooled before it existed still parse
+    ood: dict[str, Any] | None = None  # optional likewise
+    study: dict[str, str] | None = None  # optional likewise
 
     def __post_init__(self) -> None:
         check_request_id(self.request_id)
@@ -219,16 +272,22 @@ class PredictionRecord:
             raise RecordError("input.bytes_b64", "field 'input.bytes_b64' holds an empty upload", error="empty_upload")
         if not _SHA256.fullmatch(self.sha256):
             raise RecordError("input.sha256", "field 'input.sha256' must be 64 hexadecimal digits", error="bad_sha256")
+        if self.ood is not None:
+            _check_ood(self.ood)
+        if self.study is not None:
+            _check_study(self.study)
 
     @classmethod
     def build(
         cls, *, request_id: str, family: str, version: str, upload: bytes, predictions: Mapping[str, Any],
         logits: Sequence[float], created_at: float | None = None, correlation_id: str | None = None,
+        ood: Mapping[str, Any] | None = None, study: Mapping[str, str] | None = None,
     ) -> PredictionRecord:  # fmt: skip
         """The record of a prediction just made (``created_at`` defaults to now, to the millisecond the wire keeps)."""
         return cls(
             request_id, family, version, round(time.time() if created_at is None else created_at, 3), upload,
             hashlib.sha256(upload).hexdigest(), jsonable(dict(predictions)), tuple(map(float, logits)), correlation_id,
+            None if ood is None else jsonable(dict(ood)), dict(study) if study else None,
         )  # fmt: skip
 
     @classmethod
@@ -262,9 +321,20 @@ class PredictionRecord:
             raise RecordError(
                 "input.bytes_b64", "field 'input.bytes_b64' is not valid base64", error="bad_base64"
             ) from exc
+        ood = None  # absent: serving predates the field
+        if "in_distribution" in obj or obj.get("ood") is not None:
+            scores = obj.get("ood") or {}
+            if not isinstance(scores, Mapping):
+                raise RecordError("ood", "field 'ood' must be an object", error="bad_type")
+            ood = {"in_distribution": obj.get("in_distribution"), "score": scores.get("score"),
+                   "threshold": scores.get("threshold")}  # fmt: skip
+        study = obj.get("study")
+        if study is not None and not isinstance(study, Mapping):
+            raise RecordError("study", "field 'study' must be an object", error="bad_type")
         record = cls(
-            request_id, family, version, created_at, upload, sha256, finite(dict(predictions)), logits, correlation_id
-        )
+            request_id, family, version, created_at, upload, sha256, finite(dict(predictions)), logits, correlation_id,
+            ood, dict(study) if study else None,
+        )  # fmt: skip
         if hashlib.sha256(upload).hexdigest() != sha256:
             raise RecordError(
                 "input.sha256", "field 'input.sha256' does not match the decoded upload", error="sha256_mismatch"
@@ -280,6 +350,11 @@ class PredictionRecord:
         }  # fmt: skip
         if self.correlation_id is not None:
             answer["correlation_id"] = self.correlation_id
+        if self.ood is not None:
+            answer["in_distribution"] = self.ood["in_distribution"]
+            answer["ood"] = {"score": self.ood["score"], "threshold": self.ood["threshold"]}
+        if self.study is not None:
+            answer["study"] = dict(self.study)
         return answer
 
     def to_json(self) -> dict[str, Any]:

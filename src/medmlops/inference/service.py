@@ -141,10 +141,13 @@ class ServedModel:
         return True
 
     def forward(self, images: np.ndarray) -> np.ndarray:
-        """Logits of a batch, with the version that computed them as a last column."""
+        """Logits of a batch, then each row's out-of-distribution score (NaN: the version has no reference), then
+        the version that computed them as a last column; one forward pass gives logits and score."""
         predictor = self.predictor
-        logits = predictor.forward(images)
-        return np.concatenate([logits, np.full((len(logits), 1), float(predictor.version), np.float32)], axis=1)
+        logits, scores = predictor.forward_scored(images)
+        n = len(logits)
+        version = np.full((n, 1), float(predictor.version), np.float32)
+        return np.concatenate([logits, np.asarray(scores, np.float32).reshape(n, 1), version], axis=1)
 
 
 class Gateway:
@@ -243,18 +246,40 @@ class Gateway:
         )
 
     def answer(
-        self, request_id: str, upload: bytes, outputs: np.ndarray, correlation_id: str | None = None
-    ) -> dict[str, Any]:
-        """Decode ``outputs`` (:meth:`ServedModel.forward`'s) and spool the record; the client's answer."""
-        from medmlops.inference.predict import decode, split_outputs
+        self, request_id: str, upload: bytes, outputs: np.ndarray, correlation_id: str | None = None,
+        study: dict[str, str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Decode ``outputs`` (:meth:`ServedModel.forward`'s) and spool the record; the client's answer.
+
+        The out-of-distribution verdict (:func:`medmlops.inference.ood.verdict`) and ``study`` (the study identity)
+        go into the record. Outputs without a score column (a model service from before it) or a version without
+        a reference give ``in_distribution: null``.
+
+        Raises:
+            InputError: 422 ``out_of_distribution``, when the version's contract refuses such inputs (nothing is
+                recorded then).
+            ServiceUnavailable: the spool cannot keep the record.
+        """
+        from medmlops.inference import ood
+        from medmlops.inference.predict import InputError, decode, split_outputs
 
         version = str(int(outputs[0, -1]))
         contract = self.contract(version)
-        logits = outputs[:, :-1]
+        n_logits = sum(task.n_logits for task in contract.tasks)
+        logits = outputs[:, :n_logits]
+        score = float(outputs[0, n_logits]) if outputs.shape[1] > n_logits + 1 else float("nan")
+        reference = contract.input_gate.ood if contract.input_gate is not None else None
+        (result,) = ood.verdict(reference if reference and "threshold" in reference else None, [score])
+        if ood.refused(reference, result):
+            raise InputError(
+                "out_of_distribution", f"the image is unlike the images model {self.settings.family} version {version} "
+                f"was trained on (distance {result['score']:.4g} above the threshold {result['threshold']:.4g})",
+                status=422,
+            )  # fmt: skip
         record = PredictionRecord.build(
             request_id=request_id, family=self.settings.family, version=version, upload=upload,
             predictions=decode(contract, split_outputs(contract, logits))[0], logits=logits[0].tolist(),
-            correlation_id=correlation_id,
+            correlation_id=correlation_id, ood=result, study=study or None,
         )  # fmt: skip
         if self.forwarder is not None:
             try:

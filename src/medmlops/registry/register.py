@@ -83,6 +83,56 @@ def input_gate(params: Params, family: str, modality: str):
     )  # fmt: skip
 
 
+def fold_images(result: ExperimentResult, params: Params, split: str, repo: Path = Path("."), limit: int | None = None):
+    """The preprocessed images ``(N, *shape)`` of ``split`` (train | val | test) of the registered fold
+    (``result.best_fold`` in the run's ``splits.csv``), every source of the experiment, as in training (no
+    augmentation); at most ``limit`` (a seeded sample). Empty when the run folder has no splits file."""
+    from medmlops.inference.ood import sample_ids
+    from medmlops.training.splits import load_splits
+
+    exp = params.experiment(result.experiment)
+    path = result.run_dir / "splits.csv"
+    if not path.is_file():
+        return torch.zeros((0,))
+    splits = load_splits(path)
+    wanted = set(splits.loc[(splits["fold"] == result.best_fold) & (splits["split"] == split), "sample_id"])
+    images = []
+    for source in experiment_sources(exp):
+        items = [i for i in prep.items_from_manifest(prep.load_manifest(params, source, repo), source)
+                 if i["sample_id"] in wanted]  # fmt: skip
+        chosen = set(sample_ids([i["sample_id"] for i in items], limit or len(items) or 1, seed=params.seed))
+        items = [i for i in items if i["sample_id"] in chosen]
+        dataset = prep.make_dataset(params, source, items, augment=False, repo=repo)
+        images += [torch.as_tensor(dataset[k]["image"], dtype=torch.float32) for k in range(len(dataset))]
+    return torch.stack(images) if images else torch.zeros((0,))
+
+
+def with_ood_reference(contract, model: torch.nn.Module, result: ExperimentResult, params: Params, repo: Path):
+    """``contract`` with the out-of-distribution reference (:mod:`medmlops.inference.ood`) in its input gate:
+    fitted on the registered fold's training images (at most ``ood.MAX_REFERENCE_IMAGES``), thresholded on its
+    validation images. Unchanged (with a warning) when the fold has too few images to fit one."""
+    import dataclasses
+
+    from medmlops.inference import ood
+
+    if contract.input_gate is None:
+        return contract
+    gate = params.serving.gate(contract.family)
+    limit = ood.MAX_REFERENCE_IMAGES
+    train = fold_images(result, params, "train", repo, limit)
+    val = fold_images(result, params, "val", repo, limit)
+    try:
+        reference = ood.fit_reference(
+            ood.embeddings(model, train) if len(train) else np.zeros((0, 0)),
+            ood.embeddings(model, val) if len(val) else np.zeros((0, 0)),
+            action=gate.ood, percentile=gate.ood_percentile,
+        )  # fmt: skip
+    except ood.OodError as exc:
+        print(f"warning: {contract.family}: no out-of-distribution reference ({exc})", file=sys.stderr, flush=True)
+        return contract
+    return dataclasses.replace(contract, input_gate=dataclasses.replace(contract.input_gate, ood=reference))
+
+
 def _run_data_version(run_id: str) -> str | None:
     """The data version the experiment run recorded (a pipeline run records the DVC version it checked)."""
     from mlflow import MlflowClient
@@ -102,6 +152,7 @@ def register_experiment(
     model = build_experiment_model(exp, tasks)
     model.load_state_dict(torch.load(result.checkpoint, map_location="cpu", weights_only=True))
     model.eval()
+    contract = with_ood_reference(contract, model, result, params, repo)
     source = experiment_sources(exp)[0]
     manifest = prep.load_manifest(params, source, repo)
     example_ds = prep.make_dataset(
