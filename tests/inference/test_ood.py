@@ -162,12 +162,27 @@ def test_a_photograph_and_a_document_scan_are_out_of_distribution(cxr):
 
 
 def test_the_fold_s_own_images_are_in_distribution_at_about_the_stated_rate(cxr):
+    """The threshold is the order statistic of rank ``r`` among the ``n`` validation scores (``method="higher"``);
+    an exchangeable new image falls below it with probability ``r / (n + 1)``. The smoke fold has 2 validation
+    images, so its 99th percentile is their maximum and the expected test rate is 2/3, not 0.99 (measured: 12 of
+    19 test images, 0.63). A real validation split (hundreds of images) brings it to the stated 99 %."""
     predictor, splits = cxr
-    rates = {}
+    reference = predictor.ood_reference
+    rates, scores = {}, {}
     for split, images in splits.items():
-        _, scores = predictor.forward_scored(images)
-        rates[split] = float(np.mean([v["in_distribution"] for v in ood.verdict(predictor.ood_reference, scores)]))
-        print(f"{split}: {len(images)} images, in-distribution rate {rates[split]:.3f}")
-    assert rates["val"] >= 0.99  # the threshold is an observed validation score at the 99th percentile
-    # Test images of a smoke fold: a handful, so "about 99 %" can only mean most of them.
-    assert rates["test"] >= 0.75
+        scores[split] = predictor.forward_scored(images)[1]
+        rates[split] = float(np.mean([v["in_distribution"] for v in ood.verdict(reference, scores[split])]))
+        print(f"{split}: {len(images)} images, in-distribution rate {rates[split]:.3f}, scores "
+              f"{np.round(np.sort(scores[split]), 2).tolist()}, threshold {reference['threshold']:.3f}")  # fmt: skip
+    n = reference["n_validation"]
+    assert n == len(splits["val"]) and rates["val"] >= 0.99  # in-sample: at least the percentile, by construction
+    rank = int(np.ceil(reference["percentile"] / 100 * (n - 1))) + 1
+    expected = rank / (n + 1)
+    spread = np.sqrt(expected * (1 - expected) / len(splits["test"]))
+    assert abs(rates["test"] - expected) <= 3 * spread + 0.1, (rates["test"], expected)
+    # And the smoke model separates what it was trained on from the photograph and the page: every test image
+    # scores below both (printed above: the photograph 8.1, the page 9.4, test images up to a few units).
+    outside = [
+        predictor.forward_scored(predictor.preprocess(d)[None])[1][0] for d in (_grace_hopper(), _document_png())
+    ]
+    assert scores["test"].max() < min(outside), (scores["test"].max(), outside)

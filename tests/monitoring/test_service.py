@@ -164,3 +164,22 @@ def test_hostile_ids_and_report_numbers_are_4xx_answers(monitor):
             monitor.summary(**query)
         with pytest.raises(Exception, match="must not hold control characters"):
             monitor.timeseries(**query)
+
+
+def test_the_ood_verdict_and_the_study_identity_reach_the_views_summary_and_metrics(monitor):
+    study = {"study_instance_uid": "1.2.3.4", "accession_number": "ACC-42"}
+    out = {"in_distribution": False, "ood": {"score": 9.5, "threshold": 5.0}, "study": study}
+    monitor.ingest({**make_record("out", logits=UNSURE), **out})
+    monitor.ingest({**make_record("in"), "in_distribution": True, "ood": {"score": 1.0, "threshold": 5.0}})
+    monitor.ingest(make_record("before"))  # from a serving version without the verdict: not counted
+    view = monitor.record_view("out")
+    assert (view["in_distribution"], view["ood"], view["study"]) == (False, {"score": 9.5, "threshold": 5.0}, study)
+    assert monitor.record_view("before")["in_distribution"] is None and monitor.record_view("before")["study"] is None
+    summary = monitor.summary(family="cxr-findings")
+    assert summary["ood"] == {"scored": 2, "out": 1, "rate": 0.5} and summary["versions"][0]["ood"]["rate"] == 0.5
+    assert monitor.timeseries(family="cxr-findings", bucket_s=86400)["points"][-1]["ood_rate"] == 0.5
+    assert 'medmlops_ood_rate{family="cxr-findings",version="3"} 0.5' in monitor.metrics.render()[0].decode()
+    _drain(monitor)
+    cases = {c["request_id"]: c for c in monitor.flagged_cases(family="cxr-findings")}
+    # The fake analyser flags by the upload's hash: it flags "out", so the flagged case shows where the study is.
+    assert cases["out"]["study"] == study and cases["out"]["in_distribution"] is False

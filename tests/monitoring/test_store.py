@@ -189,8 +189,25 @@ def test_an_older_database_gets_the_new_columns(tmp_path):
         (claimed,) = store.claim("a", 5, lease_s=60)
         assert claimed.request_id == "old" and store.record("old")["stratum"] == 1  # the default: the census sample
         assert store.add_record(prediction_record("new"))
+        old = store.record("old")
+        assert (old["in_distribution"], old["ood_score"], old["study"]) == (None, None, None)  # added, empty
     finally:
         store.close()
+
+
+def test_the_ood_verdict_and_the_study_identity_are_stored_per_record(store):
+    from dataclasses import replace
+
+    study = {"accession_number": "ACC-7", "study_id": "s-1"}
+    out = replace(prediction_record("out"), ood={"in_distribution": False, "score": 9.5, "threshold": 5.0}, study=study)
+    inside = replace(prediction_record("in"), ood={"in_distribution": True, "score": 1.25, "threshold": 5.0})
+    for record in (out, inside, prediction_record("before")):  # "before": a record from before the verdict
+        assert store.add_record(record)
+    row = store.record("out")
+    assert (row["in_distribution"], row["ood_score"], row["ood_threshold"], row["study"]) == (False, 9.5, 5.0, study)
+    assert store.record("in")["in_distribution"] is True and store.record("in")["study"] is None
+    verdicts = {r["request_id"]: r["in_distribution"] for r in store.population(family="cxr-findings")}
+    assert verdicts == {"out": False, "in": True, "before": None}
 
 
 def test_results_frame_has_times_flags_features_and_posted_labels(store):

@@ -127,6 +127,16 @@ def logit_rates(rows: Iterable[Row]) -> dict[str, float]:
     return {name: flagged[name] / seen[name] for name in sorted(seen)}
 
 
+def ood_rate(rows: Iterable[Row]) -> dict[str, Any]:
+    """Serving's out-of-distribution verdicts (exact: every record counts): ``scored`` (records with a verdict),
+    ``out`` (those out of distribution) and ``rate`` (out / scored; None when none was scored: versions without a
+    reference, records from before the verdict existed)."""
+    verdicts = [row.get("in_distribution") for row in rows]
+    scored = [v for v in verdicts if v is not None]
+    out = sum(not v for v in scored)
+    return {"scored": len(scored), "out": out, "rate": out / len(scored) if scored else None}
+
+
 def coverage(rows: Iterable[Row]) -> dict[str, Any]:
     """How much of the window the estimates rest on: records, those analysed, those scored at ingest, per stratum."""
     rows = list(rows)

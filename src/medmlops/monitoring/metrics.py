@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from medmlops.errors import UserError
-from medmlops.monitoring.estimate import logit_rates, saliency_rates
+from medmlops.monitoring.estimate import logit_rates, ood_rate, saliency_rates
 from medmlops.monitoring.store import Store
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,12 @@ class _StoreCollector(Collector):
             f"Share of the window's predictions the logit tier flags at ingest, per class ({described}).",
             labels=["family", "version", "class_name"],
         )  # fmt: skip
+        out_rate = GaugeMetricFamily(
+            "medmlops_ood_rate",
+            f"Share of the window's predictions serving judged out of distribution ({described}; of those with a "
+            "verdict: versions without a reference have none).",
+            labels=["family", "version"],
+        )  # fmt: skip
         # From the database, not a counter: in the cluster the workers are other pods, so a counter in this process
         # would stay at 0 while they analyse (the API runs with --no-worker).
         records_by_status = GaugeMetricFamily(
@@ -116,6 +122,8 @@ class _StoreCollector(Collector):
                         rate.add_metric([family, version, name], value)
                     for name, value in logit_rates(rows).items():
                         logit_rate.add_metric([family, version, name], value)
+                    if (ood := ood_rate(rows))["rate"] is not None:
+                        out_rate.add_metric([family, version], ood["rate"])
             for (family, version), n in sorted(waiting.items()):
                 pending.add_metric([family, version], n)
             for row in self.store.status_counts():
@@ -126,7 +134,7 @@ class _StoreCollector(Collector):
                 stamp.add_metric([report["family"]], report["created_at"])
         except Exception:  # noqa: BLE001 - a scrape must not fail because the database blinked
             log.exception("reading metrics from the monitoring store failed")
-        yield from (depth, pending, records_by_status, rate, logit_rate, share, stamp)
+        yield from (depth, pending, records_by_status, rate, logit_rate, out_rate, share, stamp)
 
 
 def _number(value: Any) -> float | None:

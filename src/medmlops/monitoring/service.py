@@ -29,7 +29,7 @@ from medmlops.inference.record import (
     required,
     unix_seconds,
 )
-from medmlops.monitoring.estimate import coverage, logit_rates, saliency_flagged_share, saliency_rates
+from medmlops.monitoring.estimate import coverage, logit_rates, ood_rate, saliency_flagged_share, saliency_rates
 from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_flag_window, window_rows
 from medmlops.monitoring.performance import window_performance
 from medmlops.monitoring.store import STRATA, Store
@@ -321,7 +321,8 @@ class Monitor:
             "tier": "saliency" if result is not None else "logit" if scored else "unscored",
             "created_at": iso(row["created_at"]), "received_at": iso(row["received_at"]),
             "attempts": row["attempts"], "error": row["error"], "predictions": row["predictions"],
-            "ground_truth": row["labels"],
+            "ground_truth": row["labels"], "study": row["study"], "in_distribution": row["in_distribution"],
+            "ood": {"score": row["ood_score"], "threshold": row["ood_threshold"]},
             "logit_tier": {
                 "at": iso(row["logit_at"]), "score": logit.get("score"), "calibrated": logit.get("calibrated", False),
                 "scores": logit.get("scores"), "flags": logit_flags, "error": logit.get("error"),
@@ -406,6 +407,7 @@ class Monitor:
                 "t": start, "time": iso(start), "records": len(members), "n": rates["counts"]["done"],
                 "flagged": rates["counts"]["flagged"], "flagged_rate": rates["flagged_rate"],
                 "flag_rate": rates["flag_rate"], "logit_flag_rate": rates["logit"]["flag_rate"],
+                "ood_rate": rates["ood"]["rate"],
             })  # fmt: skip
         return finite(
             {"family": family, "version": version, "bucket_s": bucket_s, "classes": classes, "points": points}
@@ -425,6 +427,7 @@ class Monitor:
                 "flagged_classes": [name for name, flag in (row["flags"] or {}).items() if flag],
                 "distinctiveness": result.get("distinctiveness", {}), "probabilities": result.get("probabilities", {}),
                 "labels": result.get("labels", {}), "saliency_url": f"/v1/records/{row['request_id']}/saliency.png",
+                "study": row["study"], "in_distribution": row["in_distribution"],
             })  # fmt: skip
         return finite(cases)
 
@@ -525,6 +528,7 @@ def _rates(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "flag_rate": logit_rates(logit_scored),
         },  # fmt: skip
         "estimate": coverage(rows),
+        "ood": ood_rate(rows),  # serving's out-of-distribution verdicts: exact counts
     }
 
 

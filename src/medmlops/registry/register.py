@@ -130,6 +130,15 @@ def with_ood_reference(contract, model: torch.nn.Module, result: ExperimentResul
     except ood.OodError as exc:
         print(f"warning: {contract.family}: no out-of-distribution reference ({exc})", file=sys.stderr, flush=True)
         return contract
+    n = reference["n_validation"]
+    if n < 100 / (100 - min(reference["percentile"], 99.99)):
+        # The threshold is then the largest validation score: a new in-distribution image is under it with
+        # probability about n / (n + 1), well below the percentile asked for.
+        print(
+            f"warning: {contract.family}: the out-of-distribution threshold comes from {n} validation images, too "
+            f"few for a {reference['percentile']:g}th percentile; about {n / (n + 1):.0%} of in-distribution images "
+            "will be in distribution", file=sys.stderr, flush=True,
+        )  # fmt: skip
     return dataclasses.replace(contract, input_gate=dataclasses.replace(contract.input_gate, ood=reference))
 
 

@@ -36,7 +36,7 @@ METRIC_NAMES = (
     "medmlops_monitoring_http_requests_total", "medmlops_informer_flag_rate", "medmlops_drift_share",
     "medmlops_drift_report_timestamp_seconds", "medmlops_monitoring_records_ingested_total",
     "medmlops_monitoring_processing_seconds", "medmlops_monitoring_queue_depth", "medmlops_monitoring_queue_pending",
-    "medmlops_logit_flag_rate", "medmlops_monitoring_records",
+    "medmlops_logit_flag_rate", "medmlops_monitoring_records", "medmlops_ood_rate",
 )  # fmt: skip
 
 
@@ -239,7 +239,8 @@ def test_bad_requests_get_a_4xx_json_naming_the_problem_and_the_server_stays_up(
 
 
 def test_metrics_export_the_names_the_alert_rules_use(served):
-    assert _post(served.url, make_record("metrics-1", family="ich-prognosis"))[0] == 202
+    out = {"in_distribution": False, "ood": {"score": 9.0, "threshold": 4.0}}  # serving's verdict
+    assert _post(served.url, {**make_record("metrics-1", family="ich-prognosis"), **out})[0] == 202
     _done(served.url, "metrics-1")
     store = Store(served.db_url)  # what `medmlops monitor report` does from another process
     try:
@@ -258,6 +259,7 @@ def test_metrics_export_the_names_the_alert_rules_use(served):
     assert 'medmlops_monitoring_records_ingested_total{family="ich-prognosis",version="3"} 1.0' in text
     assert f'medmlops_informer_flag_rate{{class_name="{CLASSES[0]}",family="ich-prognosis",version="3"}}' in text
     assert f'medmlops_logit_flag_rate{{class_name="{CLASSES[0]}",family="ich-prognosis",version="3"}} 0.0' in text
+    assert 'medmlops_ood_rate{family="ich-prognosis",version="3"} 1.0' in text
     assert 'medmlops_monitoring_records_processed_total{family="ich-prognosis",status="done",version="3"}' in text
     assert re.search(r"^medmlops_monitoring_queue_depth \d", text, flags=re.MULTILINE)
     assert 'medmlops_monitoring_http_requests_total{handler="/records",method="POST",status="202"}' in text
@@ -292,7 +294,9 @@ def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_p
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: run `make browser` (Debian's chromium package)"
     from playwright.sync_api import sync_playwright
 
-    assert _post(served.url, make_record("dash-1", family="dash"))[0] == 202
+    study = {"accession_number": "ACC-DASH-1", "study_instance_uid": "1.2.840.1"}
+    flagged_ood = {"in_distribution": False, "ood": {"score": 9.0, "threshold": 4.0}, "study": study}
+    assert _post(served.url, {**make_record("dash-1", family="dash"), **flagged_ood})[0] == 202
     for i in range(2, 12):
         _post(served.url, make_record(f"dash-{i}", family="dash", created_at=time.time() - 600 * i))
     for i in range(1, 12):
@@ -329,6 +333,7 @@ def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_p
             chart = page.inner_html("#chart")
             drift = page.inner_text("#drift")
             n_thumbnails = page.locator("#cases img").count()
+            ood_rate, cases_text = page.inner_text("#ood-rate"), page.inner_text("#cases")
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
         finally:
@@ -336,6 +341,8 @@ def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_p
     assert problems == [], problems
     assert chart.count("<polyline") == 2 and "Atelectasis" in chart
     assert "drift detected" in drift and "60.0 %" in drift
+    assert "100.0 %" in ood_rate and "1 / 1" in ood_rate  # dash-1 is the one record with a verdict
+    assert "ACC-DASH-1" in cases_text and "out of distribution" in cases_text  # the flagged case and its study
     flagged = call(f"{served.url}/v1/flagged?family=dash")[1]["cases"]
     assert flagged and n_thumbnails >= 1
     from PIL import Image

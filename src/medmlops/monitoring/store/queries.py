@@ -45,7 +45,8 @@ class Queries:
             records.c.correlation_id, records.c.status, records.c.attempts, records.c.error, records.c.predictions,
             records.c.sha256, records.c.lease_owner, records.c.lease_expires, records.c.logit, records.c.logit_flags,
             records.c.logit_at, records.c.stratum, records.c.sample_p, results.c.processed_at, results.c.result,
-            (results.c.saliency_png.is_not(None)).label("has_saliency"), labels.c.labels,
+            (results.c.saliency_png.is_not(None)).label("has_saliency"), labels.c.labels, records.c.in_distribution,
+            records.c.ood_score, records.c.ood_threshold, records.c.study,
         ]  # fmt: skip
         query = (
             sa.select(*columns)
@@ -92,7 +93,7 @@ class Queries:
             results.c.processed_at, results.c.flagged, results.c.flags,
         ]  # fmt: skip
         if full:
-            columns.append(results.c.result)
+            columns += [results.c.result, records.c.study, records.c.in_distribution]
         query = sa.select(*columns).select_from(records.join(results))
         query = _window(query, family, version, since, until)
         if flagged_only:
@@ -115,11 +116,12 @@ class Queries:
     ) -> list[dict[str, Any]]:  # fmt: skip
         """Every record in the window (the newest ``limit`` when given), oldest first, with what the rate
         estimates need (:mod:`medmlops.monitoring.estimate`): family, version, created_at, received_at, status,
-        stratum, sample_p, logit_flags, logit_at, and the saliency tier's flagged and flags (None: not analysed)."""
+        stratum, sample_p, logit_flags, logit_at, in_distribution (serving's out-of-distribution verdict), and the
+        saliency tier's flagged and flags (None: not analysed)."""
         query = sa.select(
             records.c.request_id, records.c.family, records.c.version, records.c.created_at, records.c.received_at,
             records.c.status, records.c.stratum, records.c.sample_p, records.c.logit_flags, records.c.logit_at,
-            results.c.flagged, results.c.flags,
+            records.c.in_distribution, results.c.flagged, results.c.flags,
         ).select_from(records.outerjoin(results))  # fmt: skip
         query = _window(query, family, version, since, until)
         return self._oldest_first(query, limit)

@@ -107,6 +107,8 @@ class Queue:
             "predictions": record.predictions, "correlation_id": record.correlation_id,
             "status": "pending", "attempts": 0, "logit": intake.logit, "logit_flags": intake.logit_flags,
             "logit_at": intake.logit_at, "stratum": intake.stratum, "sample_p": intake.sample_p,
+            "in_distribution": (record.ood or {}).get("in_distribution"), "ood_score": (record.ood or {}).get("score"),
+            "ood_threshold": (record.ood or {}).get("threshold"), "study": record.study,
         }  # fmt: skip
         try:
             with self.engine.begin() as connection:

@@ -59,6 +59,12 @@ records = sa.Table(
     # The backlog design: 0 flagged by the logit tier, 1 in the ingest-time random sample, 2 the rest.
     sa.Column("stratum", sa.SmallInteger, nullable=False, default=1, server_default=sa.text("1")),
     sa.Column("sample_p", sa.Double, nullable=True),  # the sample's inclusion probability, recorded at ingest
+    # Serving's out-of-distribution verdict (medmlops.inference.ood); None: no reference, or a record from before.
+    sa.Column("in_distribution", sa.Boolean, nullable=True),
+    sa.Column("ood_score", sa.Double, nullable=True),
+    sa.Column("ood_threshold", sa.Double, nullable=True),
+    # Where the case is in the hospital's systems: {study_instance_uid, accession_number, study_id}, those known.
+    sa.Column("study", sa.JSON, nullable=True),
     sa.Index("ix_records_status_received", "status", "received_at"),
     sa.Index("ix_records_status_stratum_received", "status", "stratum", "received_at"),
     sa.Index("ix_records_family_created", "family", "created_at"),
