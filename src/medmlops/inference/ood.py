@@ -19,9 +19,10 @@ Where the reference lives: in the contract (``input_gate.ood``), with its two ar
 (``{"dtype": "<f4", "shape": [...], "b64": "..."}``, :func:`encode_array`). The contract and the weights are one
 download by version number (:func:`medmlops.registry.tracking.load_model`), so a reference can never be paired with
 another version's weights, and serving and monitoring read no second artifact. Size: ``(k + 1) · F`` float32, for
-DenseNet-121's 1024 features and ``k = 16`` 70 KB raw, 93 KB as base64 on one line; as indented JSON lists it
-would be ~400 KB (the contract is written with ``indent=2``), which is why the arrays are not plain lists. The
-contract is read once per version per process (the gateway keeps it), so the size costs one parse.
+DenseNet-121's 1024 features and ``k = 16`` 70 KB raw, the whole ``ood`` section 93 KB as JSON; as indented
+float32 lists it measured 507 KB (the contract is written with ``indent=2``), which is why the arrays are not plain
+lists. The contract is read once per version per process (the gateway keeps it); parsing and decoding the section
+took 0.1 ms, scoring a batch of 16 embeddings 0.02 ms (this machine's CPU).
 """
 
 from __future__ import annotations
