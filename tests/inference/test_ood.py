@@ -186,3 +186,31 @@ def test_the_fold_s_own_images_are_in_distribution_at_about_the_stated_rate(cxr)
         predictor.forward_scored(predictor.preprocess(d)[None])[1][0] for d in (_grace_hopper(), _document_png())
     ]
     assert scores["test"].max() < min(outside), (scores["test"].max(), outside)
+
+
+def test_served_the_photograph_is_answered_with_the_warning_or_refused_as_the_contract_says(cxr, tmp_path, monkeypatch):
+    """The registered model behind the serving core (no BentoML): ServedModel's score column reaches the answer."""
+    import dataclasses
+
+    from medmlops.inference.predict import InputError
+    from medmlops.inference.service import Gateway, ServedModel, ServingSettings
+
+    monkeypatch.chdir(tmp_path)
+    predictor, splits = cxr
+    settings = ServingSettings("cxr-findings", predictor.version)
+    served, gateway = ServedModel(settings, predictor), Gateway(settings, predictor.contract)
+    photo = _grace_hopper()
+    outputs = served.forward(predictor.preprocess(photo)[None].numpy())
+    answer = gateway.answer("photo-1", photo, outputs, study={"study_id": "s-1"})
+    assert answer["in_distribution"] is False and answer["ood"]["score"] > answer["ood"]["threshold"]
+    assert answer["study"] == {"study_id": "s-1"} and "findings" in answer["predictions"]
+    inside = gateway.answer("val-1", b"val", served.forward(splits["val"][:1].numpy()))
+    assert inside["in_distribution"] is True
+
+    gate = predictor.contract.input_gate
+    refusing = dataclasses.replace(gate, ood={**gate.ood, "action": "refuse"})
+    gateway.contracts[predictor.version] = dataclasses.replace(predictor.contract, input_gate=refusing)
+    with pytest.raises(InputError) as refused:
+        gateway.answer("photo-2", photo, outputs)
+    assert (refused.value.status, refused.value.error) == (422, "out_of_distribution")
+    print(refused.value.detail)
