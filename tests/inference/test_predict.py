@@ -146,7 +146,8 @@ def _bad_corpus(project) -> dict[str, tuple[str, bytes, str, str]]:
         "truncated nifti": ("ich-prognosis", gzip.decompress(nii)[:600], "unreadable_image", "cannot be read"),
         "truncated png": ("cxr-findings", png[:100], "unreadable_image", "cannot be read"),
         "truncated jpeg": ("cxr-findings", jpg[:200], "unreadable_image", "cannot be read"),
-        "truncated dicom": ("cxr-findings", dcm[:400], "unreadable_image", "cannot be read"),
+        "truncated dicom": ("cxr-findings", dcm[:400], "corrupt_file", "no Rows/Columns (truncated"),
+        "truncated dicom pixels": ("cxr-findings", dcm[: len(dcm) - 100], "unreadable_image", "cannot be read"),
         "2D image to the 3D model": ("ich-prognosis", png, "wrong_modality", "takes .nii"),
         "3D volume to the 2D model": ("cxr-findings", nii, "wrong_modality", "upload is NIFTI"),
         "2D NIfTI to the 3D model": (

@@ -224,7 +224,7 @@ class Preprocessor:
 
         gate = self.contract.input_gate
         max_voxels = gate.max_pixels if gate is not None else SeriesLimits().max_voxels
-        limits = SeriesLimits(max_entries=self.max_zip_entries, max_inflated_bytes=max_voxels * 8 + (16 << 20),
+        limits = SeriesLimits(max_entries=self.max_zip_entries, max_inflated_bytes=max_voxels * 4 + (16 << 20),
                               max_voxels=max_voxels)  # fmt: skip
         try:
             volume, header = read_series_zip(data, limits)

@@ -336,7 +336,9 @@ def _dicom_upload(data: bytes, max_pixels: int) -> Upload:
     except ValueError as exc:
         raise InputError("corrupt_file", f"the DICOM header's image size cannot be read ({exc})") from exc
     if not rows or not cols:
-        raise InputError("corrupt_file", "the DICOM has no Rows/Columns: it holds no image")
+        raise InputError(
+            "corrupt_file", "the DICOM header has no Rows/Columns (truncated, or an object without an image)"
+        )
     shape = (frames, rows, cols) if frames > 1 else (rows, cols)
     return Upload("dicom", shape, header, study_identity(header))
 
