@@ -59,6 +59,12 @@ _PREDICT_DOCS = {
     "before anything is decoded. The answer names the model version, the predictions per task, "
     "`in_distribution` with the out-of-distribution score and threshold, and the study identity.",
     "responses": {
+        200: {
+            "description": "the prediction: request_id, model, version, created_at, predictions (per task: "
+            "probabilities, label or labels, thresholds), in_distribution (true, false, or null without a "
+            "reference), ood {score, threshold}, study {study_instance_uid, accession_number, study_id} when "
+            "known, correlation_id (the client's X-Request-ID) when sent"
+        },
         **{
             status: {"description": text, "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
             for status, text in ERRORS.items()
