@@ -7,6 +7,7 @@ grace period, and a clear refusal to start without a model or with a spool folde
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,6 +26,7 @@ from ...inference.test_predict import _bad_corpus
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MAX_UPLOAD = 2_000_000
+BODY_TIMEOUT_S = 5
 
 
 def _multipart(fields: dict[str, tuple[str, bytes]]) -> tuple[bytes, str]:
@@ -111,7 +113,11 @@ def _stop(process) -> bool:
 
 @pytest.fixture(scope="module")
 def servers(registered_project):
-    started = {family: _start(registered_project, family) for family in ("ich-prognosis", "cxr-findings")}
+    # A short body timeout, so the slow-body test waits seconds, not the default 30 s.
+    started = {
+        family: _start(registered_project, family, "--set", f"serving.body_timeout_s={BODY_TIMEOUT_S}")
+        for family in ("ich-prognosis", "cxr-findings")
+    }
     yield {family: url for family, (_, url) in started.items()}
     for process, _ in started.values():
         _stop(process)
@@ -466,3 +472,320 @@ def test_refuses_to_start_with_a_spool_where_a_file_is(tmp_path, below):
         f"medmlops: error: the monitoring spool {spool_dir / 'cxr-findings'} cannot be created because {taken} is a "
         "file, not a folder; move that file away or choose another spool folder (--spool-dir)"
     ]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The door: what a hospital's systems send
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _probabilities(body: dict) -> dict[str, float]:
+    return {f"{task}/{k}": v for task, entry in body["predictions"].items() for k, v in entry["probabilities"].items()}
+
+
+def _close(a: dict, b: dict, tol: float) -> bool:
+    pa, pb = _probabilities(a), _probabilities(b)
+    return pa.keys() == pb.keys() and all(abs(pa[k] - pb[k]) <= tol for k in pa)
+
+
+@pytest.mark.reliability(
+    "Bad input",
+    "pydicom's own test files to a chest model: CT, MR, ultrasound (RGB, palette, multi-frame), secondary captures, "
+    "NM, RT dose, a segmentation; and radiographs that are lateral or of a hand",
+    "422 naming the attribute, its value and what the model takes; chest films in every PACS transfer syntax answered",
+)
+def test_the_chest_gate_answers_only_what_the_contract_allows(registered_project, servers):
+    from ...dicom_samples import bundled_objects, chest_like
+
+    url, problems = servers["cxr-findings"], []
+    for name, (data, header) in bundled_objects().items():
+        status, body = _predict(url, data, "study.dcm")
+        if status == 422 and body.get("error") == "not_accepted":
+            if body["attribute"] not in body["detail"] or str(body["value"]) not in body["detail"]:
+                problems.append(f"{name}: {body}")
+        elif not (400 <= status < 500 and body.get("error") in ("corrupt_file", "unreadable_image")):
+            problems.append(f"{name} ({header['Modality']}): {status} {body}")
+    import io
+
+    import pydicom
+
+    for attribute, value in (("ViewPosition", "LL"), ("BodyPartExamined", "HAND"), ("Modality", "MR")):
+        ds = pydicom.dcmread(io.BytesIO(chest_like(pydicom.uid.ExplicitVRLittleEndian)))
+        setattr(ds, attribute, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer)
+        status, body = _predict(url, buffer.getvalue(), "film.dcm")
+        if (status, body.get("attribute"), body.get("value")) != (422, attribute, value):
+            problems.append(f"{attribute}={value}: {status} {body}")
+    assert not problems, "\n".join(problems)
+
+
+def test_every_pacs_transfer_syntax_gives_the_uncompressed_objects_answer(registered_project, servers):
+    """JPEG Lossless (process 14, SV1), JPEG-LS, JPEG 2000, RLE, deflated, big endian: the same pixels as the
+    uncompressed object, so the same answer; lossy JPEG within its measured tolerance of pixels (answer compared
+    loosely)."""
+    import pydicom
+
+    from ...dicom_samples import CHEST_LIKE_SYNTAXES, LOSSLESS_SYNTAXES, chest_like
+
+    url = servers["cxr-findings"]
+    status, reference = _predict(url, chest_like(pydicom.uid.ExplicitVRLittleEndian), "film.dcm")
+    assert status == 200, reference
+    problems = []
+    for syntax in CHEST_LIKE_SYNTAXES:
+        status, body = _predict(url, chest_like(syntax), "film.dcm")
+        tol = 1e-5 if syntax in LOSSLESS_SYNTAXES else 0.2
+        if status != 200 or not _close(body, reference, tol):
+            problems.append(f"{pydicom.uid.UID(syntax).name}: {status} {body}")
+    assert not problems, "\n".join(problems)
+
+
+def test_nifti_as_written_plain_and_gzipped_and_a_dicom_series_give_the_same_answer(registered_project, servers):
+    """dcm2niix writes .nii by default: it is answered like its .nii.gz. A zip of the same volume as one DICOM
+    series (slices shuffled) gives the same prediction within 1e-4, and the study identity travels with it."""
+    import gzip
+
+    import nibabel as nib
+    import numpy as np
+
+    from medmlops.data.dicom_series import series_zip_from_volume
+
+    from ...inference.test_predict import _nifti_bytes
+
+    url = servers["ich-prognosis"]
+    path = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz"))
+    image = nib.load(path)
+    hu = np.rint(np.asarray(image.dataobj, dtype=np.float32)).astype(np.int16)
+    nifti_gz = gzip.compress(nib.Nifti1Image(hu, image.affine).to_bytes())
+    answers = {}
+    for name, data in (
+        ("nii.gz", nifti_gz), ("nii", gzip.decompress(nifti_gz)),
+        ("series", series_zip_from_volume(hu, image.affine, study_uid="1.2.826.0.1.3680043.8.498.77")),
+    ):  # fmt: skip
+        status, body = _predict(url, data, f"case.{name}")
+        assert status == 200, (name, body)
+        answers[name] = body
+    assert _close(answers["nii"], answers["nii.gz"], 0.0)
+    assert _close(answers["series"], answers["nii.gz"], 1e-4), (answers["series"], answers["nii.gz"])
+    assert answers["series"]["study"]["study_instance_uid"] == "1.2.826.0.1.3680043.8.498.77"
+    assert _nifti_bytes  # the helper the bad corpus builds NIfTI with
+
+
+@pytest.mark.reliability(
+    "Bad input",
+    "DICOM series zips: a zip bomb, a path-traversal entry, two series mixed, a missing slice, an MR series",
+    "a 4xx JSON naming the problem; nothing inflated past the bound; the server keeps serving",
+)
+def test_bad_series_zips_are_refused_naming_the_problem(registered_project, servers):
+    import io
+    import zipfile
+
+    import nibabel as nib
+    import numpy as np
+
+    from medmlops.data.dicom_series import series_zip_from_volume
+
+    url = servers["ich-prognosis"]
+    path = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz"))
+    image = nib.load(path)
+    hu = np.rint(np.asarray(image.dataobj, dtype=np.float32)).astype(np.int16)
+    good = series_zip_from_volume(hu, image.affine)
+
+    def rezip(entries: dict[str, bytes]) -> bytes:
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for name, data in entries.items():
+                z.writestr(name, data)
+        return out.getvalue()
+
+    with zipfile.ZipFile(io.BytesIO(good)) as z:
+        slices = {name: z.read(name) for name in z.namelist()}
+    other = series_zip_from_volume(hu, image.affine)
+    with zipfile.ZipFile(io.BytesIO(other)) as z:
+        foreign = {f"other-{name}": z.read(name) for name in z.namelist()[:2]}
+    ordered = sorted(slices)
+    cases = {
+        "zip bomb": (rezip({"a.dcm": b"\0" * (700 << 20)}), "too_large"),
+        "traversal": (rezip({**slices, "../../etc/cron.d/x.dcm": slices[ordered[0]]}), "bad_entry_name"),
+        "mixed series": (rezip({**slices, **foreign}), "mixed_series"),
+        "missing slice": (rezip({k: v for k, v in slices.items() if k != ordered[len(ordered) // 2]}), None),
+        "MR series": (series_zip_from_volume(hu, image.affine, modality="MR"), "not_ct"),
+    }
+    problems = []
+    for name, (data, code) in cases.items():
+        status, body = _predict(url, data, "series.zip")
+        if not 400 <= status < 500 or (code is not None and body.get("error") != code):
+            problems.append(f"{name}: {status} {body}")
+    assert not problems, "\n".join(problems)
+    status, _ = _predict(url, good, "series.zip")
+    assert status == 200
+
+
+def _tree_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):  # a worker that just exited
+            total += proc.memory_info().rss
+    return total
+
+
+def _peak_rss_during(pid: int, call) -> tuple[object, int, float]:
+    """(call's result, the server tree's peak RSS while it ran, seconds it took)."""
+    peak, done = [_tree_rss(pid)], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak.append(_tree_rss(pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.monotonic()
+    try:
+        result = call()
+    finally:
+        elapsed = time.monotonic() - started
+        done.set()
+        sampler.join(5)
+    return result, max(peak), elapsed
+
+
+@pytest.mark.reliability(
+    "Bad input",
+    "amplification over HTTP: a 16-bit PNG of 8192² (131 kB), a 1-bit DICOM of 8192², a gzipped NIfTI of "
+    "1024² x 256 (261 kB), a deflated DICOM inflating to 512 MiB (522 kB)",
+    "413 from the header; the server's peak RSS measured while each is refused (grows < 100 MiB)",
+)
+def test_amplification_is_refused_before_decoding_with_flat_server_memory(registered_project):
+    from ...inference.test_upload import chest_dataset, deflated_dicom, dicom_bytes, nifti_gz_header_only, png_16bit
+
+    one_bit = chest_dataset(8192, 8192, 8)
+    one_bit.BitsAllocated, one_bit.BitsStored, one_bit.HighBit = 1, 1, 0
+    one_bit.PixelData = b"\0" * (8192 * 8192 // 8)
+    cases = {
+        "PNG": ("cxr-findings", png_16bit(8192), "too_many_pixels"),
+        "DICOM": ("cxr-findings", dicom_bytes(one_bit), "too_many_pixels"),
+        "NIfTI": ("ich-prognosis", nifti_gz_header_only((1024, 1024, 256), 256), "too_many_pixels"),
+        "deflated DICOM": ("cxr-findings", deflated_dicom(512), "too_large"),
+    }
+    lines, problems = [], []
+    for family in ("cxr-findings", "ich-prognosis"):
+        process, url = _start(registered_project, family, "--max-upload-bytes", str(16 << 20), "--reload-s", "0")
+        try:
+            warm = next((registered_project / "data" / "raw-smoke" / ("chexpert" if family == "cxr-findings"
+                                                                        else "ich")).rglob("*frontal.jpg" if family == "cxr-findings" else "*.nii.gz"))  # fmt: skip
+            assert _predict(url, warm.read_bytes())[0] == 200  # memory after one real prediction is the baseline
+            for name, (target, data, code) in cases.items():
+                if target != family:
+                    continue
+                baseline = _tree_rss(process.pid)
+                (status, body), peak, elapsed = _peak_rss_during(process.pid, lambda u=url, d=data: _predict(u, d))
+                growth = (peak - baseline) / 2**20
+                lines.append(f"{name}: {len(data) / 1e3:.0f} kB, {status} {body.get('error')} in {elapsed:.2f} s, "
+                             f"server RSS +{growth:.0f} MiB")  # fmt: skip
+                if status != 413 or body.get("error") != code or growth > 100:
+                    problems.append(lines[-1])
+        finally:
+            _stop(process)
+    print("\n".join(lines))
+    assert not problems, "\n".join(problems)
+
+
+def _raw_request(url: str, head: bytes, body_chunks, read_timeout_s: float) -> tuple[bytes, int]:
+    """Send ``head`` then the chunks from another thread; (the response's first bytes, body bytes sent by then)."""
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=read_timeout_s)
+    sent = [0]
+
+    def send():
+        try:
+            sock.sendall(head)
+            for chunk in body_chunks:
+                sock.sendall(chunk)
+                sent[0] += len(chunk)
+        except OSError:
+            pass
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    response, at_response = b"", None
+    try:
+        while chunk := sock.recv(65536):  # the server answers with Connection: close, so read until it closes
+            if at_response is None:
+                at_response = sent[0]
+            response += chunk
+    except OSError:
+        pass
+    at_response = sent[0] if at_response is None else at_response
+    sock.close()
+    sender.join(10)
+    return response, at_response
+
+
+@pytest.mark.reliability(
+    "Bad input",
+    "a chunked upload with no Content-Length that never ends (up to 1 GB offered); a body that stops after 10 bytes",
+    "413 once the byte limit is passed, reading stopped there; 408 after the body timeout; the server keeps serving",
+)
+def test_unbounded_and_stalled_bodies_are_cut_off(registered_project, servers):
+    url = servers["cxr-findings"]
+    boundary = "b0undary"
+    part = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n\r\n').encode()
+
+    def chunked():
+        yield f"{len(part):x}\r\n".encode() + part + b"\r\n"
+        block = b"\0" * (1 << 20)
+        for _ in range(1024):
+            yield f"{len(block):x}\r\n".encode() + block + b"\r\n"
+
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()  # fmt: skip
+    response, sent = _raw_request(url, head, chunked(), 60)
+    assert response.startswith(b"HTTP/1.1 413"), response[:300]
+    assert b"too_large" in response
+    assert sent < 200 << 20, f"{sent >> 20} MiB were sent before the answer: the server kept reading"
+
+    head = (f"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode()  # fmt: skip
+    started = time.monotonic()
+    response, _ = _raw_request(url, head, [part[:10]], BODY_TIMEOUT_S + 30)
+    waited = time.monotonic() - started
+    assert response.startswith(b"HTTP/1.1 408") and b"body_timeout" in response, response[:300]
+    assert BODY_TIMEOUT_S - 0.5 < waited < BODY_TIMEOUT_S + 20, waited
+    good = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    assert _predict(url, good)[0] == 200
+
+
+def test_the_api_documents_itself_with_its_error_codes(servers):
+    import json
+
+    with urllib.request.urlopen(f"{servers['cxr-findings']}/docs", timeout=30) as response:
+        assert response.status == 200 and b"swagger" in response.read().lower()
+    with urllib.request.urlopen(f"{servers['cxr-findings']}/openapi.json", timeout=30) as response:
+        spec = json.loads(response.read())
+    post = spec["paths"]["/predict"]["post"]
+    assert {"400", "408", "413", "415", "422", "503"} <= set(post["responses"])
+    assert "not_accepted" in post["responses"]["422"]["description"]
+    assert "image" in post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
+
+
+def test_the_study_identity_travels_with_the_answer(registered_project, servers):
+    import pydicom
+
+    from ...dicom_samples import chest_like
+
+    url = servers["cxr-findings"]
+    status, body = _predict(url, chest_like(pydicom.uid.ExplicitVRLittleEndian), "film.dcm")
+    assert status == 200 and set(body["study"]) >= {"study_instance_uid", "accession_number"}, body
+    jpg = next((registered_project / "data" / "raw-smoke" / "chexpert").rglob("*frontal.jpg")).read_bytes()
+    multipart, content_type = _multipart({"image": ("x.jpg", jpg)})
+    boundary = content_type.split("=", 1)[1]
+    multipart = (f'--{boundary}\r\nContent-Disposition: form-data; name="study_id"\r\n\r\nRIS-2026-0042\r\n'
+                 .encode() + multipart)  # fmt: skip
+    status, body = _post(f"{url}/predict", multipart, content_type)
+    assert status == 200 and body["study"] == {"study_id": "RIS-2026-0042"}, body
