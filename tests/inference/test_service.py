@@ -293,3 +293,39 @@ def test_settings_come_from_the_environment_medmlops_serve_writes():
         alias="champion", reload_s=0.5, monitoring_url="http://m:8080", spool_dir="/spool/ich",
         monitoring_token="secret", spool_drain_s=7.5,
     )  # fmt: skip
+
+
+def test_at_most_the_configured_number_of_uploads_are_decoded_at_once(tmp_path):
+    """Decoding is the memory-hungry step: with ``max_concurrent_preprocessing=2``, eight concurrent requests never
+    have more than two uploads in the preprocessor at once, and all eight are answered."""
+    import threading
+
+    settings = ServingSettings("cxr-findings", "3", max_concurrent_preprocessing=2)
+    gateway = Gateway(settings, _contract())
+    real, lock, state = gateway.preprocess.prepare, threading.Lock(), {"now": 0, "most": 0}
+
+    def counting(data: bytes):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)
+            return real(data)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    gateway.preprocess.prepare = counting
+    answers = []
+
+    async def main():
+        async with anyio.create_task_group() as group:
+            for seed in range(8):
+                group.start_soon(lambda s=seed: _answer_into(answers, gateway, _png(s)))
+
+    anyio.run(main)
+    assert len(answers) == 8 and state["most"] == 2
+
+
+async def _answer_into(answers: list, gateway: Gateway, data: bytes) -> None:
+    answers.append(await gateway.predict(data, None, ModelService(VERSION_3).forward))
