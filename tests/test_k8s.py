@@ -459,7 +459,7 @@ def test_prometheus_rule_alerts_are_well_formed_and_cover_the_platform_metrics()
         assert alert["expr"].count("(") == alert["expr"].count(")"), alert["alert"]
     expressions = " ".join(a["expr"] for a in alerts)
     for metric in ("medmlops_informer_flag_rate", "medmlops_drift_share", "bentoml_service_request_total",
-                   "medmlops_monitoring_queue_depth"):  # fmt: skip
+                   "medmlops_monitoring_queue_depth", "medmlops_ood_rate"):  # fmt: skip
         assert metric in expressions, f"no alert on {metric}"
     assert re.search(r'http_response_code=~"5\.\."', expressions), "no 5xx alert on BentoML requests"
 
