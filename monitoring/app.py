@@ -12,6 +12,7 @@ Run it with ``medmlops monitor serve``. Routes:
     GET  /v1/timeseries                 flag rates per time bucket (?family=&version=&bucket_s=&since=&until=)
     GET  /v1/flagged                    the newest flagged cases (?family=&limit=)
     GET  /v1/drift                      the latest drift report per family (?family=)
+    GET  /v1/drift/{id}/evidently-js/*  the Evidently JS bundle and font a report's HTML loads (beside the report)
     GET  /v1/performance                estimated (CBPE) and realized performance per version
                                         (?family=&version=&since=&until=&limit=; none: the metrics window)
     GET  /v1/families                   families with record counts
@@ -198,6 +199,12 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.get("/v1/drift/{report_id}/report.html")
     def get_drift_html(report_id: int) -> Response:
         return FileResponse(monitor.drift_html(report_id), media_type="text/html")
+
+    @app.get("/v1/drift/{report_id}/evidently-js/{name}")
+    def get_drift_asset(report_id: int, name: str) -> Response:
+        path = monitor.drift_asset(report_id, name)
+        kind = "text/javascript" if name.endswith(".js") else "font/woff2"
+        return FileResponse(path, media_type=kind, headers={"Cache-Control": "public, max-age=86400"})
 
     @app.get("/v1/summary")
     def get_summary(request: Request) -> Response:

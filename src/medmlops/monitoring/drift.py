@@ -259,6 +259,10 @@ def _merge(drift: Any, drift_title: str, sections: list[tuple[str, Any]]) -> Any
         metric_results.update(part.metric_results)
         top_level.extend(part.top_level_metrics)
         widgets.append(group_widget(title=title, widgets=list(part.widgets)))
+    # Each metric's result carries its own copy of the widgets the report's widgets already hold (the per-column
+    # distribution plots: half the snapshot). Rendering a loaded snapshot reads the report's widgets only, and
+    # Evidently's UI backports results with ignore_widget=True (evidently.ui.backport), so the copies are dropped.
+    metric_results = {key: result.copy(update={"widget": None}) for key, result in metric_results.items()}
     merged = SnapshotModel(
         report=model.report, name=model.name, timestamp=model.timestamp, metadata=model.metadata, tags=model.tags,
         metric_results=metric_results, top_level_metrics=top_level, widgets=widgets,
@@ -275,8 +279,131 @@ def _add_to_workspace(workspace: Path, project_name: str, snapshot: Any, run_nam
     ws = Workspace.create(str(workspace))
     found = ws.search_project(project_name)
     project = found[0] if found else ws.create_project(project_name, description="medmlops drift reports")
+    ensure_dashboard(project)
     ref = ws.add_run(project.id, snapshot, name=run_name)
     return str(project.id), str(ref.id)
+
+
+LIB_DIR = "evidently-js"  # beside the reports: Evidently's JS bundle and icon font, shared by every report there
+_LIB_FILES = ("index.js", "material-ui-icons.woff2")
+
+
+def _lib_name(source: str) -> str:
+    import evidently
+
+    return f"evidently.{evidently.__version__}.js" if source == "index.js" else source
+
+
+def lib_files() -> dict[str, Path]:
+    """The files a report's HTML loads from :data:`LIB_DIR`, by the name it loads them as: Evidently's JS bundle
+    (``evidently.<version>.js``) and its icon font."""
+    from evidently.legacy.utils.dashboard import STATIC_PATH
+
+    return {_lib_name(name): Path(STATIC_PATH) / name for name in _LIB_FILES}
+
+
+def _share_lib(out_dir: Path) -> None:
+    """Copy Evidently's bundle and font into ``out_dir/evidently-js`` once (again only when Evidently changed)."""
+    import shutil
+
+    folder = out_dir / LIB_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, source in lib_files().items():
+        target = folder / name
+        if not target.is_file() or target.stat().st_size != source.stat().st_size:
+            partial = folder / f".{name}.partial"
+            shutil.copyfile(source, partial)
+            partial.replace(target)
+
+
+def _without_nested_graphs(widget: dict[str, Any]) -> dict[str, Any]:
+    children = [_without_nested_graphs(child) for child in widget.get("widgets") or []]
+    return {**widget, "additionalGraphs": [], "widgets": children}
+
+
+class _Dashboard:
+    """What Evidently's HTML template calls ``.dict()`` on: the widgets without their nested copies of the details
+    graphs (the page reads those from the ``additional_graphs`` map beside it)."""
+
+    def __init__(self, info: Any) -> None:
+        self.info = info
+
+    def dict(self) -> dict[str, Any]:
+        data = self.info.dict()
+        data["widgets"] = [_without_nested_graphs(widget) for widget in data["widgets"]]
+        return data
+
+
+def write_html(snapshot: Any, path: Path, *, self_contained: bool = False) -> None:
+    """The report as one HTML page, as ``Snapshot.save_html`` renders it, minus two costs of Evidently 0.7's page.
+
+    * The JS bundle (3.5 MB) and icon font (0.13 MB base64) are inlined into every page; here they are loaded from
+      ``evidently-js/`` beside the page (:func:`_share_lib` copies them once per folder) unless ``self_contained``.
+    * ``get_html_str`` wraps the widgets in one group, so ``dashboard_info_to_json``'s removal of each top-level
+      widget's ``additionalGraphs`` removes nothing and every details graph (the per-column distributions) is in the
+      page twice: in its widget and in the ``additional_graphs`` map the page reads. Only the map's copy is kept.
+    """
+    from evidently.core.metric_types import DetailsInfo
+    from evidently.legacy.model.dashboard import DashboardInfo
+    from evidently.legacy.model.widget import AdditionalGraphInfo, BaseWidgetInfo
+    from evidently.legacy.renderers.html_widgets import group_widget
+    from evidently.legacy.utils.dashboard import TemplateParams, file_html_template
+
+    model = snapshot.to_snapshot_model()
+    widgets = [group_widget(title="", widgets=list(model.widgets)), *model.tests_widgets]
+    details = [
+        DetailsInfo(title="", info=graph.params if isinstance(graph, AdditionalGraphInfo) else graph, id=graph.id)
+        for widget in widgets
+        for graph in widget.get_additional_graphs()
+    ]
+    graphs = {str(d.id): d.info.dict() if isinstance(d.info, BaseWidgetInfo) else d.info for d in details}
+    shared = not self_contained
+    lib = lib_files()
+    params = TemplateParams(
+        dashboard_id="metric_" + os.urandom(16).hex(),
+        dashboard_info=_Dashboard(DashboardInfo(name="Report", widgets=widgets)),  # type: ignore[arg-type]
+        additional_graphs=graphs,
+        embed_font=not shared,
+        embed_lib=not shared,
+        font_file=f"{LIB_DIR}/material-ui-icons.woff2" if shared else None,
+        include_js_files=[f"{LIB_DIR}/{name}" for name in lib if name.endswith(".js")] if shared else [],
+    )
+    if shared:
+        _share_lib(path.parent)
+    path.write_text(file_html_template(params), encoding="utf-8")
+
+
+# The project dashboard `evidently ui` opens on: (title, plot, [(metric, labels, legend)], size). Every metric is one
+# the drift snapshot holds; a classification-quality series exists once labelled records reach a report.
+DASHBOARD_PANELS: tuple[tuple[str, str, list[tuple[str, dict[str, str], str]], str], ...] = (
+    ("Share of drifted features", "counter", [("DriftedColumnsCount", {"value_type": "share"}, "share")], "half"),
+    ("Drifted features", "counter", [("DriftedColumnsCount", {"value_type": "count"}, "count")], "half"),
+    ("Drift share over time", "line", [("DriftedColumnsCount", {"value_type": "share"}, "drift share")], "full"),
+    ("Per-feature drift (test score per column)", "line", [("ValueDrift", {}, "{{column}}")], "full"),
+    ("Classification quality (labelled records): ROC AUC", "line", [("RocAuc", {}, "ROC AUC {{classification_name}}")], "half"),
+    ("Classification quality (labelled records): F1", "line", [("F1Score", {}, "F1 {{classification_name}}")], "half"),
+)  # fmt: skip
+DASHBOARD_TAB = "Drift"
+
+
+def ensure_dashboard(project: Any) -> list[str]:
+    """Give the workspace project the panels of :data:`DASHBOARD_PANELS` it lacks (by title); their titles."""
+    from evidently.sdk.models import PanelMetric
+    from evidently.sdk.panels import counter_panel, line_plot_panel
+
+    have = {panel.title for panel in project.dashboard.model().panels}
+    added = []
+    for title, plot, series, size in DASHBOARD_PANELS:
+        if title in have:
+            continue
+        values = [PanelMetric(metric=metric, metric_labels=labels, legend=legend) for metric, labels, legend in series]
+        if plot == "counter":
+            panel = counter_panel(title=title, values=values, size=size, aggregation="last")
+        else:
+            panel = line_plot_panel(title=title, values=values, size=size)
+        project.dashboard.add_panel(panel, tab=DASHBOARD_TAB)
+        added.append(title)
+    return added
 
 
 def _free_stem(out_dir: Path, stem: str) -> str:
@@ -305,6 +432,7 @@ def drift_report(
     min_rows: int = MIN_ROWS,
     thresholds: Mapping[str, float] | None = None,
     performance: list[dict[str, Any]] | dict[str, Any] | None = None,
+    self_contained_html: bool = False,
 ) -> DriftSummary:
     """Compare a window of production features with the reference frame; write HTML, JSON snapshot and summary.
 
@@ -323,6 +451,8 @@ def drift_report(
         thresholds: per-class probability thresholds for the quality section (default 0.5).
         performance: the window's estimated and realized performance
             (:func:`medmlops.monitoring.performance.window_performance`), kept in the summary as it is.
+        self_contained_html: inline Evidently's JS bundle and font into the HTML (4 MB more per report) instead of
+            loading them from ``evidently-js/`` beside it (:func:`write_html`).
 
     Raises:
         DriftError: an empty frame, a window smaller than ``min_rows``, no common numeric feature column, or a
@@ -412,7 +542,7 @@ def drift_report(
     safe_family = re.sub(r"[^A-Za-z0-9_.-]+", "_", family)
     stem = _free_stem(out_dir, f"drift-{safe_family}-{moment:%Y%m%dT%H%M%SZ}")
     html_path, json_path = out_dir / f"{stem}.html", out_dir / f"{stem}.json"
-    snapshot.save_html(str(html_path))  # Evidently 0.7 writes only when given a str
+    write_html(snapshot, html_path, self_contained=self_contained_html)
     json_path.write_text(snapshot.dumps(), encoding="utf-8")
 
     summary_path = out_dir / f"{stem}.summary.json"
@@ -515,13 +645,32 @@ def _wait_for_analysis(store: Any, family: str, wait_s: float) -> None:
         time.sleep(1.0)
 
 
-def report_command(args: Any, *, contracts: Any = None) -> int:
+def _log_window(registry: Any, summary: DriftSummary) -> str | None:
+    """The window's summary as a run in MLflow's ``<prefix>-production`` experiment, linked to the version
+    (:func:`medmlops.registry.tracking.log_production_window`); None (and a warning) when MLflow refused it: the
+    report and the store's summary stand without it."""
+    from medmlops.registry import tracking
+
+    files = [path for path in (summary.html_path, summary.summary_path) if path is not None]
+    try:
+        return tracking.log_production_window(
+            registry, summary.family, str(summary.version), summary.to_dict(), window_end=summary.created_at,
+            artifacts=files,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - the drift report stands without its MLflow run
+        log.warning("the window of %s version %s was not logged to MLflow: %s", summary.family, summary.version, exc)
+        return None
+
+
+def report_command(args: Any, *, contracts: Any = None, registry: Any = None) -> int:
     """``medmlops monitor report``: a drift report of one family's recent window, kept in the monitoring store.
 
     ``args``: family, workspace, db_url, version, since_hours, last, out (default ``<workspace>/reports``). Exit 0
     whether or not drift is found: alerts are the log lines and the store's metrics. The summary also holds the
     window's estimated (CBPE) and realized performance; ``contracts`` is ``(family, version) -> (contract,
-    informer)`` (default: the registry's, :func:`medmlops.monitoring.tiers.registry_calibration`).
+    informer)`` (default: the registry's, :func:`medmlops.monitoring.tiers.registry_calibration`). With
+    ``registry`` (params.yaml's :class:`~medmlops.config.RegistryConfig`, MLflow configured) the window's summary is
+    also logged against the model version in MLflow (:func:`_log_window`).
     """
     from medmlops.informer.calibrate import load_reference
     from medmlops.monitoring.store import Store, resolve_db_url
@@ -560,6 +709,7 @@ def report_command(args: Any, *, contracts: Any = None) -> int:
         store.add_drift_report(family, summary.to_dict())
     finally:
         store.close()
+    run_id = None if registry is None else _log_window(registry, summary)
     alerts = ", ".join(summary.flag_alerts) or "none"
     print(
         f"{family} version {version}: drift share {summary.drift_share:.2f} ({summary.n_drifted} of "
@@ -572,4 +722,6 @@ def report_command(args: Any, *, contracts: Any = None) -> int:
         if "BELOW the floor" in line:
             log.warning("%s version %s: estimated %s", family, version, line)
     print(f"report: {summary.html_path} (snapshot {summary.json_path})")
+    if run_id is not None:
+        print(f"MLflow: run {run_id} in experiment {registry.experiment_prefix}-production")
     return 0

@@ -502,6 +502,18 @@ class Monitor:
             raise NotFound("no_report", f"drift report {report_id} has no HTML file here")
         return path
 
+    def drift_asset(self, report_id: int, name: str) -> Path:
+        """A file a drift report's HTML loads from ``evidently-js/`` beside it (Evidently's JS bundle and icon font,
+        :func:`medmlops.monitoring.drift.write_html`); only those names, only from that report's folder."""
+        from medmlops.monitoring.drift import LIB_DIR, lib_files  # Evidently's paths: imported on the request only
+
+        if name not in lib_files():
+            raise NotFound("no_asset", f"drift reports load no file named {name[:80]!r}")
+        path = self.drift_html(report_id).parent / LIB_DIR / name
+        if not path.is_file():
+            raise NotFound("no_asset", f"drift report {report_id} has no {name} beside it")
+        return path
+
     def families(self) -> list[dict[str, Any]]:
         counts: dict[str, dict[str, int]] = {}
         for c in self.store.status_counts():

@@ -668,3 +668,110 @@ def log_dict_artifact(obj: Any, name: str, run_id: str | None = None) -> None:
         mlflow.log_dict(obj, name)
     else:
         MlflowClient().log_text(run_id, json.dumps(obj, indent=2, default=str), name)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Production windows
+# ----------------------------------------------------------------------------------------------------------------------
+
+PRODUCTION_SUFFIX = "-production"
+# Registered-version tags a production window writes: the latest window's run and its headline numbers.
+PRODUCTION_VERSION_TAGS = ("production_last_run", "production_last_window_end", "production_drift_share")
+
+
+def _window_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a drift summary (:class:`medmlops.monitoring.drift.DriftSummary` ``.to_dict()``) as MLflow
+    metric names: drift, INFORMER flag rates per class, classification quality per class, and the estimated (CBPE)
+    and realized performance of the version (per class and the gate metric). None and non-numbers are left out."""
+    out: dict[str, Any] = {
+        "drift_share": summary.get("drift_share"),
+        "drift_detected": None if summary.get("detected") is None else float(bool(summary["detected"])),
+        "drifted_columns": summary.get("n_drifted"),
+        "compared_columns": summary.get("n_columns"),
+        "records": summary.get("n_current"),
+        "flag_alerts": len(summary.get("flag_alerts") or []),
+    }
+    for name, rate in (summary.get("flag_rate") or {}).items():
+        out[f"flag_rate/{name}"] = rate
+    for name, values in (summary.get("quality") or {}).items():
+        for key, value in (values or {}).items():
+            out[f"quality/{name}/{key}"] = value
+    performance = summary.get("performance")
+    for entry in performance if isinstance(performance, list) else []:
+        if str(entry.get("version")) != str(summary.get("version")):
+            continue
+        out["labelled_records"] = entry.get("n_labelled")
+        for name, values in (entry.get("classes") or {}).items():
+            for kind in ("estimated", "realized"):
+                for metric, value in ((values or {}).get(kind) or {}).items():
+                    out[f"{kind}/{name}/{metric}"] = value
+        gate = entry.get("gate") or {}
+        if gate.get("metric"):
+            for kind in ("estimated", "realized"):
+                out[f"{kind}/gate/{gate['metric']}"] = gate.get(kind)
+            out["gate_floor"] = gate.get("floor")
+            if gate.get("below_floor") is not None:
+                out["below_floor"] = float(bool(gate["below_floor"]))
+    clean = {}
+    for key, value in out.items():
+        if isinstance(value, bool | int | float) and np.isfinite(float(value)):
+            # MLflow metric keys: alphanumerics, _ - . space /; a class name may hold others (">=", ":").
+            clean["".join(c if c.isalnum() or c in "_-. /" else "_" for c in key)] = float(value)
+    return clean
+
+
+def log_production_window(
+    cfg: RegistryConfig,
+    family: str,
+    version: str,
+    summary: dict[str, Any],
+    *,
+    window_end: float,
+    artifacts: list[Path] = (),  # type: ignore[assignment]
+    cwd: Path | None = None,
+) -> str:
+    """Log one monitoring window of ``family`` ``version`` as a run in ``<experiment_prefix>-production``; its id.
+
+    The run is tagged with the family and version (``medmlops.family``, ``medmlops.model_version``) and, where the
+    registered version has an MLflow 3 logged model (``ModelVersion.model_id``), its metrics are linked to it
+    (``log_metric(model_id=...)``) so the model's page lists them. Every metric is logged at step = the window's end
+    in Unix seconds, so one version's windows line up as a time series. ``artifacts`` (the drift report's HTML and
+    summary) go under ``drift/``. The registered version gets the tags :data:`PRODUCTION_VERSION_TAGS`, so the
+    registry shows the latest window without opening the run. A version the registry does not know (a report over a
+    stand-in reference) is still logged, without the link and the version tags (a warning says so).
+    """
+    client = MlflowClient()
+    experiment = get_or_create_experiment(f"{cfg.experiment_prefix}{PRODUCTION_SUFFIX}", cfg=cfg, cwd=cwd)
+    model_id: str | None = None
+    registered = True
+    try:
+        model_id = client.get_model_version(family, str(version)).model_id
+    except MlflowException as exc:
+        registered = False
+        log.warning("%s version %s is not in the registry (%s); its window is logged without the link", family,
+                    version, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)  # fmt: skip
+    end = datetime.fromtimestamp(window_end, UTC)
+    tags = {"medmlops.family": family, "medmlops.model_version": str(version), "medmlops.window_end": end.isoformat(),
+            "mlflow.note.content": f"Production window of **{family}** version {version} ending {end:%Y-%m-%d %H:%M:%SZ}"}  # fmt: skip
+    if model_id:
+        tags["medmlops.model_id"] = model_id
+    run = client.create_run(experiment, run_name=f"{family} v{version} {end:%Y-%m-%dT%H:%M:%SZ}", tags=tags)
+    run_id = run.info.run_id
+    status = "FAILED"
+    try:
+        step, stamp = int(window_end), int(window_end * 1000)
+        for key, value in sorted(_window_metrics(summary).items()):
+            client.log_metric(run_id, key, value, timestamp=stamp, step=step, model_id=model_id)
+        client.log_param(run_id, "model_version", str(version))
+        for path in artifacts:
+            if Path(path).is_file():
+                client.log_artifact(run_id, str(path), artifact_path="drift")
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+    if registered:
+        share = summary.get("drift_share")
+        share_text = f"{share:.4f}" if isinstance(share, int | float) else "n/a"
+        for key, value in zip(PRODUCTION_VERSION_TAGS, (run_id, end.isoformat(), share_text), strict=True):
+            client.set_model_version_tag(family, str(version), key, value)
+    return run_id
