@@ -9,9 +9,12 @@ Run it with ``medmlops monitor serve``. Routes:
                                         results (probabilities, distinctiveness, flags, ...), version, queue state
     GET  /v1/records/{id}/saliency.png  the saliency thumbnail
     GET  /v1/summary                    counts and flag rates (?family=&version=&since=&until=)
-    GET  /v1/timeseries                 flag rates per time bucket (?family=&version=&bucket_s=&since=&until=)
+    GET  /v1/timeseries                 flag and out-of-distribution rates, estimated vs realized performance per time
+                                        bucket, the alias history (?family=&version=&bucket_s=SECONDS|auto&since=&until=)
     GET  /v1/flagged                    the newest flagged cases (?family=&limit=)
     GET  /v1/drift                      the latest drift report per family (?family=)
+    GET  /v1/drift/history              a family's drift reports over time, oldest first, and its alias history
+                                        (?family=&version=&since=&until=&limit=)
     GET  /v1/drift/{id}/evidently-js/*  the Evidently JS bundle and font a report's HTML loads (beside the report)
     GET  /v1/performance                estimated (CBPE) and realized performance per version
                                         (?family=&version=&since=&until=&limit=; none: the metrics window)
@@ -106,6 +109,11 @@ def _number(request: Request, name: str, default: float) -> float:
         return default if text is None else float(text)
     except ValueError as exc:
         raise UserError(f"query parameter '{name}' must be a number, not {text[:40]!r}") from exc
+
+
+def _bucket(request: Request) -> float | None:
+    """``bucket_s``: seconds (default one hour), or ``auto`` (None: the core chooses from the records)."""
+    return None if _query(request, "bucket_s") == "auto" else _number(request, "bucket_s", 3600.0)
 
 
 def _window(request: Request) -> dict[str, Any]:
@@ -212,12 +220,17 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     @app.get("/v1/timeseries")
     def get_timeseries(request: Request) -> Response:
-        return JSONResponse(monitor.timeseries(**_window(request), bucket_s=_number(request, "bucket_s", 3600.0)))
+        return JSONResponse(monitor.timeseries(**_window(request), bucket_s=_bucket(request)))
 
     @app.get("/v1/flagged")
     def get_flagged(request: Request) -> Response:
         limit = parse_count(_query(request, "limit"), "limit", 20)
         return JSONResponse({"cases": monitor.flagged_cases(family=_query(request, "family"), limit=limit)})
+
+    @app.get("/v1/drift/history")
+    def get_drift_history(request: Request) -> Response:
+        limit = parse_count(_query(request, "limit"), "limit", 500, high=5000)
+        return JSONResponse(monitor.drift_history(**_window(request), limit=limit))
 
     @app.get("/v1/drift")
     def get_drift(request: Request) -> Response:

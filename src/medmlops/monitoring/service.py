@@ -34,6 +34,14 @@ from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_fla
 from medmlops.monitoring.performance import window_performance
 from medmlops.monitoring.store import STRATA, Store
 from medmlops.monitoring.tiers import CalibrationSource, LogitScorer, load_source, triage
+from medmlops.monitoring.trends import (
+    AliasHistory,
+    alias_source,
+    choose_bucket,
+    drift_history,
+    performance_points,
+    public_report,
+)
 from medmlops.monitoring.worker import (
     DEFAULT_BACKLOG_BOUND,
     DEFAULT_LEASE_S,
@@ -233,6 +241,7 @@ class Monitor:
         if calibration is None and settings.calibration_source:
             calibration = load_source(settings.calibration_source)
         self.scorer = LogitScorer(calibration)
+        self.aliases = AliasHistory(alias_source(calibration))  # when each version became champion (trends)
         self.rng = rng or random.Random()
         self.store = Store(settings.db_url)
         self.metrics = MonitoringMetrics(self.store, self.window, performance=self.window_performance)
@@ -387,15 +396,23 @@ class Monitor:
         return {f: saliency_rates(window_rows(self.store, f, self.window)) for f in self.store.families()}
 
     def timeseries(
-        self, *, family: str | None = None, version: str | None = None, bucket_s: float = 3600.0,
+        self, *, family: str | None = None, version: str | None = None, bucket_s: float | None = 3600.0,
         since: float | None = None, until: float | None = None, limit: int = 20000,
     ) -> dict[str, Any]:  # fmt: skip
-        """Records in buckets of ``bucket_s`` seconds of created_at: records, analysed, both tiers' flag rates per
-        class (saliency: the stratified estimate per bucket)."""
+        """Records in buckets of ``bucket_s`` seconds of created_at (None: chosen from the records' time span,
+        :func:`~medmlops.monitoring.trends.choose_bucket`): records, analysed, both tiers' flag rates per class
+        (saliency: the stratified estimate per bucket), the out-of-distribution rate; ``performance``, the gate
+        metric estimated (CBPE) and realized per bucket and version; ``aliases``, when each version became
+        champion (a family's only)."""
+        auto = bucket_s is None
+        if auto:
+            bucket_s = 1.0
         if not math.isfinite(bucket_s) or bucket_s <= 0:
             raise UserError(f"query parameter 'bucket_s' must be a positive number of seconds, not {bucket_s}")
         rows = self.store.population(family=check_name(family, "family"), version=check_name(version, "version"),
                                      since=since, until=until, limit=limit)  # fmt: skip
+        if auto:
+            bucket_s = choose_bucket(row["created_at"] for row in rows)
         buckets: dict[float, list[dict[str, Any]]] = {}
         for row in rows:
             buckets.setdefault(math.floor(row["created_at"] / bucket_s) * bucket_s, []).append(row)
@@ -409,9 +426,12 @@ class Monitor:
                 "flag_rate": rates["flag_rate"], "logit_flag_rate": rates["logit"]["flag_rate"],
                 "ood_rate": rates["ood"]["rate"],
             })  # fmt: skip
-        return finite(
-            {"family": family, "version": version, "bucket_s": bucket_s, "classes": classes, "points": points}
-        )
+        perf_rows = self.store.performance_rows(family=family, version=version, since=since, until=until, limit=limit)
+        return finite({
+            "family": family, "version": version, "bucket_s": bucket_s, "classes": classes, "points": points,
+            "auto": auto, "performance": performance_points(perf_rows, bucket_s, self._contract),
+            "aliases": self.aliases.get(family),
+        })  # fmt: skip
 
     def flagged_cases(self, *, family: str | None = None, limit: int = 20) -> list[dict[str, Any]]:
         """The newest records INFORMER flagged, newest first, with their flagged classes and distinctiveness."""
@@ -490,7 +510,22 @@ class Monitor:
             reports = [report] if report else []
         else:
             reports = self.store.latest_drifts()
-        return finite([{**r, "created_at_iso": iso(r["created_at"])} for r in reports])
+        return finite([public_report(r) for r in reports])  # no server paths: html_url instead
+
+    def drift_history(
+        self, *, family: str | None = None, version: str | None = None, since: float | None = None,
+        until: float | None = None, limit: int = 500,
+    ) -> dict[str, Any]:  # fmt: skip
+        """A family's drift reports over time, oldest first (:func:`~medmlops.monitoring.trends.drift_history`),
+        with its alias history."""
+        if family is None:
+            raise UserError("query parameter 'family' is required: drift reports are per family")
+        family, version = check_name(family, "family"), check_name(version, "version")
+        rows = self.store.drift_reports_of(family, since=since, until=until, limit=limit)
+        return finite({
+            "family": family, "version": version, "reports": drift_history(rows, version=version),
+            "aliases": self.aliases.get(family),
+        })  # fmt: skip
 
     def drift_html(self, report_id: int) -> Path:
         """The HTML file of a drift report, when it is one and is here; NotFound otherwise."""

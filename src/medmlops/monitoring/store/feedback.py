@@ -88,3 +88,19 @@ class Feedback:
         )
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(query).mappings()]
+
+    def drift_reports_of(
+        self, family: str, *, since: float | None = None, until: float | None = None, limit: int = 500
+    ) -> list[dict[str, Any]]:
+        """The drift reports of ``family`` written in ``since``/``until`` (until excluded), the newest ``limit``,
+        oldest first (the dashboard's drift share over time)."""
+        query = sa.select(drift_reports).where(drift_reports.c.family == family)
+        if since is not None:
+            query = query.where(drift_reports.c.created_at >= since)
+        if until is not None:
+            query = query.where(drift_reports.c.created_at < until)
+        query = query.order_by(drift_reports.c.created_at.desc(), drift_reports.c.id.desc()).limit(int(limit))
+        with self.engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query).mappings()]
+        rows.reverse()
+        return rows
