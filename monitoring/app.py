@@ -19,6 +19,12 @@ Run it with ``medmlops monitor serve``. Routes:
     GET  /v1/performance                estimated (CBPE) and realized performance per version
                                         (?family=&version=&since=&until=&limit=; none: the metrics window)
     GET  /v1/families                   families with record counts
+    GET  /v1/review                     the review queue: unreviewed flagged/sampled cases in priority order, and
+                                        per version the reviews' error rate and flag precision (?family=&version=&limit=)
+    GET  /v1/review/{id}                one case as the review page shows it (reasons in words, classes, maps)
+    GET  /v1/records/{id}/image.png     the stored upload as the model saw it (its preprocessing), in grey
+    GET  /v1/records/{id}/maps/{k}.png  the saliency map of output k
+    GET  /review                        the review page (queue, case, label form)
     GET  /dashboard                     the dashboard page (its data come from the routes above)
     GET  /healthz, /metrics             open to probes and Prometheus
 
@@ -45,12 +51,14 @@ from starlette.routing import Match
 
 from medmlops.errors import UserError
 from medmlops.inference.record import RecordError
+from medmlops.monitoring.review import Review, ReviewCollector
 from medmlops.monitoring.service import Monitor, NotFound, load_json, parse_count, parse_time
 
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")
+REVIEW_PAGE = Path(__file__).with_name("review.html")
 WRITE_ROUTES = {"/records", "/v1/records", "/v1/labels"}
-OPEN_ROUTES = {"/healthz", "/metrics", "/dashboard", "/"}
+OPEN_ROUTES = {"/healthz", "/metrics", "/dashboard", "/", "/review"}
 LABELS_MAX_BYTES = 1024 * 1024
 _STATUS_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
 
@@ -135,6 +143,9 @@ def create_app(monitor: Monitor) -> FastAPI:
 
     app = FastAPI(title="medmlops monitoring", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     dashboard_html = DASHBOARD.read_text(encoding="utf-8")
+    review_html = REVIEW_PAGE.read_text(encoding="utf-8")
+    review = Review(monitor.store.engine, monitor.scorer.version)
+    monitor.metrics.registry.register(ReviewCollector(review))
 
     @app.middleware("http")
     async def guard(request: Request, call_next):
@@ -245,6 +256,30 @@ def create_app(monitor: Monitor) -> FastAPI:
     @app.get("/v1/families")
     def get_families() -> Response:
         return JSONResponse({"families": monitor.families()})
+
+    @app.get("/v1/review")
+    def get_review(request: Request) -> Response:
+        limit = parse_count(_query(request, "limit"), "limit", 50)
+        window = {"family": _query(request, "family"), "version": _query(request, "version")}
+        return JSONResponse(review.queue(**window, limit=limit))
+
+    @app.get("/v1/review/{request_id}")
+    def get_review_case(request_id: str) -> Response:
+        return JSONResponse(review.case_view(request_id))
+
+    @app.get("/v1/records/{request_id}/image.png")
+    async def get_image(request_id: str) -> Response:
+        png = await run_in_threadpool(review.image, request_id)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/v1/records/{request_id}/maps/{position}.png")
+    def get_class_map(request_id: str, position: int) -> Response:
+        png = review.map_png(request_id, position)
+        return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/review")
+    def review_page() -> Response:
+        return HTMLResponse(review_html)
 
     @app.get("/healthz")
     def healthz() -> Response:

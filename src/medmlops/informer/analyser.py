@@ -121,6 +121,8 @@ class Analyser:
                 "features": {k: float(v) for k, v in features.iloc[i].items()},
                 "saliency_class": self.classes[focus],
                 "saliency_png": saliency_png(images[i], maps[i, focus]),
+                # Every class's map, for the review page; stored apart from the result (one small PNG per class).
+                "class_pngs": [saliency_png(images[i], maps[i, j]) for j in range(len(self.classes))],
             })  # fmt: skip
         return results
 

@@ -32,6 +32,7 @@ from medmlops.inference.record import (
 from medmlops.monitoring.estimate import coverage, logit_rates, ood_rate, saliency_flagged_share, saliency_rates
 from medmlops.monitoring.metrics import FlagWindow, MonitoringMetrics, parse_flag_window, window_rows
 from medmlops.monitoring.performance import window_performance
+from medmlops.monitoring.review import parse_note
 from medmlops.monitoring.store import STRATA, Store
 from medmlops.monitoring.tiers import CalibrationSource, LogitScorer, load_source, triage
 from medmlops.monitoring.trends import (
@@ -300,11 +301,13 @@ class Monitor:
         return record.request_id, stored
 
     def post_labels(self, body: Any) -> dict[str, Any]:
-        """Store delayed ground truth; RecordError if the body is wrong, NotFound if the record is unknown."""
+        """Store delayed ground truth (and the reviewer's optional ``note``, :func:`review.parse_note`); RecordError
+        if the body is wrong, NotFound if the record is unknown."""
         request_id, given = parse_labels(body)
-        if not self.store.add_labels(request_id, given):
+        note = parse_note(body)
+        if not self.store.add_labels(request_id, given, note=note):
             raise _unknown(request_id)
-        return {"request_id": request_id, "labels": given, "status": "stored"}
+        return {"request_id": request_id, "labels": given, "note": note, "status": "stored"}
 
     # -- views --------------------------------------------------------------------------------------------------------
 

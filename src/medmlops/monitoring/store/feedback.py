@@ -19,20 +19,22 @@ class Feedback:
 
     engine: Engine
 
-    def add_labels(self, request_id: str, given: Mapping[str, int]) -> bool:
-        """Store (or replace) the ground truth of a record; False when the record is unknown."""
+    def add_labels(self, request_id: str, given: Mapping[str, int], note: str | None = None) -> bool:
+        """Store (or replace) the ground truth of a record, with the reviewer's ``note``; False when the record is
+        unknown."""
         now = time.time()
         clean = {str(k): int(v) for k, v in given.items()}
         for _attempt in range(2):
             try:
                 with self.engine.begin() as connection:
                     update = labels.update().where(labels.c.request_id == request_id)
-                    if connection.execute(update.values(labels=clean, received_at=now)).rowcount:
+                    if connection.execute(update.values(labels=clean, received_at=now, note=note)).rowcount:
                         return True
                     exists = sa.select(records.c.request_id).where(records.c.request_id == request_id)
                     if connection.execute(exists).first() is None:
                         return False
-                    connection.execute(labels.insert().values(request_id=request_id, labels=clean, received_at=now))
+                    row = {"request_id": request_id, "labels": clean, "received_at": now, "note": note}
+                    connection.execute(labels.insert().values(**row))
                     return True
             except IntegrityError:  # a concurrent post inserted first: the update path takes it
                 continue

@@ -36,7 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 
 from medmlops.inference.record import PredictionRecord, finite, jsonable
-from medmlops.monitoring.store.tables import records, results, write_transaction
+from medmlops.monitoring.store.tables import class_maps, records, results, write_transaction
 
 FLAGGED, SAMPLE, REST = 0, 1, 2
 STRATA = ("flagged", "sample", "rest")  # names of the stratum numbers, in claim priority order
@@ -229,7 +229,7 @@ class Queue:
                 ).rowcount
                 if not moved:
                     continue
-                body = jsonable({k: v for k, v in result.items() if k != "saliency_png"})
+                body = jsonable({k: v for k, v in result.items() if k not in ("saliency_png", "class_pngs")})
                 flags = {str(k): bool(v) for k, v in (body.get("flags") or {}).items()}
                 features = finite({str(k): _float(v) for k, v in (body.get("features") or {}).items()})
                 connection.execute(
@@ -239,6 +239,14 @@ class Queue:
                         saliency_png=result.get("saliency_png") or None,
                     )
                 )  # fmt: skip
+                pngs = zip(body.get("classes") or [], result.get("class_pngs") or [], strict=False)
+                maps = [  # every class's map, for the review page (medmlops.monitoring.review)
+                    {"request_id": request_id, "position": j, "class_name": str(name), "png": png}
+                    for j, (name, png) in enumerate(pngs)
+                    if png
+                ]
+                if maps:
+                    connection.execute(class_maps.insert(), maps)
                 changed += 1
             for request_id, error in (failed or {}).items():
                 changed += connection.execute(

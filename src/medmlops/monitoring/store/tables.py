@@ -88,6 +88,18 @@ labels = sa.Table(
     sa.Column("request_id", sa.String(128), sa.ForeignKey("records.request_id"), primary_key=True),
     sa.Column("labels", sa.JSON, nullable=False),
     sa.Column("received_at", sa.Double, nullable=False),
+    sa.Column("note", sa.Text, nullable=True),  # the reviewer's note (the review queue, medmlops.monitoring.review)
+)
+
+# The saliency tier's map of every class (the analyser's ``class_pngs``, in output order): the review page shows
+# them side by side. ``results.saliency_png`` stays the one thumbnail.
+class_maps = sa.Table(
+    "class_maps",
+    metadata,
+    sa.Column("request_id", sa.String(128), sa.ForeignKey("records.request_id"), primary_key=True),
+    sa.Column("position", sa.SmallInteger, primary_key=True),
+    sa.Column("class_name", sa.String(256), nullable=False),
+    sa.Column("png", sa.LargeBinary, nullable=False),
 )
 
 drift_reports = sa.Table(
