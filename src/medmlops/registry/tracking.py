@@ -720,6 +720,21 @@ def _window_metrics(summary: dict[str, Any]) -> dict[str, float]:
     return clean
 
 
+def _logged_model_id(client: MlflowClient, source: str | None) -> str | None:
+    """The logged model a version was registered from, read from its source ``models:/<model_id>``: MLflow 3.17's
+    SQL registry store takes ``model_id`` at ``create_model_version`` but keeps no column for it, so
+    ``ModelVersion.model_id`` reads back None from it (measured; a tracking server over that store answers alike)."""
+    if not source or not source.startswith("models:/"):
+        return None
+    candidate = source.removeprefix("models:/")
+    if "/" in candidate or "@" in candidate or not candidate.startswith("m-"):
+        return None
+    try:
+        return client.get_logged_model(candidate).model_id
+    except MlflowException:
+        return None
+
+
 def log_production_window(
     cfg: RegistryConfig,
     family: str,
@@ -745,7 +760,8 @@ def log_production_window(
     model_id: str | None = None
     registered = True
     try:
-        model_id = client.get_model_version(family, str(version)).model_id
+        registered_version = client.get_model_version(family, str(version))
+        model_id = registered_version.model_id or _logged_model_id(client, registered_version.source)
     except MlflowException as exc:
         registered = False
         log.warning("%s version %s is not in the registry (%s); its window is logged without the link", family,
