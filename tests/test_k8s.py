@@ -1075,3 +1075,236 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context():
     cluster = (REPO / "docker" / "requirements-cluster.txt").read_text().splitlines()
     pins = [ln for ln in cluster if ln and not ln.startswith("#")]
     assert pins and all(re.fullmatch(r"[\w.\-\[\]]+==[\w.]+", p) for p in pins), "exact pins only"
+
+
+# ---- Grafana dashboard ----------------------------------------------------------------------------------------
+#
+# No JSON schema of Grafana's dashboard model is published as a package (Grafana keeps it in its own repository,
+# as CUE/TypeScript), so the structure is checked here: what Grafana's sidecar import and panel rendering need.
+
+DASHBOARD = BASE / "grafana" / "medmlops-dashboard.json"
+PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "table", "bargauge", "text"}
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+# Labels Prometheus adds from the ServiceMonitors' targets; the services themselves do not export them.
+TARGET_LABELS = {"namespace", "service", "pod", "instance", "job", "endpoint", "container"}
+PROMQL_WORDS = {"sum", "max", "min", "avg", "count", "by", "without", "rate", "irate", "increase", "time", "on",
+                "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "histogram_quantile"}  # fmt: skip
+
+
+def _dashboard() -> Doc:
+    import json
+
+    return json.loads(DASHBOARD.read_text())
+
+
+def _panels(dashboard: Doc) -> list[Doc]:
+    """Every panel, those inside collapsed rows included."""
+    return [p for top in dashboard["panels"] for p in [top, *top.get("panels", [])]]
+
+
+def _queries(dashboard: Doc) -> list[str]:
+    return [t["expr"] for p in _panels(dashboard) for t in p.get("targets", [])]
+
+
+def _selected_metrics(expr: str) -> set[str]:
+    """The metric names an expression selects (``name{...}``)."""
+    return set(re.findall(r"([a-zA-Z_:][\w:]*)\{", expr))
+
+
+def _grouping_labels(expr: str) -> set[str]:
+    """Labels an expression matches on or groups by."""
+    labels = set(re.findall(r"(\w+)\s*(?:=~|!=|!~|=)\s*\"", expr))
+    for group in re.findall(r"\b(?:by|without)\s*\(([^)]*)\)", expr):
+        labels |= {name.strip() for name in group.split(",") if name.strip()}
+    return labels
+
+
+def _check_dashboard(dashboard: Doc) -> list[str]:
+    """What would make Grafana refuse the dashboard or draw a panel wrong; empty when none."""
+    problems = []
+    for key, kind in (("title", str), ("uid", str), ("schemaVersion", int), ("panels", list), ("templating", dict)):
+        if not isinstance(dashboard.get(key), kind):
+            problems.append(f"{key}: not a {kind.__name__}")
+    if problems:
+        return problems
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,40}", dashboard["uid"]):
+        problems.append(f"uid {dashboard['uid']!r}: Grafana takes 1-40 of letters, digits, - and _")
+    if dashboard["schemaVersion"] < 36:
+        problems.append(f"schemaVersion {dashboard['schemaVersion']}: older than Grafana 9's datasource references")
+    variables = {v.get("name") for v in dashboard["templating"].get("list", [])}
+    ids, cells = [], set()
+    for panel in _panels(dashboard):
+        where = f"panel {panel.get('id')} {panel.get('title')!r}"
+        ids.append(panel.get("id"))
+        if not isinstance(panel.get("id"), int):
+            problems.append(f"{where}: no integer id")
+        if panel.get("type") not in PANEL_TYPES:
+            problems.append(f"{where}: type {panel.get('type')!r}")
+        if not panel.get("title"):
+            problems.append(f"{where}: no title")
+        grid = panel.get("gridPos") or {}
+        if set(grid) != {"h", "w", "x", "y"} or not all(isinstance(v, int) and v >= 0 for v in grid.values()):
+            problems.append(f"{where}: gridPos {grid}")
+            continue
+        if grid["w"] < 1 or grid["h"] < 1 or grid["x"] + grid["w"] > 24:
+            problems.append(f"{where}: gridPos {grid} outside the 24-column grid")
+        mine = {
+            (x, y) for x in range(grid["x"], grid["x"] + grid["w"]) for y in range(grid["y"], grid["y"] + grid["h"])
+        }
+        if mine & cells:
+            problems.append(f"{where}: overlaps another panel")
+        cells |= mine
+        if panel["type"] == "row":
+            continue
+        if panel.get("datasource") != DATASOURCE:
+            problems.append(f"{where}: datasource {panel.get('datasource')} (the $datasource variable expected)")
+        targets = panel.get("targets") or []
+        if not targets:
+            problems.append(f"{where}: no targets")
+        if len({t.get("refId") for t in targets}) != len(targets):
+            problems.append(f"{where}: refIds not unique")
+        for target in targets:
+            expr = target.get("expr")
+            if target.get("datasource") != DATASOURCE or not isinstance(expr, str) or not expr.strip():
+                problems.append(f"{where}: target {target.get('refId')} without datasource or expr")
+                continue
+            if expr.count("(") != expr.count(")") or expr.count("{") != expr.count("}"):
+                problems.append(f"{where}: unbalanced brackets in {expr!r}")
+            for name in set(re.findall(r"\$(\w+)", expr)) - {"__rate_interval", "__interval", "__range"}:
+                if name not in variables:
+                    problems.append(f"{where}: ${name} is not a dashboard variable")
+            selected = _selected_metrics(expr)
+            bare = set(re.findall(r"\b((?:medmlops|bentoml)_\w+)\b", expr)) - selected
+            if bare:
+                problems.append(f"{where}: {sorted(bare)} selected without a namespace matcher")
+            for selector in re.findall(r"[a-zA-Z_:][\w:]*\{([^}]*)\}", expr):
+                if 'namespace="medmlops"' not in selector:
+                    problems.append(f'{where}: a selector without namespace="medmlops": {{{selector}}}')
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        problems.append(f"panel ids not unique: {duplicates}")
+    return problems
+
+
+def test_grafana_dashboard_is_well_formed():
+    dashboard = _dashboard()
+    assert _check_dashboard(dashboard) == []
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    # The panels the platform is watched on.
+    titles = " | ".join(p["title"] for p in _panels(dashboard))
+    for wanted in ("Request rate per serving service", "5xx share per serving service", "INFORMER flag rate per class",
+                   "Out-of-distribution rate", "Estimated vs realized performance", "Drift share", "Drift report age",
+                   "queue depth"):  # fmt: skip
+        assert wanted in titles, wanted
+    queries = " ".join(_queries(dashboard))
+    assert re.search(r'bentoml_service_request_total\{namespace="medmlops", http_response_code=~"5\.\."\}', queries)
+    assert "time() - max by (family) (medmlops_drift_report_timestamp_seconds{" in queries
+
+
+@pytest.mark.parametrize(
+    ("mutation", "message"),
+    [
+        (lambda d: d["panels"][1].update(id=d["panels"][2]["id"]), "ids not unique"),
+        (lambda d: d["panels"][1].pop("gridPos"), "gridPos"),
+        (lambda d: d["panels"][1]["gridPos"].update(x=20), "outside the 24-column grid"),
+        (lambda d: d["panels"][2]["gridPos"].update(x=0), "overlaps"),
+        (lambda d: d["panels"][1].update(datasource={"type": "prometheus", "uid": "prom"}), "datasource"),
+        (lambda d: d["panels"][1].update(targets=[]), "no targets"),
+        (lambda d: d["panels"][1]["targets"][0].update(expr="rate(x[5m]"), "unbalanced"),
+        (lambda d: d["panels"][1]["targets"][0].update(expr='sum(medmlops_x{family=~"$fam"})'), "namespace"),
+        (lambda d: d["panels"][1]["targets"][0].update(expr='medmlops_x{namespace="medmlops", f=~"$fam"}'), "$fam"),
+        (lambda d: d.update(schemaVersion="39"), "schemaVersion"),
+        (lambda d: d.update(uid="a/b"), "uid"),
+    ],
+)
+def test_grafana_dashboard_check_rejects_what_grafana_would(mutation, message):
+    dashboard = _dashboard()
+    mutation(dashboard)
+    assert any(message in problem for problem in _check_dashboard(dashboard)), _check_dashboard(dashboard)
+
+
+def test_grafana_dashboard_ships_as_a_configmap_the_sidecar_loads(rendered):
+    import json
+
+    base = _kustomization(BASE)
+    (generator,) = [g for g in base["configMapGenerator"] if g["name"] == "medmlops-grafana-dashboard"]
+    assert [(BASE / f).resolve() for f in generator["files"]] == [DASHBOARD.resolve()]
+    for overlay in ("dev", "prod"):
+        maps = [d for d in rendered[overlay] if d["kind"] == "ConfigMap" and d["metadata"]["labels"].get(
+            "grafana_dashboard") == "1"]  # fmt: skip
+        assert len(maps) == 1, overlay
+        (config_map,) = maps
+        # A fixed name (no hash suffix): an update replaces the dashboard rather than adding a second one.
+        assert config_map["metadata"]["name"] == "medmlops-grafana-dashboard"
+        assert config_map["metadata"]["namespace"] == "medmlops"
+        assert json.loads(config_map["data"]["medmlops-dashboard.json"]) == _dashboard()
+    readme = (K8S / "README.md").read_text()
+    assert "grafana_dashboard" in readme and "medmlops-grafana-dashboard" in readme
+
+
+def _bentoml_request_counter() -> tuple[str, set[str]]:
+    """The request counter BentoML 1.4's new-style services export: the metrics namespace of its v2 default
+    configuration + the HTTP middleware's counter name, and the counter's labels (read from the installed BentoML)."""
+    import inspect
+
+    import bentoml._internal.server.http.instruments as instruments
+
+    defaults = Path(instruments.__file__).parents[2] / "configuration" / "v2" / "default_configuration.yaml"
+    namespace = yaml.safe_load(defaults.read_text())["services"]["metrics"]["namespace"]
+    source = inspect.getsource(instruments.HTTPTrafficMetricsMiddleware)
+    counter = re.search(r"self\.metrics_request_total = metrics_client\.Counter\((.*?)\n        \)", source, re.S)
+    assert counter, "BentoML's HTTP middleware has no metrics_request_total counter"
+    name = re.search(r'name="(\w+)"', counter.group(1)).group(1)
+    labels = set(re.findall(r'"(\w+)"', counter.group(1).split("labelnames=", 1)[1]))
+    # prometheus_client drops a Counter name's "_total" and puts it back on the sample: one "_total".
+    return f"{namespace}_{name.removesuffix('_total')}_total", labels
+
+
+def test_grafana_dashboard_queries_metrics_the_services_export(tmp_path):
+    """Every metric a panel queries exists on the monitoring service's /metrics (a live server, fed records, labels
+    and a drift report) with the labels the query uses, or is BentoML's request counter (checked by name and labels
+    against the installed BentoML: serving's own tests run the real server)."""
+    from medmlops.monitoring.store import Store
+    from tests.monitoring.records import UNSURE, call, make_record, start_monitor, wait_for
+
+    queries = _queries(_dashboard())
+    wanted = set().union(*map(_selected_metrics, queries))
+    bentoml_counter, bentoml_labels = _bentoml_request_counter()
+    assert bentoml_counter == "bentoml_service_request_total"
+    server = start_monitor(tmp_path, "--batch-size", "4")
+    try:
+        ids = [f"grafana-{i}" for i in range(6)]
+        for i, request_id in enumerate(ids):
+            record = make_record(request_id, logits=UNSURE if i % 2 else (2.0, -2.0))
+            record.update(in_distribution=i != 0, ood={"score": 9.0 if i == 0 else 1.0, "threshold": 4.0})
+            assert call(f"{server.url}/records", method="POST", body=record)[0] == 202
+        assert wait_for(lambda: all(call(f"{server.url}/v1/records/{r}")[1]["status"] == "done" for r in ids), 60)
+        for i, request_id in enumerate(ids):
+            labels = {"findings/Atelectasis": i % 2, "findings/Pleural Effusion": (i // 2) % 2}
+            assert (
+                call(f"{server.url}/v1/labels", method="POST", body={"request_id": request_id, "labels": labels})[0]
+                == 200
+            )
+        store = Store(server.db_url)
+        try:
+            store.add_drift_report("cxr-findings", {"drift_share": 0.1, "detected": False, "n_current": 6,
+                                                    "n_reference": 10, "created_at": time.time()})  # fmt: skip
+        finally:
+            store.close()
+        status, text, _ = call(f"{server.url}/metrics")
+    finally:
+        server.stop()
+    assert status == 200
+    samples: dict[str, set[str]] = {}
+    for name, labels in re.findall(r"^([a-zA-Z_:][\w:]*)(?:\{([^}]*)\})? ", text.decode(), flags=re.MULTILINE):
+        samples.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
+    for metric in sorted(wanted):
+        used = set().union(*(_grouping_labels(q) for q in queries if metric in _selected_metrics(q))) - TARGET_LABELS
+        if metric == bentoml_counter:
+            assert used <= bentoml_labels, (metric, used - bentoml_labels)
+            continue
+        assert metric in samples, f"{metric}: no series on the monitoring /metrics ({sorted(samples)})"
+        assert used <= samples[metric], f"{metric}: the dashboard uses labels {sorted(used - samples[metric])} it lacks"
+    # What the dashboard leaves out: BentoML's own request counter aside, every name comes from the monitoring service.
+    assert {m for m in wanted if not m.startswith("medmlops_")} == {bentoml_counter}
