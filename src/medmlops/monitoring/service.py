@@ -307,7 +307,7 @@ class Monitor:
         note = parse_note(body)
         if not self.store.add_labels(request_id, given, note=note):
             raise _unknown(request_id)
-        return {"request_id": request_id, "labels": given, "note": note, "status": "stored"}
+        return {"request_id": request_id, "labels": given, **({"note": note} if note else {}), "status": "stored"}
 
     # -- views --------------------------------------------------------------------------------------------------------
 
