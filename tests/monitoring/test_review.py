@@ -192,3 +192,26 @@ def test_a_result_without_class_maps_still_shows_its_case(monitor):
     case = Review(monitor.store.engine, monitor.scorer.version).case_view("old")
     assert case["analysed"] and not case["maps_kept"] and case["saliency_url"]
     assert all(k["map_url"] is None for k in case["classes"])
+
+
+def test_the_real_analyser_gives_every_class_its_map_and_the_worker_keeps_them(monitor):
+    """The INFORMER analyser (an untrained DenseNet on 32-pixel inputs) draws each class's map; the store keeps one
+    PNG per class beside the result, and the result itself stays JSON."""
+    import torch
+
+    from medmlops.informer.analyser import Analyser
+    from medmlops.models.cxr import FindingsDenseNet121
+
+    from .review_fakes import review_contract
+
+    torch.manual_seed(0)
+    analyser = Analyser("cxr-findings", "3", review_contract("cxr-findings", calibrated=False),
+                        FindingsDenseNet121(num_classes=len(CLASSES)))  # fmt: skip
+    monitor.ingest(make_record("real", data=xray_png(7), logits=UNSURE))
+    _analyse(monitor, make=lambda family, version: analyser)
+    review = Review(monitor.store.engine, monitor.scorer.version)
+    case = review.case_view("real")
+    assert case["analysed"] and case["maps_kept"]
+    maps = [review.map_png("real", j) for j in range(len(CLASSES))]
+    assert all(Image.open(io.BytesIO(m)).size == (160, 160) for m in maps) and maps[0] != maps[1]
+    assert "class_pngs" not in (monitor.store.record("real")["result"] or {})
