@@ -29,7 +29,7 @@ from medmlops.monitoring.store import FLAGGED, REST, SAMPLE
 from medmlops.monitoring.worker import Worker
 
 from .fake_analyser import CLASSES, FakeAnalyser
-from .records import CONFIDENT, UNSURE, make_record
+from .records import CONFIDENT, UNSURE, make_record, prediction_record
 from .review_fakes import calibration_source, factory, xray_png
 
 ATEL, CARDIO = CLASSES
@@ -215,3 +215,41 @@ def test_the_real_analyser_gives_every_class_its_map_and_the_worker_keeps_them(m
     maps = [review.map_png("real", j) for j in range(len(CLASSES))]
     assert all(Image.open(io.BytesIO(m)).size == (160, 160) for m in maps) and maps[0] != maps[1]
     assert "class_pngs" not in (monitor.store.record("real")["result"] or {})
+
+
+def test_the_queue_notes_and_class_maps_work_on_postgresql(postgres_url):
+    m = Monitor(Settings(db_url=postgres_url, no_worker=True, sample_p=0.0), calibration=calibration_source)
+    try:
+        assert m.store.dialect == "postgresql"
+        m.ingest(make_record("pg-unsure", data=xray_png(8), logits=UNSURE))
+        _analyse(m)
+        review = Review(m.store.engine, m.scorer.version)
+        assert [c["request_id"] for c in review.queue()["cases"]] == ["pg-unsure"]
+        assert review.map_png("pg-unsure", 1).startswith(b"\x89PNG")
+        m.post_labels({"request_id": "pg-unsure", "labels": {ATEL: 1}, "note": "seen"})
+        assert review.queue()["cases"] == [] and review.case_view("pg-unsure")["review"]["note"] == "seen"
+    finally:
+        m.close()
+
+
+def test_a_database_from_before_the_review_queue_gets_the_note_column_and_the_maps_table(tmp_path):
+    import sqlalchemy as sa
+
+    from medmlops.monitoring.store import Store
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    Store(url).close()
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:  # as an older version left it
+        connection.exec_driver_sql("DROP TABLE class_maps")
+        connection.exec_driver_sql("ALTER TABLE labels DROP COLUMN note")
+    engine.dispose()
+    store = Store(url)
+    try:
+        assert store.add_record(prediction_record("old-1", data=xray_png(9)))
+        assert store.add_labels("old-1", {ATEL: 1}, note="kept")
+        inspector = sa.inspect(store.engine)
+        assert "note" in {c["name"] for c in inspector.get_columns("labels")}
+        assert "class_maps" in inspector.get_table_names()
+    finally:
+        store.close()
