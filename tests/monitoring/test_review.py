@@ -47,7 +47,7 @@ def test_each_reason_is_said_in_words_with_its_numbers_and_thresholds():
         "logit_flags": {ATEL: True, CARDIO: False},
         "result": {"flagged": True, "flags": {ATEL: True, CARDIO: False}, "csf": "msr", "classes": list(CLASSES),
                    "confidence": {ATEL: 0.55, CARDIO: 0.9}, "informer_flags": {ATEL: False, CARDIO: True},
-                   "distinctiveness": {ATEL: 0.5, CARDIO: 0.12}},
+                   "distinctiveness": {ATEL: 0.5, CARDIO: 0.12}, "nearest": {ATEL: CARDIO, CARDIO: ATEL}},
     }  # fmt: skip
     found = reasons(row, INFORMER_SECTION)
     texts = {r["kind"]: r["text"] for r in found}
@@ -55,8 +55,10 @@ def test_each_reason_is_said_in_words_with_its_numbers_and_thresholds():
     assert texts[OOD].startswith("out of distribution: score 8.10 above the threshold 2.20")
     assert "confidence (MSR): Atelectasis 0.55 below its threshold 0.60" in texts[DEPLOYED]
     assert "least confident 10 %" in texts[DEPLOYED]
-    assert "Cardiomegaly 0.12 (below this class's threshold 0.20)" in texts[INFORMER]
-    assert "nearly the same as the other classes' maps" in texts[INFORMER]
+    assert texts[INFORMER] == (
+        "INFORMER: the map of Cardiomegaly is nearly the same as Atelectasis's (distinctiveness 0.12, below this "
+        "class's threshold 0.20)"
+    )
     assert "confidence (MSR) at intake: Atelectasis 0.53 below its threshold 0.60" in texts[CONFIDENCE]
     assert "Cardiomegaly" not in texts[CONFIDENCE]  # only the flagged class is named
 
@@ -64,7 +66,10 @@ def test_each_reason_is_said_in_words_with_its_numbers_and_thresholds():
 def test_an_uncalibrated_csf_is_informer_and_a_sampled_case_says_why_it_is_here():
     old = {"result": {"flagged": True, "flags": {ATEL: True}, "distinctiveness": {ATEL: 0.05}}, "stratum": REST}
     (only,) = reasons(old, INFORMER_SECTION)
-    assert only["kind"] == INFORMER and "Atelectasis 0.05 (below this class's threshold 0.20)" in only["text"]
+    assert only["kind"] == INFORMER and only["text"] == (
+        "INFORMER: the map of Atelectasis is nearly the same as the other classes' maps (distinctiveness 0.05, "
+        "below this class's threshold 0.20)"
+    )
     (sampled,) = reasons({"stratum": SAMPLE, "sample_p": 0.1, "result": {"flagged": False}}, INFORMER_SECTION)
     assert sampled["kind"] == SAMPLED and "drawn at random" in sampled["text"] and "10 %" in sampled["text"]
     assert reasons({"stratum": REST, "result": {"flagged": False}}, INFORMER_SECTION) == []
@@ -215,6 +220,7 @@ def test_the_real_analyser_gives_every_class_its_map_and_the_worker_keeps_them(m
     maps = [review.map_png("real", j) for j in range(len(CLASSES))]
     assert all(Image.open(io.BytesIO(m)).size == (160, 160) for m in maps) and maps[0] != maps[1]
     assert "class_pngs" not in (monitor.store.record("real")["result"] or {})
+    assert monitor.store.record("real")["result"]["nearest"] == {ATEL: CARDIO, CARDIO: ATEL}
 
 
 def test_the_queue_notes_and_class_maps_work_on_postgresql(postgres_url):

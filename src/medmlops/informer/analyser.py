@@ -111,6 +111,8 @@ class Analyser:
                 "probabilities": _named(self.classes, outputs["probabilities"][i]),
                 "labels": {c: int(v) for c, v in zip(self.classes, outputs["predictions"][i], strict=True)},
                 "distinctiveness": _named(self.classes, d),
+                # Whose map each class's map is most like (smallest cosine distance): what a low d_c means, in words.
+                "nearest": _nearest(self.classes, outputs["cos"][self.method][i]),
                 "flags": {c: bool(v) for c, v in zip(self.classes, flags[i], strict=True)},
                 "flagged": bool(flags[i].any()),
                 "csf": self.csf_name,
@@ -125,6 +127,18 @@ class Analyser:
                 "class_pngs": [saliency_png(images[i], maps[i, j]) for j in range(len(self.classes))],
             })  # fmt: skip
         return results
+
+
+def _nearest(classes: Sequence[str], pairs: np.ndarray) -> dict[str, str]:
+    """Each class → the other class whose saliency map is closest to its own, from the pairwise cosine distances
+    (``scores.pairwise_distances``: the upper triangle, row-major); empty for one class."""
+    n = len(classes)
+    if n < 2:
+        return {}
+    distance = np.full((n, n), np.inf)
+    rows, cols = np.triu_indices(n, k=1)
+    distance[rows, cols] = distance[cols, rows] = np.asarray(pairs, dtype=np.float64)
+    return {c: classes[int(np.argmin(distance[k]))] for k, c in enumerate(classes)}
 
 
 def _named(classes: Sequence[str], values: np.ndarray) -> dict[str, float]:

@@ -155,15 +155,19 @@ def reasons(row: Mapping[str, Any], informer: Mapping[str, Any] | None) -> list[
     # INFORMER's own distinctiveness flags (the paper's), when they differ from what the deployed CSF says.
     informer_flags = [c for c, f in (result.get("informer_flags") or {}).items() if f]
     if informer_flags and not str(result.get("csf")).startswith("informer_"):
-        d = result.get("distinctiveness") or {}
+        d, nearest = result.get("distinctiveness") or {}, result.get("nearest") or {}
         tau_d = informer.get("tau") or {}
-        direction = informer.get("direction", "low")
-        side = "below" if direction == "low" else "above"
-        lines = [f"{short(c)} {_fmt(d.get(c))}" + (f" ({side} this class's threshold {_fmt(tau_d[c])})"
-                 if isinstance(tau_d, Mapping) and tau_d.get(c) is not None else "") for c in informer_flags]  # fmt: skip
+        side = "below" if informer.get("direction", "low") == "low" else "above"
+        lines = []
+        for c in informer_flags:
+            like = f"{short(nearest[c])}'s" if nearest.get(c) else "the other classes' maps"
+            limit = tau_d.get(c) if isinstance(tau_d, Mapping) else None
+            bound = f", {side} this class's threshold {_fmt(limit)}" if limit is not None else ""
+            lines.append(
+                f"the map of {short(c)} is nearly the same as {like} (distinctiveness {_fmt(d.get(c))}{bound})"
+            )
         out.append({"kind": INFORMER, "classes": informer_flags, "confidence": None,
-                    "text": "INFORMER: the class map is nearly the same as the other classes' maps, distinctiveness "
-                            + "; ".join(lines)})  # fmt: skip
+                    "text": "INFORMER: " + "; ".join(lines)})  # fmt: skip
     # The logit tier at ingest.
     logit_flags = [c for c, f in (row.get("logit_flags") or {}).items() if f]
     if logit_flags:
@@ -449,6 +453,7 @@ class Review:
                 "flagged": name in flagged,
                 "confidence": confidence.get(name, intake.get(name)),
                 "distinctiveness": (result.get("distinctiveness") or {}).get(name),
+                "map_like": short(like) if (like := (result.get("nearest") or {}).get(name)) else None,
                 "map_url": None if position is None else f"/v1/records/{request_id}/maps/{position}.png",
                 "label_given": (row.get("labels") or {}).get(name, (row.get("labels") or {}).get(short(name))),
             })  # fmt: skip
