@@ -143,7 +143,7 @@ def _circle_times(page, chart: str) -> list[float]:
     return page.eval_on_selector_all(f"#{chart} circle.pt", "cs => cs.map(c => Number(c.dataset.t))")
 
 
-OVERFLOW = """() => [...document.querySelectorAll('section, .case, .legend li, table')]
+OVERFLOW = """() => [...document.querySelectorAll('section, .case, .legend li, table, td:not(.name), th')]
     .filter(e => e.scrollWidth > e.clientWidth + 1)
     .map(e => (e.id || e.className || e.tagName) + ' ' + e.scrollWidth + '>' + e.clientWidth)"""
 
