@@ -214,7 +214,7 @@ def test_alias_history_is_cached_and_a_failure_is_retried_later():
     now[0] = 301
     history.get("f")
     assert calls == ["f", "f"]
-    assert "did not answer" in history.get("down")["note"]
+    assert history.get("down")["note"] == "no alias history from the registry for this family"
     now[0] = 330
     history.get("down")
     assert calls.count("down") == 1

@@ -215,7 +215,8 @@ class AliasHistory:
             expires = self.clock() + self.ttl_s
         except Exception as exc:  # noqa: BLE001 - the registry's trouble must not break a chart
             log.warning("alias history of %s not available: %s", family, exc)
-            answer = {"events": [], "current": {}, "note": "the registry did not answer; alias history not shown"}
+            # The error stays in the log: a registry's message can name its URI or files.
+            answer = {"events": [], "current": {}, "note": "no alias history from the registry for this family"}
             expires = self.clock() + self.retry_s
         with self._lock:
             self._cache[family] = (expires, answer)
