@@ -110,6 +110,19 @@ def _evidently_ui(workspace: Path, log: Path) -> tuple[subprocess.Popen, str]:
             time.sleep(0.5)
 
 
+def _series(ui: str, project_id: str, panel: dict) -> list[dict]:
+    """The lines the UI draws for one panel: its values as series filters, posted as the UI posts them."""
+    filters = [
+        {key: value[key] for key in ("tags", "metadata", "metric", "metric_labels")} for value in panel["values"]
+    ]
+    request = urllib.request.Request(
+        f"{ui}/api/v2/snapshots/{project_id}/data_series_batch", method="POST",
+        data=json.dumps({"series_filter": filters}).encode(), headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["series"]
+
+
 def test_evidently_ui_lists_the_projects_dashboard_panels_after_monitor_report(reference, tmp_path, monkeypatch):
     """``medmlops monitor report`` (its core) into a workspace, then the real ``evidently ui`` over it."""
     from medmlops.monitoring.drift import report_command
@@ -138,6 +151,10 @@ def test_evidently_ui_lists_the_projects_dashboard_panels_after_monitor_report(r
         dashboard = _get_json(f"{ui}/api/v2/dashboards/{project['id']}")
         snapshots = _get_json(f"{ui}/api/projects/{project['id']}/snapshots")
         held = _get_json(f"{ui}/api/v2/snapshots/{project['id']}/metrics")["metrics"]
+        # The UI's report view of each snapshot (the metric results carry no widgets: the report's widgets serve).
+        views = [_get_json(f"{ui}/api/projects/{project['id']}/{s['id']}/data") for s in snapshots]
+        # The series each panel draws, asked as the UI asks for them (one batch per panel).
+        series = {panel["title"]: _series(ui, project["id"], panel) for panel in dashboard["panels"]}
     finally:
         stop_process(process)
     titles = [panel["title"] for panel in dashboard["panels"]]
@@ -147,8 +164,17 @@ def test_evidently_ui_lists_the_projects_dashboard_panels_after_monitor_report(r
     metrics = {value["metric"] for panel in dashboard["panels"] for value in panel["values"]}
     assert metrics == {f"evidently:metric_v2:{m}" for m in ("DriftedColumnsCount", "ValueDrift", "RocAuc", "F1Score")}
     assert len(snapshots) == 2
+    for view in views:
+        assert "Data drift: cxr-findings" in json.dumps(view) and "Classification quality" in json.dumps(view)
     # Every metric a panel plots is one the project's snapshots hold (labels exist here), so no panel stays empty.
     assert metrics <= set(held), held
+    # Every panel has a line with a value from each of the two reports: the dashboard opens populated.
+    for title, lines in series.items():
+        assert lines and all(len(line["values"]) == 2 and None not in line["values"] for line in lines), title
+    assert len(series["Per-feature drift (test score per column)"]) == 19  # one line per compared column
+    assert len(series["Classification quality (labelled records): F1"]) == len(CLASSES)  # one per labelled class
+    (share,) = series["Share of drifted features"]
+    assert share["params"]["value_type"] == "share" and share["values"][-1] == pytest.approx(16 / 19)
 
 
 @pytest.fixture
@@ -269,3 +295,73 @@ def test_the_monitoring_service_serves_the_files_a_report_loads_and_nothing_else
             monitor.drift_asset(report_id, "material-ui-icons.woff2")
     finally:
         store.close()
+
+
+# As tests/shells/monitoring/test_service_http.py: Debian's Chromium (`make browser`), root on a closed network.
+CHROMIUM = os.environ.get("MEDMLOPS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def test_the_small_report_draws_as_evidentlys_own_through_the_monitoring_service(reference, tmp_path):
+    """The report page served at /v1/drift/{id}/report.html (a real monitoring service) loads its bundle from the
+    service, draws the same text as Evidently's own ``save_html`` of the same snapshot, and a row's details panel
+    draws its plot from the one copy of the graph the page keeps."""
+    assert Path(CHROMIUM).is_file(), f"{CHROMIUM} not found: run `make browser` (Debian's chromium package)"
+    from evidently.core.report import Snapshot
+    from playwright.sync_api import sync_playwright
+
+    from medmlops.monitoring.store import Store
+
+    from .records import start_monitor
+
+    summary = drift_report(reference, features(50, seed=6, shift=1.0, labels=True), family=FAMILY,
+                           out_dir=tmp_path / "reports")  # fmt: skip
+    own = tmp_path / "evidently" / "report.html"
+    own.parent.mkdir()
+    Snapshot.loads(summary.json_path.read_text()).save_html(str(own))
+    sizes = (summary.html_path.stat().st_size, own.stat().st_size)
+    assert sizes[1] > 4_000_000 and sizes[0] < sizes[1] / 5, sizes
+    server = start_monitor(tmp_path)
+    try:
+        store = Store(server.db_url)
+        try:
+            store.add_drift_report(FAMILY, summary.to_dict())
+            report_id = store.latest_drift(FAMILY)["id"]
+        finally:
+            store.close()
+        seen: dict[str, dict] = {}
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                for name, url in (("served", f"{server.url}/v1/drift/{report_id}/report.html"),
+                                  ("own", own.as_uri())):  # fmt: skip
+                    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+                    problems: list[str] = []
+                    page.on("pageerror", lambda e, p=problems: p.append(f"page error: {e}"))
+                    page.on("requestfailed", lambda r, p=problems: p.append(f"request failed: {r.url}"))
+                    page.on("response", lambda r, p=problems: p.append(f"HTTP {r.status}: {r.url}") if r.status >= 400
+                            else None)  # fmt: skip
+                    loaded: list[str] = []
+                    page.on("requestfinished", lambda r, seen=loaded: seen.append(r.url))
+                    page.goto(url, wait_until="networkidle")
+                    text = page.inner_text("body")
+                    plots = page.locator(".js-plotly-plot").count()
+                    page.locator("tbody tr button[aria-label='Detail panel visibility toggle']").first.click()
+                    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length > {plots}",
+                                           timeout=20_000)  # fmt: skip
+                    seen[name] = {"text": text, "problems": problems, "loaded": loaded}
+                    page.close()
+            finally:
+                browser.close()
+        font_url = f"{server.url}/v1/drift/{report_id}/{LIB_DIR}/material-ui-icons.woff2"
+        with urllib.request.urlopen(font_url, timeout=10) as response:
+            fonts = [(response.status, response.read())]
+    finally:
+        server.stop()
+    assert seen["served"]["problems"] == [] and seen["own"]["problems"] == []
+    assert seen["served"]["text"] == seen["own"]["text"] and "Data drift: cxr-findings" in seen["served"]["text"]
+    js = next(name for name in lib_files() if name.endswith(".js"))
+    assert f"{server.url}/v1/drift/{report_id}/{LIB_DIR}/{js}" in seen["served"]["loaded"], seen["served"]["loaded"]
+    # The icon font is the page's @font-face fallback, fetched only when an icon needs it: served all the same.
+    assert fonts == [(200, lib_files()["material-ui-icons.woff2"].read_bytes())]
