@@ -176,6 +176,7 @@ def test_the_review_page_lists_cases_shows_every_class_map_and_a_keyboard_label_
     assert checked == ["c0=0", "c1=1"]
     assert after_ids == ["rv-ood", "rv-doubt", "rv-calm"] and next_case == "no study id"  # the next case opened
     assert "review v3" in versions and "100.0 %" in versions  # predicted Atelectasis, reviewed absent: an error
+    assert "(1 labelled)" in versions  # the realized metrics' count moved with the review
 
     after = _cases(served.url)
     assert after["total"] == before["total"] - 1
