@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
+from medmlops.errors import UserError
 from medmlops.inference.record import CONTROL_CHARACTERS, RecordError, check_request_id, finite, iso
 from medmlops.informer.scores import head_slices, logit_predictions, logit_probabilities
 from medmlops.monitoring.performance import label_targets
@@ -395,6 +396,9 @@ class Review:
 
     def queue(self, *, family: str | None = None, version: str | None = None, limit: int = 50) -> dict[str, Any]:
         """Unreviewed cases in priority order (the first ``limit``), and per version what the reviews say."""
+        for name, value in (("family", family), ("version", version)):
+            if value is not None and CONTROL_CHARACTERS.search(value):
+                raise UserError(f"query parameter '{name}' must not hold control characters (NUL, newline, ...)")
         rows = candidate_rows(self.engine, family, version)
         cases = []
         for row in rows:

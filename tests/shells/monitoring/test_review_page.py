@@ -81,6 +81,7 @@ def test_the_queue_json_orders_cases_and_says_why_and_the_images_are_served(serv
         assert status == 200 and png.startswith(b"\x89PNG")
     assert call(f"{served.url}/v1/records/rv-unsure/maps/9.png")[1]["error"] == "no_class_map"
     assert call(f"{served.url}/v1/review/nope")[0] == 404
+    assert call(f"{served.url}/v1/review?family=a%00b")[0] == 422 and call(f"{served.url}/v1/review?limit=x")[0] == 422
     assert call(f"{served.url}/v1/records/nope/image.png")[0] == 404
     status, body, _ = call(f"{served.url}/v1/labels", method="POST", token=WRITE,
                            body={"request_id": "rv-calm", "labels": {ATEL: 1}, "note": "\x00"})  # fmt: skip
