@@ -21,6 +21,13 @@ An error (:func:`case_errors`) is a reviewed case whose label differs from the m
 reviewer labelled (the contract's decisions from the logits the record carries: what serving answered). Flag
 precision of a version = errors among its reviewed flagged cases / its reviewed flagged cases; the sampled cases'
 error rate is the unflagged baseline.
+
+What a case page shows beyond the record: the upload drawn through the version's own preprocessing (what the model
+saw; a volume's middle axial slice) at the maps' 160 pixels, and every class's saliency map. The worker keeps those
+maps (one PNG per class in ``class_maps``: about 23 KB each for a DenseNet's map at 160 pixels, so 14 classes add
+about 0.3 MB per analysed record, beside the upload the record already holds); records analysed before have only the
+one thumbnail. The sampled cases come from the ingest sample (``--sample-p``, 10 % of unflagged records by default);
+at volume they outnumber what reviewers can read, which is why they come last.
 """
 
 from __future__ import annotations
