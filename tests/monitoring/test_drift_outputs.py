@@ -365,3 +365,18 @@ def test_the_small_report_draws_as_evidentlys_own_through_the_monitoring_service
     assert f"{server.url}/v1/drift/{report_id}/{LIB_DIR}/{js}" in seen["served"]["loaded"], seen["served"]["loaded"]
     # The icon font is the page's @font-face fallback, fetched only when an icon needs it: served all the same.
     assert fonts == [(200, lib_files()["material-ui-icons.woff2"].read_bytes())]
+
+
+def test_the_command_line_hands_the_registry_to_the_report(monkeypatch, tracking):
+    """``medmlops monitor report`` gives the report params.yaml's registry section: the window goes to MLflow."""
+    import medmlops.monitoring.drift
+    from medmlops.cli import build_parser
+    from medmlops.config import load_params
+
+    from ..conftest import REPO
+
+    seen = {}
+    monkeypatch.setattr(medmlops.monitoring.drift, "report_command", lambda args: seen.setdefault("args", args) and 0)
+    args = build_parser().parse_args(["monitor", "report", "--family", FAMILY, "--workspace", "/ws"])
+    assert args.func(args) == 0
+    assert seen["args"].registry == load_params(REPO / "params.yaml").registry

@@ -167,4 +167,5 @@ def cmd_report(args: argparse.Namespace) -> int:
     from medmlops.registry import tracking
 
     tracking.configure(params.registry)  # the reference features live with the model version in MLflow
-    return int(report_command(args, registry=params.registry) or 0)  # the window is logged against its version
+    args.registry = params.registry  # the window's summary is logged against its model version in MLflow
+    return int(report_command(args) or 0)

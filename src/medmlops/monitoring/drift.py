@@ -681,8 +681,8 @@ def report_command(args: Any, *, contracts: Any = None, registry: Any = None) ->
     whether or not drift is found: alerts are the log lines and the store's metrics. The summary also holds the
     window's estimated (CBPE) and realized performance; ``contracts`` is ``(family, version) -> (contract,
     informer)`` (default: the registry's, :func:`medmlops.monitoring.tiers.registry_calibration`). With
-    ``registry`` (params.yaml's :class:`~medmlops.config.RegistryConfig`, MLflow configured) the window's summary is
-    also logged against the model version in MLflow (:func:`_log_window`).
+    ``registry`` (or ``args.registry``: params.yaml's :class:`~medmlops.config.RegistryConfig`, MLflow configured)
+    the window's summary is also logged against the model version in MLflow (:func:`_log_window`).
     """
     from medmlops.informer.calibrate import load_reference
     from medmlops.monitoring.store import Store, resolve_db_url
@@ -721,6 +721,7 @@ def report_command(args: Any, *, contracts: Any = None, registry: Any = None) ->
         store.add_drift_report(family, summary.to_dict())
     finally:
         store.close()
+    registry = registry if registry is not None else getattr(args, "registry", None)
     run_id = None if registry is None else _log_window(registry, summary)
     alerts = ", ".join(summary.flag_alerts) or "none"
     print(
