@@ -323,7 +323,7 @@ def _share_lib(out_dir: Path) -> None:
     for name, source in lib_files().items():
         target = folder / name
         if not target.is_file() or target.stat().st_size != source.stat().st_size:
-            partial = folder / f".{name}.partial"
+            partial = folder / f".{name}.{os.getpid()}.partial"  # two reports at once each copy, one wins
             shutil.copyfile(source, partial)
             partial.replace(target)
 
@@ -454,7 +454,7 @@ def drift_report(
         family: registered model name; names the files and the workspace project.
         version: model version, recorded in the report.
         out_dir: where ``drift-<family>-<UTC time>.html``, ``.json`` (``Snapshot.loads`` reads it) and
-            ``.summary.json`` go; created when missing.
+            ``.summary.json`` go, with ``evidently-js/`` (the bundle the HTML loads); created when missing.
         drift_share_threshold: drift is detected when at least this share of the columns drifted.
         flag_rate_threshold: a class whose INFORMER flag rate in the window reaches this raises a flag alert.
         workspace: an Evidently local workspace (``evidently ui --workspace DIR``) to add the snapshot to.
