@@ -1268,7 +1268,10 @@ def test_grafana_dashboard_queries_metrics_the_services_export(tmp_path):
     from medmlops.monitoring.store import Store
     from tests.monitoring.records import UNSURE, call, make_record, start_monitor, wait_for
 
-    queries = _queries(_dashboard())
+    dashboard = _dashboard()
+    variables = [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert variables and all(v.startswith("label_values(") for v in variables)
+    queries = _queries(dashboard) + variables  # a variable's values come from a metric too
     wanted = set().union(*map(_selected_metrics, queries))
     bentoml_counter, bentoml_labels = _bentoml_request_counter()
     assert bentoml_counter == "bentoml_service_request_total"
@@ -1301,6 +1304,7 @@ def test_grafana_dashboard_queries_metrics_the_services_export(tmp_path):
         samples.setdefault(name, set()).update(re.findall(r'(\w+)="', labels))
     for metric in sorted(wanted):
         used = set().union(*(_grouping_labels(q) for q in queries if metric in _selected_metrics(q))) - TARGET_LABELS
+        used |= {label for q in variables if metric in _selected_metrics(q) for label in re.findall(r", *(\w+)\)$", q)}
         if metric == bentoml_counter:
             assert used <= bentoml_labels, (metric, used - bentoml_labels)
             continue
