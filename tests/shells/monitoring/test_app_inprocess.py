@@ -15,7 +15,9 @@ from ...monitoring.records import make_record
 
 
 @pytest.fixture
-def monitor(tmp_path):
+def monitor(tmp_path, monkeypatch):
+    # The monitor reads contracts from MLflow: its default store would land in the working directory (the repo).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monitor = Monitor(Settings(db_url=f"sqlite:///{tmp_path / 'm.db'}", max_body_bytes=4096))
     yield monitor
     monitor.close()
