@@ -22,6 +22,7 @@ pipeline step in ``logs/PIPELINE/NN-STEP.log``; the console shows one line per s
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import os
 import secrets
@@ -340,13 +341,15 @@ def _replay(url: str, monitoring: str, files: list[Path], progress: bool) -> lis
     return ids
 
 
-def _report(params: Params, workdir: Path, family: str, n: int) -> dict:
+def _report(params: Params, workdir: Path, family: str, n: int, mlflow_url: str) -> dict:
     from medmlops.monitoring.drift import report_command
     from medmlops.monitoring.store import Store
 
     db_url = f"sqlite:///{workdir / 'monitoring.db'}"
+    # The window's summary is logged to the demo's MLflow server, against the version that served it.
+    registry = dataclasses.replace(params.registry, tracking_uri=mlflow_url)
     args = Namespace(family=family, workspace=str(workdir / "evidently"), db_url=db_url, version=None,
-                     since_hours=None, last=n, out=None)  # fmt: skip
+                     since_hours=None, last=n, out=None, registry=registry)  # fmt: skip
     report_command(args)
     store = Store(db_url)
     try:
@@ -439,7 +442,7 @@ def _platform(params, repo, workdir, procs, progress, fresh, started, total) -> 
             with tempfile.TemporaryDirectory(prefix=f"medmlops-demo-{family}-") as tmp:
                 files = _traffic_files(params, family, cfg.traffic, shift, seed, Path(tmp))
                 _replay(serving[family][0], monitoring, files, progress)
-            drift = _report(params, workdir, family, cfg.traffic)
+            drift = _report(params, workdir, family, cfg.traffic, mlflow_url)
             windows.setdefault(family, {})[label] = {
                 "drift": drift,
                 "flag_rate": _flag_rate(workdir, family, cfg.traffic),
