@@ -20,7 +20,10 @@ _IMAGE_STATS = {
 }
 _PER_CLASS = {
     "p.": ("probability", "the model's probability of {c}"),
-    "d.": ("distinctiveness", "how unlike the validation cases the model's explanation of {c} is (INFORMER)"),
+    "d.": (
+        "distinctiveness",
+        "how different the saliency map of {c} is from the other classes' maps (INFORMER; low = unsure)",
+    ),
     "flag.": ("flagged", "share of cases INFORMER flagged for review on {c} (0 or 1 per case)"),
     "entropy.": ("uncertainty", "how undecided the model is about {c} (entropy of its probability)"),
     "label:": ("ground truth", "the label posted later for {c} (1 present, 0 absent)"),
