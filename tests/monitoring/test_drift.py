@@ -123,6 +123,10 @@ def test_files_written_and_snapshot_reloads(reference, tmp_path):
     stored = json.loads(Path(summary.summary_path).read_text(encoding="utf-8"))
     assert stored == summary.to_dict()
     assert stored["html_path"] == str(html) and stored["detected"] is True
+    # Evidently shows the columns by their human names; the summary keeps the column names the store uses.
+    shown = {m["config"].get("column") for m in metrics if m["config"]["type"].endswith(":ValueDrift")}
+    assert "Image: mean intensity" in shown and not any(str(c).startswith("img.") for c in shown)
+    assert summary.drifted_columns and all(c in reference.columns for c in summary.drifted_columns)
     # A second report in the same second gets its own files.
     again = drift_report(reference, features(30, seed=4), family="cxr-findings", out_dir=tmp_path / "r")
     assert again.html_path != summary.html_path and Path(summary.html_path).exists()

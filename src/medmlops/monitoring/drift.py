@@ -184,6 +184,19 @@ def _drift_strength(method: str, score: float, threshold: float) -> float:
     return score / threshold if threshold else score
 
 
+def display_names(columns: list[str]) -> dict[str, str]:
+    """Column → the human name Evidently shows (:func:`medmlops.monitoring.features.human_name`); a name two columns
+    would share (one class name in two tasks) keeps its column in brackets."""
+    from medmlops.monitoring.features import human_name
+
+    names = {column: human_name(column) for column in columns}
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {column: name if counts[name] == 1 and name not in columns else f"{name} ({column})"
+            for column, name in names.items()}  # fmt: skip
+
+
 def _read_drift(snapshot: Any) -> tuple[int, float, list[str]]:
     """Evidently's drifted-column count and share, and the drifted columns, strongest first."""
     results = snapshot.dict()
@@ -509,9 +522,13 @@ def drift_report(
     # Evidently stamps snapshots with naive datetimes (datetime.now()); a naive UTC time keeps the workspace's
     # snapshots comparable with each other.
     created = moment.replace(tzinfo=None)
-    definition = DataDefinition(numerical_columns=compared)
+    # Evidently shows the columns as a reader knows them ("Edema: probability", "Image: dark end (5th
+    # percentile)"); the summary and the store keep the column names.
+    shown = display_names(compared)
+    back = {name: column for column, name in shown.items()}
+    definition = DataDefinition(numerical_columns=list(shown.values()))
     report = Report(
-        [DataDriftPreset(columns=compared, drift_share=drift_share_threshold)],
+        [DataDriftPreset(columns=list(shown.values()), drift_share=drift_share_threshold)],
         include_tests=True,  # the per-column verdicts are read from Evidently's tests
         metadata={"family": family, "version": "" if version is None else str(version)},
         tags=[family] + ([] if version is None else [f"version:{version}"]),
@@ -519,11 +536,12 @@ def drift_report(
     # Evidently's correlation table divides by a zero SD for a column constant in the window (a flag never raised).
     with np.errstate(divide="ignore", invalid="ignore"):
         drift = report.run(
-            Dataset.from_pandas(cur[compared], data_definition=definition),
-            Dataset.from_pandas(ref[compared], data_definition=definition),
+            Dataset.from_pandas(cur[compared].rename(columns=shown), data_definition=definition),
+            Dataset.from_pandas(ref[compared].rename(columns=shown), data_definition=definition),
             timestamp=created,
         )
     n_drifted, drift_share, drifted = _read_drift(drift)
+    drifted = [back.get(name, name) for name in drifted]
     detected = drift_share >= drift_share_threshold
 
     sections: list[tuple[str, Any]] = []
