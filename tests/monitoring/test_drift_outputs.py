@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from medmlops.config import RegistryConfig
 from medmlops.monitoring.drift import DASHBOARD_PANELS, LIB_DIR, drift_report, lib_files, write_html
 
+from ..browser import CHROMIUM, CHROMIUM_ARGS
 from ..conftest import _free_port, stop_process
 from .test_drift import CLASSES, _store_record, features
 
@@ -295,12 +296,6 @@ def test_the_monitoring_service_serves_the_files_a_report_loads_and_nothing_else
             monitor.drift_asset(report_id, "material-ui-icons.woff2")
     finally:
         store.close()
-
-
-# As tests/shells/monitoring/test_service_http.py: Debian's Chromium (`make browser`), root on a closed network.
-CHROMIUM = os.environ.get("MEDMLOPS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
 
 
 def test_the_small_report_draws_as_evidentlys_own_through_the_monitoring_service(reference, tmp_path):

@@ -17,9 +17,9 @@ import pytest
 
 from medmlops.monitoring.store import Store
 
+from ...browser import CHROMIUM, CHROMIUM_ARGS, watch
 from ...conftest import REPO
 from ...monitoring.records import UNSURE, call, make_record, start_monitor, wait_for
-from .test_service_http import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(300)
 FAMILY = "trend"
@@ -154,18 +154,11 @@ def test_the_trends_render_in_headless_chromium_readably(traffic, tmp_path):
 
     server, t0, workdir = traffic
     shots = _artifacts(tmp_path)
-    problems: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000}, timezone_id="Europe/Berlin")
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+            problems = watch(page)
             page.goto(f"{server.url}/dashboard#family={FAMILY}", wait_until="networkidle")
             page.wait_for_selector("#drift-chart svg circle.pt", timeout=20_000)
             page.evaluate("() => window.dashboardReady")

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from ...browser import CHROMIUM, CHROMIUM_ARGS, watch
 from ...monitoring.fake_analyser import CLASSES
 from ...monitoring.records import CONFIDENT, UNSURE, call, make_record, start_monitor, wait_for
 from ...monitoring.review_fakes import FACTORY, SOURCE, xray_png
-from .test_service_http import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = pytest.mark.timeout(300)
 WRITE = "write-secret"
@@ -99,19 +99,12 @@ def test_the_review_page_lists_cases_shows_every_class_map_and_a_keyboard_label_
     assert "<script src" not in page_html and "http://" not in page_html and "https://" not in page_html
     before = _cases(served.url)
     assert before["versions"] == []
-    problems: list[str] = []
     shots = {name: tmp_path / f"review-{name}.png" for name in ("queue", "case", "after")}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+            problems = watch(page)
             page.goto(f"{served.url}/review#family=review", wait_until="networkidle")
             page.wait_for_selector("#queue li[role=option]", timeout=20_000)
             queue_ids = page.eval_on_selector_all("#queue li[role=option]", "els => els.map(e => e.dataset.id)")

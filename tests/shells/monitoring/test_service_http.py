@@ -24,6 +24,7 @@ from medmlops.inference.forwarding import Forwarder
 from medmlops.inference.record import PredictionRecord
 from medmlops.monitoring.store import Store
 
+from ...browser import CHROMIUM, CHROMIUM_ARGS, watch
 from ...conftest import REPO
 from ...monitoring.fake_analyser import CLASSES
 from ...monitoring.records import UNSURE, call, make_record, start_monitor, start_worker, wait_for
@@ -282,12 +283,6 @@ def test_the_forwarder_delivers_spooled_records_exactly_once(served, tmp_path):
         assert _done(served.url, f"fwd-{i}")["status"] == "done"
 
 
-CHROMIUM = os.environ.get("MEDMLOPS_CHROMIUM", "/usr/bin/chromium")
-# As root and on a closed network Chromium needs these (no sandbox, no background connections to Google).
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]  # fmt: skip
-
-
 def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_path):
     """Debian's Chromium (``make browser``) driven by Playwright: charts, drift status and saliency thumbnails render,
     no console error, no failed request; a screenshot is kept."""
@@ -311,18 +306,11 @@ def test_the_dashboard_renders_in_headless_chromium_without_errors(served, tmp_p
     page_html = call(f"{served.url}/dashboard")[1].decode()
     assert "<script src" not in page_html and "http://" not in page_html and "https://" not in page_html
 
-    problems: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            page.on(
-                "console",
-                lambda m: problems.append(f"console {m.type}: {m.text}") if m.type in ("error", "warning") else None,
-            )
-            page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-            page.on("response", lambda r: problems.append(f"HTTP {r.status}: {r.url}") if r.status >= 400 else None)
+            problems = watch(page)
             page.goto(f"{served.url}/dashboard#family=dash", wait_until="networkidle")
             page.wait_for_selector("#chart svg polyline", timeout=20_000)
             page.wait_for_selector("#cases img", timeout=20_000)
