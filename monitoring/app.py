@@ -49,10 +49,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from medmlops.errors import UserError
+from medmlops.errors import NotFound, UserError
 from medmlops.inference.record import RecordError
 from medmlops.monitoring.review import Review, ReviewCollector
-from medmlops.monitoring.service import Monitor, NotFound, load_json, parse_count, parse_time
+from medmlops.monitoring.service import Monitor, load_json, parse_count, parse_time
 
 log = logging.getLogger("medmlops.monitoring")
 DASHBOARD = Path(__file__).with_name("dashboard.html")

@@ -44,6 +44,15 @@ _CONNECTION_FAILURES = {
 }
 
 
+class NotFound(UserError, LookupError):
+    """What a request names is not stored (a 404 in the services); ``error`` is a stable code, ``detail`` one
+    sentence."""
+
+    def __init__(self, error: str, detail: str) -> None:
+        super().__init__(detail)
+        self.error, self.detail = error, detail
+
+
 def tracking_unreachable(exc: BaseException | None) -> TrackingUnavailableError | None:
     """The one-sentence error for ``exc`` when it (or an exception it came from) is a failed HTTP call from MLflow's
     client to the tracking server; None for anything else. MLflow wraps the ``requests`` failure in an

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import sqlalchemy as sa
 
-from medmlops.errors import UserError
+from medmlops.errors import NotFound, UserError
 from medmlops.inference.record import CONTROL_CHARACTERS, RecordError, check_request_id, finite, iso
 from medmlops.informer.scores import head_slices, logit_predictions, logit_probabilities
 from medmlops.monitoring.performance import label_targets
@@ -528,7 +528,7 @@ class Review:
         check_request_id(request_id)
         view = self.case(request_id)
         if view is None:
-            raise _not_found("unknown_request_id", f"no record {request_id} is stored")
+            raise NotFound("unknown_request_id", f"no record {request_id} is stored")
         return view
 
     def image(self, request_id: str) -> bytes:
@@ -538,31 +538,25 @@ class Review:
         try:
             png = self.image_png(request_id)
         except LookupError as exc:
-            raise _not_found("no_image", f"record {request_id}: its model version is not available ({exc})") from exc
+            raise NotFound("no_image", f"record {request_id}: its model version is not available ({exc})") from exc
         except InputError as exc:
-            raise _not_found(
+            raise NotFound(
                 "no_image", f"record {request_id}: the stored upload cannot be drawn ({exc.detail})"
             ) from exc
         if png is None:
-            raise _not_found("unknown_request_id", f"no record {request_id} is stored")
+            raise NotFound("unknown_request_id", f"no record {request_id} is stored")
         return png
 
     def map_png(self, request_id: str, position: int) -> bytes:
         check_request_id(request_id)
         png = self.class_map(request_id, position) if 0 <= position < 1 << 15 else None
         if png is None:
-            raise _not_found(
+            raise NotFound(
                 "no_class_map",
                 f"record {request_id} has no saliency map of output {position} (not "
                 "analysed yet, analysed before maps were kept, or no such output)",
             )
         return png
-
-
-def _not_found(error: str, detail: str) -> Exception:
-    from medmlops.monitoring.service import NotFound  # the service imports this module: imported when needed
-
-    return NotFound(error, detail)
 
 
 ORDER = (

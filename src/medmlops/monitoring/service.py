@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmlops.errors import UserError
+from medmlops.errors import NotFound, UserError
 from medmlops.inference.record import (
     CONTROL_CHARACTERS,
     PredictionRecord,
@@ -196,14 +196,6 @@ def parse_labels(obj: Any) -> tuple[str, dict[str, int]]:
                 f"labels.{name}", f"label 'labels.{name}' must be 0 or 1, not {value!r}", error="bad_label"
             )
     return request_id, {str(name): int(value) for name, value in given.items()}
-
-
-class NotFound(UserError, LookupError):
-    """What a request names is not stored (404); ``error`` is a stable code, ``detail`` one sentence."""
-
-    def __init__(self, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.error, self.detail = error, detail
 
 
 def _unknown(request_id: str) -> NotFound:
