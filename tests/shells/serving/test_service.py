@@ -540,27 +540,33 @@ def test_every_pacs_transfer_syntax_gives_the_uncompressed_objects_answer(regist
     assert not problems, "\n".join(problems)
 
 
+def _smoke_ct_in_hu(project: Path):
+    """A smoke head CT as int16 HU and its affine: what a DICOM series can hold exactly."""
+    import nibabel as nib
+    import numpy as np
+
+    image = nib.load(next((project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz")))
+    return np.rint(np.asarray(image.dataobj, dtype=np.float32)).astype(np.int16), image.affine
+
+
 def test_nifti_as_written_plain_and_gzipped_and_a_dicom_series_give_the_same_answer(registered_project, servers):
     """dcm2niix writes .nii by default: it is answered like its .nii.gz. A zip of the same volume as one DICOM
     series (slices shuffled) gives the same prediction within 1e-4, and the study identity travels with it."""
     import gzip
 
     import nibabel as nib
-    import numpy as np
 
     from medmlops.data.dicom_series import series_zip_from_volume
 
     from ...inference.test_predict import _nifti_bytes
 
     url = servers["ich-prognosis"]
-    path = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz"))
-    image = nib.load(path)
-    hu = np.rint(np.asarray(image.dataobj, dtype=np.float32)).astype(np.int16)
-    nifti_gz = gzip.compress(nib.Nifti1Image(hu, image.affine).to_bytes())
+    hu, affine = _smoke_ct_in_hu(registered_project)
+    nifti_gz = gzip.compress(nib.Nifti1Image(hu, affine).to_bytes())
     answers = {}
     for name, data in (
         ("nii.gz", nifti_gz), ("nii", gzip.decompress(nifti_gz)),
-        ("series", series_zip_from_volume(hu, image.affine, study_uid="1.2.826.0.1.3680043.8.498.77")),
+        ("series", series_zip_from_volume(hu, affine, study_uid="1.2.826.0.1.3680043.8.498.77")),
     ):  # fmt: skip
         status, body = _predict(url, data, f"case.{name}")
         assert status == 200, (name, body)
@@ -580,16 +586,11 @@ def test_bad_series_zips_are_refused_naming_the_problem(registered_project, serv
     import io
     import zipfile
 
-    import nibabel as nib
-    import numpy as np
-
     from medmlops.data.dicom_series import series_zip_from_volume
 
     url = servers["ich-prognosis"]
-    path = next((registered_project / "data" / "raw-smoke" / "ich").rglob("*.nii.gz"))
-    image = nib.load(path)
-    hu = np.rint(np.asarray(image.dataobj, dtype=np.float32)).astype(np.int16)
-    good = series_zip_from_volume(hu, image.affine)
+    hu, affine = _smoke_ct_in_hu(registered_project)
+    good = series_zip_from_volume(hu, affine)
 
     def rezip(entries: dict[str, bytes]) -> bytes:
         out = io.BytesIO()
@@ -600,7 +601,7 @@ def test_bad_series_zips_are_refused_naming_the_problem(registered_project, serv
 
     with zipfile.ZipFile(io.BytesIO(good)) as z:
         slices = {name: z.read(name) for name in z.namelist()}
-    other = series_zip_from_volume(hu, image.affine)
+    other = series_zip_from_volume(hu, affine)
     with zipfile.ZipFile(io.BytesIO(other)) as z:
         foreign = {f"other-{name}": z.read(name) for name in z.namelist()[:2]}
     ordered = sorted(slices)
@@ -609,7 +610,7 @@ def test_bad_series_zips_are_refused_naming_the_problem(registered_project, serv
         "traversal": (rezip({**slices, "../../etc/cron.d/x.dcm": slices[ordered[0]]}), "bad_entry_name"),
         "mixed series": (rezip({**slices, **foreign}), "mixed_series"),
         "missing slice": (rezip({k: v for k, v in slices.items() if k != ordered[len(ordered) // 2]}), None),
-        "MR series": (series_zip_from_volume(hu, image.affine, modality="MR"), "not_ct"),
+        "MR series": (series_zip_from_volume(hu, affine, modality="MR"), "not_ct"),
     }
     problems = []
     for name, (data, code) in cases.items():
