@@ -128,14 +128,28 @@ class PreprocessConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     """The training loop's settings (Cobo et al. for ICH: AdamW 1e-3 / 1e-4, batch 8 × 3 accumulation steps,
-    early stopping patience 20 on validation balanced accuracy, augmentation p = 0.5, 10-fold CV)."""
+    early stopping patience 20 on validation balanced accuracy, augmentation p = 0.5, 10-fold CV).
+
+    Three layers give an experiment its settings (:meth:`Params.for_experiment`): these keys, then
+    ``families[<its family>]``, then the experiment's own ``train:`` mapping. ``profiles.paper`` fills the family
+    layer with each paper's settings. A ``--set train.KEY=V`` on the command line is the last word for every
+    experiment: it also clears KEY from the family and experiment layers.
+    """
 
     epochs: int = 30
     batch_size: int = 8
     accumulation_steps: int = 3
+    optimizer: str = "adamw"  # adamw (Cobo et al.: decoupled weight decay) or adam (Ruffini et al., Shu et al.)
     lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's β1, β2 (Ruffini et al.'s "momentum of 0.9" is β1)
     weight_decay: float = 1e-4
     patience: int = 20
+    # Epochs before early stopping may stop a run (MDMT: 40-epoch warm-up, patience 40, at most 300 epochs); the best
+    # checkpoint is still kept from the first epoch on. The papers give no learning-rate warm-up.
+    warmup_epochs: int = 0
+    max_steps: int = 0  # stop after this many optimizer steps in all (0: no limit): the GPU check and benchmarks
+    pretrained: bool = False  # 2D backbones start from ImageNet weights found in weights_dir (nothing is downloaded)
+    weights_dir: str = ".medmlops/weights"  # one file per backbone, named as timm/torchvision name it (docs/models.md)
     oversample: bool = True
     augment: bool = True
     aug_prob: float = 0.5
@@ -149,6 +163,8 @@ class TrainConfig:
     runs_dir: str = ".medmlops/runs"
     bootstrap_fold: int = 0  # the fold whose test set gets bootstrap CIs (the paper's Table 2)
     n_bootstrap: int = 1000
+    # Family defaults over the keys above: family name → {key: value} (the papers' settings, in profiles.paper).
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -179,6 +195,21 @@ class ExperimentConfig:
     # Initialise the backbone from these experiments' same-fold best checkpoints (averaged when several):
     # FT starts from STL τ2; MDMT from the average of STL τ1 and STL τ2 (Ruffini et al.).
     init_from: tuple[str, ...] = ()
+    # How the task losses add up. "task_mean": Σ λ_t · (mean loss over the batch rows labelled for t), Cobo et al.'s
+    # Eq. 1. "indicator_sum": Ruffini et al.'s Eq. 2, Σ_i Σ_t I(X_i, τ_t) · λ_t · L_t(X_i), every image weighing the
+    # same whichever dataset it comes from (divided by the batch size |X|, a constant that Adam's step ignores). Empty:
+    # the model's paper (mdmt → indicator_sum, every other model → task_mean).
+    loss: str = ""
+    # This experiment's training settings over train: and train.families[family] (any TrainConfig key but families).
+    train: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def loss_reduction(self) -> str:
+        return self.loss or ("indicator_sum" if self.model == "mdmt" else "task_mean")
+
+
+LOSS_REDUCTIONS = ("task_mean", "indicator_sum")
+OPTIMIZERS = ("adamw", "adam")
 
 
 @dataclass(frozen=True)
@@ -392,8 +423,82 @@ class Params:
             raise ConfigError(unknown_name("family", name, self.families, "families"))
         return name
 
+    def train_for(self, name: str) -> TrainConfig:
+        """Experiment ``name``'s training settings: ``train``, then ``train.families[family]``, then its ``train:``."""
+        exp = self.experiment(name)
+        return _layered_train(self.train, exp, source="params")
+
+    def for_experiment(self, name: str) -> Params:
+        """These params with ``train`` resolved for experiment ``name`` (what its runs log and train with).
+
+        Resolving twice for the same experiment gives the same params (the layers only set keys); the family layer
+        stays in ``train.families`` so the resolved params still show where a value came from.
+        """
+        return dataclasses.replace(self, train=self.train_for(name))
+
+    def train_sources(self, name: str) -> dict[str, str]:
+        """For each training key of experiment ``name``, the layer its value comes from (``config show``)."""
+        exp = self.experiment(name)
+        family = self.train.families.get(exp.family, {})
+        out = {}
+        for f in dataclasses.fields(TrainConfig):
+            if f.name == "families":
+                continue
+            if f.name in exp.train:
+                out[f.name] = f"experiments.{name}.train"
+            elif f.name in family:
+                out[f.name] = f"train.families.{exp.family}"
+            else:
+                out[f.name] = "train"
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(dataclasses.asdict(self))
+
+
+_TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "families")
+
+
+def _layered_train(base: TrainConfig, exp: ExperimentConfig, source: str, where: str = "") -> TrainConfig:
+    layers = [(f"train.families.{exp.family}", base.families.get(exp.family, {})), (f"{where}train", exp.train)]
+    values: dict[str, Any] = {}
+    for prefix, layer in layers:
+        for key, value in (layer or {}).items():
+            if key not in _TRAIN_KEYS:
+                raise ConfigError(
+                    f"{source}: unknown key '{prefix}.{key}'{did_you_mean(str(key), _TRAIN_KEYS)} (training keys: "
+                    f"{', '.join(_TRAIN_KEYS)})"
+                )
+            values[key] = (prefix, value)
+    if not values:
+        return base
+    hints = typing.get_type_hints(TrainConfig)
+    return dataclasses.replace(
+        base, **{k: _coerce(hints[k], v, f"{prefix}.{k}", source) for k, (prefix, v) in values.items()}
+    )
+
+
+def _check_training(params: Params, source: str) -> None:
+    """Every layer of every experiment's training settings is valid (at load time, naming the key)."""
+    for family, layer in params.train.families.items():
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{source}: 'train.families.{family}' must be a mapping of training keys")
+    for name, exp in params.experiments.items():
+        train = _layered_train(params.train, exp, source, where=f"experiments.{name}.")
+        if train.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"{source}: {unknown_name('optimizer', train.optimizer, OPTIMIZERS)} (experiment {name})")
+        if exp.loss and exp.loss not in LOSS_REDUCTIONS:
+            raise ConfigError(f"{source}: experiments.{name}.loss: {unknown_name('loss', exp.loss, LOSS_REDUCTIONS)}")
+        for key in ("epochs", "batch_size", "accumulation_steps", "n_folds"):
+            if getattr(train, key) < 1:
+                raise ConfigError(
+                    f"{source}: train.{key} must be at least 1 for experiment {name}, got {getattr(train, key)}"
+                )
+        for key in ("patience", "warmup_epochs", "max_steps"):
+            if getattr(train, key) < 0:
+                raise ConfigError(
+                    f"{source}: train.{key} must be 0 or more for experiment {name}, got {getattr(train, key)}"
+                )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -454,7 +559,25 @@ def params_from_dict(
         if not sep or not key:
             raise ConfigError(f"--set '{item}' must look like key=value with a dotted key, e.g. --set data.ich.n=16")
         _set_dotted(merged, key.strip(), yaml.safe_load(value))
-    return _build(Params, merged, prefix="", source=source)
+        _clear_train_layers(merged, key.strip())
+    params = _build(Params, merged, prefix="", source=source)
+    _check_training(params, source)
+    return params
+
+
+def _clear_train_layers(tree: dict[str, Any], dotted: str) -> None:
+    """``--set train.KEY=V`` is the command line's last word for every experiment: drop KEY from the family and
+    experiment layers, which would otherwise override it (``--profile paper --set train.epochs=2`` trains 2 epochs)."""
+    parts = dotted.split(".")
+    if len(parts) != 2 or parts[0] != "train" or parts[1] == "families":
+        return
+    key = parts[1]
+    for layer in (tree.get("train") or {}).get("families", {}).values() if isinstance(tree.get("train"), dict) else ():
+        if isinstance(layer, dict):
+            layer.pop(key, None)
+    for exp in (tree.get("experiments") or {}).values():
+        if isinstance(exp, dict) and isinstance(exp.get("train"), dict):
+            exp["train"].pop(key, None)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:
