@@ -171,7 +171,9 @@ def fold_threads(arguments: dict) -> int:
     params_file = Path(arguments.get("workdir") or ROOT) / "params.yaml"
     params = load_params(params_file if params_file.is_file() else ROOT / "params.yaml",
                          arguments.get("profile") or None, arguments.get("overrides") or ())  # fmt: skip
-    folds = len(params.train.folds) or params.train.n_folds
+    names = [n for n in (arguments.get("experiments") or []) if n in params.experiments]
+    trains = [params.train_for(n) for n in names] or [params.train]
+    folds = max(len(t.folds) or t.n_folds for t in trains)
     experiments = len(arguments.get("experiments") or [None])
     cap = _local_loop_cap()
     at_once = min(cap, experiments) * min(cap, folds, max(1, params.kubeflow.fold_parallelism))

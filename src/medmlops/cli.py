@@ -29,7 +29,7 @@ from medmlops.commandline import (
     profile_from_args,
     run_main,
 )
-from medmlops.config import save_resolved
+from medmlops.config import Params, save_resolved
 from medmlops.data.simulate import LIMITS, SHIFTS
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
@@ -281,10 +281,48 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     import yaml
 
     params = params_from_args(args)
+    if args.experiment:
+        params.experiment(args.experiment)  # an unknown name is a one-line error with the closest name
+        print(experiment_config_yaml(params, args.experiment), end="")
+        if args.out:
+            save_resolved(params.for_experiment(args.experiment), args.out)
+        return 0
     if args.out:
         save_resolved(params, args.out)
     print(yaml.safe_dump(params.to_dict(), sort_keys=False), end="")
     return 0
+
+
+def experiment_config_yaml(params: Params, name: str) -> str:
+    """What experiment ``name`` runs with, as YAML: its ``experiments:`` entry, its resolved ``train:`` settings with
+    the layer each value comes from as a comment, and the data and preprocessing of its dataset."""
+    import dataclasses
+
+    import yaml
+
+    def flow(value: object) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+    exp = params.experiment(name)
+    train, sources = params.train_for(name), params.train_sources(name)
+    lines = [
+        f"# experiment {name} (profile {params.profile}): train: keys, then train.families.{exp.family}, then "
+        f"experiments.{name}.train; a --set train.KEY is the last word",
+        yaml.safe_dump(
+            {"experiments": {name: dataclasses.asdict(exp) | {"loss": exp.loss_reduction}}}, sort_keys=False
+        ).rstrip(),  # fmt: skip
+        "train:",
+    ]
+    for field in dataclasses.fields(train):
+        if field.name == "families":
+            continue
+        text = f"  {field.name}: {flow(getattr(train, field.name))}"
+        where = sources[field.name]
+        lines.append(f"{text:<40}# {where}" if where != "train" else text)
+    dataset = "chexpert" if exp.dataset == "chexpert" else exp.dataset
+    section = {"preprocess": {dataset: dataclasses.asdict(getattr(params.preprocess, dataset))}}
+    lines.append(yaml.safe_dump(section, sort_keys=False).rstrip())
+    return "\n".join(lines) + "\n"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -456,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show = config.add_parser("show", help="print the resolved params (after profile and --set)")
     show.add_argument("--out", default=None, type=output_file, help="also write them to this YAML file")
+    show.add_argument(
+        "--experiment", default=None, metavar="NAME",
+        help="show what this experiment runs with: its entry, its training settings and where each comes from",
+    )  # fmt: skip
     add_params_args(show)
     show.set_defaults(func=cmd_config_show)
 

@@ -57,6 +57,16 @@ class ChexpertData:
     # CheXpert's uncertain (-1) labels: "ignore" (U-Ignore: masked out of the loss), "ones" (U-Ones), "zeros" (U-Zeros).
     uncertainty_policy: str = "ignore"
     frontal_only: bool = True
+    # all: every image (train.csv + valid.csv in the folds); paper: Shu et al.'s INFORMER cohort (frontal, no
+    # uncertain label, at least one of the five findings; folds from train.csv, τ on valid.csv, test.csv tested).
+    cohort: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.cohort not in ("all", "paper"):
+            raise ConfigError(f"data.chexpert.cohort must be all or paper, got '{self.cohort}'")
+        if self.cohort == "paper" and not self.frontal_only:
+            raise ConfigError("data.chexpert.cohort paper uses frontal images only: set data.chexpert.frontal_only "
+                              "true or cohort all")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -428,6 +438,10 @@ class Params:
         exp = self.experiment(name)
         return _layered_train(self.train, exp, source="params")
 
+    def train_for_family(self, family: str) -> TrainConfig:
+        """The training settings of ``family`` without any experiment's own layer (family-wide steps: Table 1)."""
+        return _layered_train(self.train, ExperimentConfig(family=family), source="params")
+
     def for_experiment(self, name: str) -> Params:
         """These params with ``train`` resolved for experiment ``name`` (what its runs log and train with).
 
@@ -435,6 +449,17 @@ class Params:
         stays in ``train.families`` so the resolved params still show where a value came from.
         """
         return dataclasses.replace(self, train=self.train_for(name))
+
+    def with_train(self, **values: Any) -> Params:
+        """These params with training keys set for every experiment, as ``--set train.KEY=V`` does: the base value
+        changes and the family and experiment layers lose the key."""
+        families = {f: {k: v for k, v in layer.items() if k not in values} for f, layer in self.train.families.items()}
+        experiments = {
+            n: dataclasses.replace(e, train={k: v for k, v in e.train.items() if k not in values})
+            for n, e in self.experiments.items()
+        }
+        train = dataclasses.replace(self.train, families=families, **values)
+        return dataclasses.replace(self, train=train, experiments=experiments)
 
     def train_sources(self, name: str) -> dict[str, str]:
         """For each training key of experiment ``name``, the layer its value comes from (``config show``)."""

@@ -104,3 +104,31 @@ def test_resumed_training_matches_uninterrupted_training(tmp_path):
     b = torch.load(tmp_path / "b" / "fold-0" / "last.pt", weights_only=False)["model"]
     assert [h["train_loss"] for h in straight.history] == pytest.approx([h["train_loss"] for h in resumed.history])
     assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_warmup_defers_early_stopping_and_best_selection(tmp_path):
+    """Ruffini et al.: a 40-epoch warm-up before early stopping. With lr 0 the score never improves: without warm-up
+    the run stops after 1 + patience epochs; with a 3-epoch warm-up it runs 3 + 1 + patience, and the best epoch is
+    the first one after the warm-up (selection starts there), not epoch 0."""
+    plain = _train(tmp_path / "plain", cfg=replace(CFG, epochs=30, patience=2, lr=0.0))
+    warm = _train(tmp_path / "warm", cfg=replace(CFG, epochs=30, patience=2, lr=0.0, warmup_epochs=3))
+    assert len(plain.history) == 3 and plain.best_epoch == 0
+    assert len(warm.history) == 6 and warm.best_epoch == 3
+
+
+def test_max_steps_stops_the_run_after_that_many_optimizer_steps(tmp_path):
+    cfg = replace(CFG, oversample=False, epochs=10, accumulation_steps=1, max_steps=7)  # 20 samples → 5 steps/epoch
+    result = _train(tmp_path, cfg=cfg, n=20)
+    assert sum(r["optimizer_steps"] for r in result.history) == 7
+    assert [r["optimizer_steps"] for r in result.history] == [5, 2]
+
+
+@pytest.mark.parametrize(("name", "kind"), [("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)])
+def test_the_optimizer_is_the_configured_one(name, kind):
+    from medmlops.training.loop import make_optimizer
+
+    cfg = replace(CFG, optimizer=name, lr=0.001, betas=(0.8, 0.99), weight_decay=1e-4)
+    opt = make_optimizer(nn.Linear(2, 1).parameters(), cfg)
+    assert type(opt) is kind
+    group = opt.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (0.001, (0.8, 0.99), 1e-4)

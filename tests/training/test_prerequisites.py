@@ -18,7 +18,15 @@ def test_train_trains_its_missing_prerequisite_first(tmp_path, monkeypatch, caps
     monkeypatch.setattr(versioning, "DEFAULT_REMOTE", tmp_path / "dvc-remote")
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["train", "covid-ft", "--profile", "smoke", "--quiet", "--set", "train.folds=[0]"]) == 0
+    # A family layer and an experiment layer of training settings (as profiles.paper has): the STL prerequisite takes
+    # the family's, covid-ft its own on top.
+    layers = [
+        "--set",
+        "train.families.covid-prognosis.optimizer=adam",
+        "--set",
+        "experiments.covid-ft.train.max_steps=1",
+    ]
+    assert main(["train", "covid-ft", "--profile", "smoke", "--quiet", "--set", "train.folds=[0]", *layers]) == 0
     out = capsys.readouterr().out
     assert "data: generated data/raw-smoke (smoke profile; matches data-smoke.dvc" in out
     line = "covid-ft: fold 0 starts from covid-stl-severity, not trained yet: training it first (not registered)"
@@ -36,6 +44,13 @@ def test_train_trains_its_missing_prerequisite_first(tmp_path, monkeypatch, caps
     assert "covid-stl-severity" in ft.data.tags["init_from"]
     assert ft.data.tags["mlflow.parentRunId"] == stl.data.tags["mlflow.parentRunId"]  # both under covid-ft's run
     assert client.search_registered_models() == []
+
+    parent = client.get_run(ft.data.tags["mlflow.parentRunId"])
+    assert parent.data.params["train.optimizer"] == "adam" and parent.data.params["train.max_steps"] == "1"
+    assert parent.data.params["experiment.loss_reduction"] == "indicator_sum"  # an MDMT-model experiment: Eq. 2
+    ft_steps = [m.value for m in client.get_metric_history(ft.info.run_id, "optimizer_steps")]
+    stl_steps = [m.value for m in client.get_metric_history(stl.info.run_id, "optimizer_steps")]
+    assert sum(ft_steps) == 1 and sum(stl_steps) > 1  # max_steps is covid-ft's own, not the family's
 
     # Trained once: a second run finds the checkpoint and says nothing about it.
     assert main(["train", "covid-ft", "--profile", "smoke", "--quiet", "--set", "train.folds=[0]"]) == 0

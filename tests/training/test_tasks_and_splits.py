@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +69,9 @@ def test_too_few_samples_for_the_folds_is_a_clear_error():
         stratified_kfold_splits(list("abcdefg"), [0, 0, 1, 1, 1, 1, 1], n_folds=5, val_fraction=0.1, seed=0)
 
 
-def test_indicator_function_loss_is_the_mean_over_each_datasets_rows():
-    """MDMT (Ruffini et al.): a mixed batch; each task's CE is averaged over its own dataset's rows only."""
+def test_task_mean_loss_is_the_mean_over_each_datasets_rows():
+    """The per-task mean (``loss: task_mean``, Cobo et al. Eq. 1) on a mixed MDMT batch: each task's CE is averaged
+    over its own dataset's rows only."""
     from medmlops.training.loop import multitask_loss
     from medmlops.training.tasks import COVID_TASKS
 
@@ -91,6 +94,53 @@ def test_indicator_function_loss_is_the_mean_over_each_datasets_rows():
     assert float(total) == pytest.approx(float(expected_prog + expected_sev))
     # Not the same as masking inside a batch-wide mean (which would halve each term here).
     assert float(total) != pytest.approx(float(expected_prog + expected_sev) / 2)
+
+
+def test_eq2_indicator_sum_weighs_every_image_the_same_whichever_dataset():
+    """Ruffini et al. Eq. 2: L = Σ_i Σ_t I(X_i, τ_t) L_t(X_i), here over |X|. In a batch of 2 AIforCOVID and 6 BRIXIA
+    images every image's logits get the same gradient size; the per-task mean gives the minority's images 3× more."""
+    from medmlops.training.loop import multitask_loss
+    from medmlops.training.tasks import COVID_TASKS
+
+    n = 8
+    prognosis = torch.zeros(n, 2, requires_grad=True)
+    severity = torch.zeros(n, 4, requires_grad=True)
+    labels = {
+        "prognosis": torch.tensor([0, 1, -1, -1, -1, -1, -1, -1]),  # rows 0-1: AIforCOVID
+        "severity": torch.tensor([-1, -1, 0, 1, 2, 3, 0, 1]),  # rows 2-7: BRIXIA
+    }
+    weights = {"prognosis": 1.0, "severity": 1.0}
+
+    def row_gradient(reduction: str) -> torch.Tensor:
+        prognosis.grad, severity.grad = None, None
+        total, _ = multitask_loss({"prognosis": prognosis, "severity": severity}, labels, COVID_TASKS, weights,
+                                  reduction)  # fmt: skip
+        total.backward()
+        return (prognosis.grad.abs().sum(1) + severity.grad.abs().sum(1)).detach()
+
+    eq2 = row_gradient("indicator_sum")
+    per_task = row_gradient("task_mean")
+    # At zero logits a row's CE gradient has L1 size |softmax - onehot|_1 = 2(1 - 1/K) per unit of weight: 1.0 for
+    # the 2-class head, 1.5 for the 4-class one. Divided out, what is left is each row's weight in the loss.
+    size = torch.tensor([1.0, 1.0] + [1.5] * 6)
+    assert torch.allclose(eq2 / size, torch.full((n,), 1 / n))
+    assert torch.allclose(per_task / size, torch.tensor([1 / 2] * 2 + [1 / 6] * 6))
+    # And the value: the sum of the labelled rows' CE over the batch size.
+    total, _ = multitask_loss({"prognosis": prognosis, "severity": severity}, labels, COVID_TASKS, weights,
+                              "indicator_sum")  # fmt: skip
+    assert float(total) == pytest.approx((2 * math.log(2) + 6 * math.log(4)) / n)
+    with pytest.raises(ValueError, match="unknown loss reduction"):
+        multitask_loss({"prognosis": prognosis}, labels, {"prognosis": COVID_TASKS["prognosis"]}, weights, "sum")
+
+
+def test_each_papers_model_gets_its_papers_loss(params_file):
+    from medmlops.config import load_params
+
+    params = load_params(params_file)
+    assert params.experiment("covid-mdmt").loss_reduction == "indicator_sum"  # Ruffini et al. Eq. 2
+    assert params.experiment("ich-mt-ord").loss_reduction == "task_mean"  # Cobo et al. Eq. 1
+    named = load_params(params_file, overrides=["experiments.covid-mdmt.loss=task_mean"])
+    assert named.experiment("covid-mdmt").loss_reduction == "task_mean"
 
 
 def test_multilabel_loss_masks_uncertain_labels():

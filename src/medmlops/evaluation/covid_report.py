@@ -32,9 +32,7 @@ def variant_params(params: Params, backbone: str, validation: str) -> Params:
         name: dataclasses.replace(exp, backbone=backbone) if exp.dataset == "covid" else exp
         for name, exp in params.experiments.items()
     }
-    return dataclasses.replace(
-        params, experiments=experiments, train=dataclasses.replace(params.train, validation=validation)
-    )
+    return dataclasses.replace(params, experiments=experiments).with_train(validation=validation)
 
 
 def run_protocol(params: Params, *, repo: Path = Path("."), progress: bool = True) -> pd.DataFrame:

@@ -129,7 +129,8 @@ def evaluate_experiments(
     table_path = repo / params.data.raw_dir / "ich" / "CLINICAL_DATA_ICH.csv"
     if family == "ich-prognosis" and table_path.is_file():
         table = read_ich_table(table_path)
-        n_splits = min(params.train.n_folds, int(table["Label (poor_prognosis)"].value_counts().min()))
+        n_folds = params.train_for_family(family).n_folds  # the paper: 10-fold CV, as its image models
+        n_splits = min(n_folds, int(table["Label (poor_prognosis)"].value_counts().min()))
         tab = fit_tabular_models(
             table, "Label (poor_prognosis)", n_splits=max(2, n_splits), seed=params.seed,
             estimator_params={"rf": {"n_estimators": params.evaluate.rf_trees}},
@@ -178,11 +179,8 @@ def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out:
             continue
         tasks = resolve_tasks(exp.dataset, list(exp.tasks))
         splits = load_splits(res["dir"] / "splits.csv")
-        fold = (
-            int(splits["fold"].min())
-            if params.train.bootstrap_fold not in set(splits["fold"])
-            else params.train.bootstrap_fold
-        )
+        bootstrap_fold = params.train_for(name).bootstrap_fold
+        fold = int(splits["fold"].min()) if bootstrap_fold not in set(splits["fold"]) else bootstrap_fold
         checkpoint = res["dir"] / f"fold-{fold}" / "best.pt"
         if not checkpoint.is_file():
             continue

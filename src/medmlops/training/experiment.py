@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medmlops.config import ExperimentConfig, Params, save_resolved
+from medmlops.config import ExperimentConfig, Params, TrainConfig, save_resolved
 from medmlops.data import preprocess as prep
 from medmlops.errors import UserError
 from medmlops.evaluation import stats as S
@@ -49,7 +49,7 @@ def variant_name(params: Params, name: str) -> str:
     evaluated, ``docs/failure-detection.md``)."""
     exp = params.experiment(name)
     out = f"{name}@{exp.backbone}" if exp.backbone else name
-    out = f"{out}-loco" if params.train.validation == "loco" else out
+    out = f"{out}-loco" if params.train_for(name).validation == "loco" else out
     return out if params.seed == DEFAULT_SEED else f"{out}-seed{params.seed}"
 
 
@@ -69,15 +69,48 @@ DEFAULT_SEED = next(f.default for f in fields(Params) if f.name == "seed")
 
 
 def run_dir_for(params: Params, name: str, repo: Path = Path(".")) -> Path:
-    return repo / params.train.runs_dir / params.profile / variant_name(params, name)
+    return repo / params.train_for(name).runs_dir / params.profile / variant_name(params, name)
 
 
-def build_experiment_model(exp: ExperimentConfig, tasks: dict[str, TaskDef]) -> torch.nn.Module:
+def build_experiment_model(
+    exp: ExperimentConfig, tasks: dict[str, TaskDef], train: TrainConfig | None = None, repo: Path = Path(".")
+) -> torch.nn.Module:
+    """``exp``'s model. With ``train`` (a training run: its settings for this experiment), the 2D backbone starts
+    from ImageNet weights: ``exp.weights_path`` when set, else, with ``train.pretrained``, the weights store
+    ``train.weights_dir`` or timm's/torchvision's local cache (docs/models.md). Without ``train`` nothing is loaded:
+    rebuilding a model to load a trained checkpoint into never needs ImageNet files. Relative paths are under ``repo``.
+
+    No ImageNet file is read for an ``init_from`` experiment (its backbone is then replaced by its sources'
+    checkpoints), nor for the 3D ICH models, which have no ImageNet weights: ``train.pretrained`` applies to every
+    experiment at once (``--set train.pretrained=true``; the pipelines train several families), so for them it is
+    ignored with a logged line, while an explicit ``exp.weights_path`` on a 3D model is an error.
+
+    Raises:
+        UserError: ``weights_path`` on a model without a 2D backbone, or weights missing or not fitting the backbone
+            (:mod:`medmlops.models.weights`: one sentence naming the file and how to make it).
+    """
+    from medmlops.models.weights import imagenet_backbone, resolve_weights
+
     kwargs: dict = {"tasks": {t: d.out_features for t, d in tasks.items()}}
     if exp.backbone:
         kwargs["backbone"] = exp.backbone
-    if exp.weights_path:
-        kwargs.update(pretrained=True, weights_path=exp.weights_path)
+    if train is not None and (exp.weights_path or train.pretrained):
+        backbone = imagenet_backbone(exp.model, exp.backbone)
+        if backbone is None and exp.weights_path:
+            raise UserError(
+                f"weights_path {exp.weights_path} is set for model {exp.model}, which has no 2D ImageNet backbone "
+                "to load it into; remove weights_path from that experiment"
+            )
+        if backbone is None:
+            log.info("train.pretrained is ignored for model %s: it is 3D and has no ImageNet weights", exp.model)
+        elif exp.init_from:
+            log.info("ImageNet weights not loaded: the backbone comes from %s", ", ".join(exp.init_from))
+        elif exp.weights_path:  # the experiment's own file wins over the store
+            kwargs.update(pretrained=True, weights_path=Path(repo) / exp.weights_path)
+        else:
+            source = resolve_weights(backbone, Path(repo) / train.weights_dir)
+            log.info("backbone %s starts from ImageNet weights %s (%s)", backbone, source.path, source.origin)
+            kwargs.update(pretrained=True, weights_path=source.path)
     return build_model(exp.model, **kwargs)
 
 
@@ -170,7 +203,7 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
         raise UserError(
             f"experiment {name}: primary_task '{exp.primary_task}' is not one of its tasks ({', '.join(tasks)})"
         )
-    probe = build_experiment_model(exp, tasks)
+    probe = build_experiment_model(exp, tasks, params.train_for(name), repo)  # missing weights fail here, early
     cfg = prep.preprocess_config(params, experiment_sources(exp)[0])
     spatial = cfg.spatial_size if hasattr(cfg, "spatial_size") else (cfg.size, cfg.size)
     if min(spatial) < getattr(probe, "min_input_size", 1):
@@ -185,7 +218,8 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     frame, items = load_experiment_data(params, exp, repo, progress)
 
     splits_path = run_dir / "splits.csv"
-    splits = experiment_splits(frame, exp.dataset, params.train, params.seed)
+    train = params.train_for(name)  # train:, then its family's and its own settings
+    splits = experiment_splits(frame, exp.dataset, train, params.seed)
     splits = splits[splits["sample_id"].isin(items)].reset_index(drop=True)
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)
@@ -194,7 +228,7 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
     save_resolved(params, run_dir / "params.yaml")  # after the check: the params the splits there were made with
     save_splits(splits, splits_path)
     n_folds = int(splits["fold"].max()) + 1
-    folds = list(params.train.folds) or list(range(n_folds))
+    folds = list(train.folds) or list(range(n_folds))
     bad = [f for f in folds if f >= n_folds]
     if bad:
         raise UserError(f"train.folds has fold {bad[0]} but this validation has {n_folds} folds")
@@ -265,7 +299,7 @@ def start_experiment_run(
     )
     all_tags = {
         "experiment": plan.name, "family": plan.exp.family, "profile": params.profile, "model": plan.exp.model,
-        "backbone": plan.exp.backbone or plan.exp.model, "validation": params.train.validation,
+        "backbone": plan.exp.backbone or plan.exp.model, "validation": params.train_for(plan.name).validation,
         "folds": ",".join(map(str, plan.folds)), **(tags or {}), **provenance,
     }  # fmt: skip
     if parent_run_id:
@@ -277,7 +311,7 @@ def start_experiment_run(
         run_id, plan.exp.dataset, provenance["data_version"], repo / params.data.raw_dir,
         verified=provenance["data_version_verified"] == "true",
     )  # fmt: skip
-    for key, value in _flat_params(params, plan.exp).items():
+    for key, value in _flat_params(params, plan.name).items():
         client.log_param(run_id, key, value)
     client.log_artifact(run_id, str(plan.run_dir / "params.yaml"))
     client.log_artifact(run_id, str(plan.splits_path))
@@ -311,7 +345,8 @@ def train_experiment_fold(
     fold_dir = plan.run_dir / f"fold-{fold}"
     part = plan.splits[plan.splits["fold"] == fold]
     ids = {s: part.loc[part["split"] == s, "sample_id"].tolist() for s in ("train", "val", "test")}
-    device = resolve_device(params.train.device)
+    train = params.train_for(plan.name)
+    device = resolve_device(train.device)
     experiment_id = tracking.family_experiment_id(params.registry, exp.family, repo)
     context = (
         mlflow.start_run(run_name=f"{plan.variant}/fold-{fold}", experiment_id=experiment_id, parent_run_id=run_id)
@@ -325,7 +360,7 @@ def train_experiment_fold(
             mlflow.set_tags({"fold": fold, "experiment": plan.name, "torch_threads": torch.get_num_threads(),
                              **(tags or {})})  # fmt: skip
         seed_everything(params.seed + fold)  # initial weights are part of the reproducible run
-        model = build_experiment_model(exp, tasks)
+        model = build_experiment_model(exp, tasks, train, repo)
         initialised = _init_backbone(model, params, exp, fold, repo) if exp.init_from else []
         if initialised and main:
             mlflow.set_tag("init_from", ",".join(initialised))
@@ -334,7 +369,7 @@ def train_experiment_fold(
                 params,
                 experiment_sources(exp)[0],
                 [items[i] for i in ids[split]],
-                augment=params.train.augment and split == "train",
+                augment=train.augment and split == "train",
                 repo=repo,
             )  # fmt: skip
             for split in ("train", "val", "test")
@@ -348,7 +383,8 @@ def train_experiment_fold(
         )
         result = train_fold(
             model, datasets["train"], datasets["val"], tasks=tasks, weights=exp.tasks, primary_task=exp.primary_task,
-            cfg=params.train, out_dir=fold_dir, seed=params.seed + fold, train_labels=oversample_labels,
+            cfg=train, out_dir=fold_dir, seed=params.seed + fold, loss_reduction=exp.loss_reduction,
+            train_labels=oversample_labels,
             sample_weights=_sampler_weights(train_items, exp),
             on_epoch=lambda rec: log_metrics(
                 {k: float(v) for k, v in rec.items() if k not in ("epoch", "best") and np.isfinite(v)}, step=int(rec["epoch"])
@@ -361,7 +397,7 @@ def train_experiment_fold(
         model.to(device)
         frames = {}
         for split in ("val", "test"):
-            loader = torch.utils.data.DataLoader(datasets[split], batch_size=params.train.batch_size, shuffle=False)
+            loader = torch.utils.data.DataLoader(datasets[split], batch_size=train.batch_size, shuffle=False)
             frames[split] = predict(model, loader, tasks, device)
             frames[split].to_csv(fold_dir / f"predictions_{split}.csv", index=False)
         thresholds = {t.name: youden_thresholds(frames["val"], t) for t in tasks.values() if t.kind == "multilabel"}
@@ -446,10 +482,11 @@ def aggregate_experiment(
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     summary_table(summary, tasks).to_csv(run_dir / "summary_table.csv")
 
-    boot_fold = params.train.bootstrap_fold if params.train.bootstrap_fold in folds else folds[0]
+    train = params.train_for(plan.name)
+    boot_fold = train.bootstrap_fold if train.bootstrap_fold in folds else folds[0]
     boot_frame = pd.read_csv(run_dir / f"fold-{boot_fold}" / "predictions_test.csv", dtype={"sample_id": str})
     boot_thresholds = {k: np.asarray(v) for k, v in fold_thresholds.get(boot_fold, {}).items()}
-    boot = bootstrap_table(boot_frame, tasks, params.train.n_bootstrap, params.seed, boot_thresholds)
+    boot = bootstrap_table(boot_frame, tasks, train.n_bootstrap, params.seed, boot_thresholds)
     boot.insert(0, "fold", boot_fold)
     boot.to_csv(run_dir / "bootstrap_ci.csv", index=False)
     best_fold = max(fold_scores, key=lambda f: (fold_scores[f] if np.isfinite(fold_scores[f]) else -1, -f))
@@ -560,9 +597,13 @@ def run_experiment(
         raise
 
 
-def _flat_params(params: Params, exp: ExperimentConfig) -> dict[str, str]:
+def _flat_params(params: Params, name: str) -> dict[str, str]:
+    """The MLflow params of experiment ``name``'s run: its config and the training settings it trains with (the
+    layers resolved; the family layer itself is in the run's params.yaml artifact)."""
+    exp = params.experiment(name)
     flat = {f"experiment.{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in asdict(exp).items()}
-    flat.update({f"train.{k}": v for k, v in asdict(params.train).items()})
+    flat["experiment.loss_reduction"] = exp.loss_reduction
+    flat.update({f"train.{k}": v for k, v in asdict(params.train_for(name)).items() if k != "families"})
     flat.update({f"preprocess.{k}": v for k, v in asdict(getattr(params.preprocess, exp.dataset)).items()})
     flat["profile"] = params.profile
     flat["seed"] = params.seed

@@ -58,15 +58,41 @@ def multitask_loss(
     batch: Mapping[str, torch.Tensor],
     tasks: Mapping[str, TaskDef],
     weights: Mapping[str, float],
+    reduction: str = "task_mean",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """L = Σ λ_t · L_t (Cobo et al., Eq. 1), each L_t a BCE over the rows labelled for task t."""
+    """The batch loss of every task together.
+
+    ``task_mean``: L = Σ_t λ_t · L_t, each L_t the mean loss over the batch rows labelled for task t (Cobo et al.,
+    Eq. 1). ``indicator_sum``: L = (1/|X|) Σ_i Σ_t I(X_i, τ_t) · λ_t · L_t(X_i) (Ruffini et al., Eq. 2, whose sum runs
+    over the batch without a 1/|X|; dividing by the batch size is a constant factor that Adam's update ignores and
+    keeps the loss comparable across batch sizes). The two differ when a task labels only part of the batch: in a
+    batch of 2 AIforCOVID and 6 BRIXIA images, ``task_mean`` gives each AIforCOVID image 1/2 of τ1's weight and each
+    BRIXIA image 1/6 of τ2's (3× more per image for the minority dataset), Eq. 2 weighs every image the same.
+    """
+    if reduction not in ("task_mean", "indicator_sum"):
+        raise ValueError(f"unknown loss reduction {reduction!r} (expected task_mean or indicator_sum)")
     total = None
     parts = {}
+    size = len(next(iter(outputs.values())))
     for name, task in tasks.items():
-        loss = task.loss(outputs[name], batch[task.column].to(outputs[name].device))
+        labels = batch[task.column].to(outputs[name].device)
+        if reduction == "task_mean":
+            loss = task.loss(outputs[name], labels)
+        else:
+            loss = task.row_losses(outputs[name], labels).sum() / max(1, size)
         parts[name] = float(loss.detach())
         total = weights[name] * loss if total is None else total + weights[name] * loss
     return total, parts
+
+
+def make_optimizer(parameters, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (decoupled weight decay; Cobo et al.) or Adam (L2 weight decay in the gradient, β1 the "momentum";
+    Ruffini et al., Shu et al.), as ``cfg.optimizer`` says."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (expected adamw or adam)")
 
 
 @torch.no_grad()
@@ -193,6 +219,7 @@ def train_fold(
     cfg: TrainConfig,
     out_dir: Path,
     seed: int,
+    loss_reduction: str = "task_mean",
     train_labels: Sequence[int] | None = None,
     sample_weights: Sequence[float] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
@@ -236,9 +263,10 @@ def train_fold(
 
     seed_everything(seed)
     model.to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model.parameters(), cfg)
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start_epoch, best_score, best_epoch, stale, history, resumed_from = 0, -math.inf, -1, 0, [], None
+    total_steps = 0  # optimizer steps over all epochs (cfg.max_steps stops the run there)
     if resume and ddp.broadcast_object(last.is_file()):
         state = torch.load(last, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -247,6 +275,7 @@ def train_fold(
         start_epoch, best_score, best_epoch, stale, history = (
             state["epoch"] + 1, state["best_score"], state["best_epoch"], state["stale"], state["history"],
         )  # fmt: skip
+        total_steps = int(state.get("total_steps", sum(r.get("optimizer_steps", 0) for r in history)))
         torch.set_rng_state(state["torch_rng"])
         np.random.set_state(state["numpy_rng"])
         resumed_from = state["epoch"]
@@ -262,7 +291,9 @@ def train_fold(
     primary = tasks[primary_task]
     fold_index = int(out_dir.name.split("-")[-1]) if "-" in out_dir.name else 0
     for epoch in range(start_epoch, cfg.epochs):
-        if stale >= cfg.patience:
+        # Early stopping waits for the warm-up (Ruffini et al.: 40 epochs, then patience 40); ``stale`` only counts
+        # after it anyway. A run that reached max_steps stops too.
+        if (stale >= cfg.patience and epoch >= cfg.warmup_epochs) or (cfg.max_steps and total_steps >= cfg.max_steps):
             break
         net.train()
         generator = torch.Generator().manual_seed(seed + epoch)
@@ -303,25 +334,31 @@ def train_fold(
             with net.no_sync() if distributed and not step_now else contextlib.nullcontext():
                 with torch.autocast(device_type=device.type, enabled=use_amp):
                     outputs = net(batch["image"].to(device))
-                    loss, _ = multitask_loss(outputs, batch, tasks, weights)
+                    loss, _ = multitask_loss(outputs, batch, tasks, weights, loss_reduction)
                 scaler.scale(loss / groups[i]).backward()
             if step_now:
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 steps += 1
+                total_steps += 1
             running += float(loss.detach()) * len(batch["sample_id"])
             seen += len(batch["sample_id"])
             bar.set_postfix(loss=f"{running / max(1, seen):.4f}")
+            if cfg.max_steps and total_steps >= cfg.max_steps and step_now:
+                break  # every rank counts the same steps, so all leave the epoch together
         if distributed:
             running, seen = ddp.all_reduce_sum([running, seen])
         # Rank 0 validates; every rank takes its score, so best epoch, patience and early stopping agree.
         outcome = None
         if main:
             val_frame = predict(model, val_loader, tasks, device, amp=use_amp)
-            outcome = (primary_score(val_frame, primary), _frame_loss(val_frame, tasks, weights))
+            outcome = (primary_score(val_frame, primary), _frame_loss(val_frame, tasks, weights, loss_reduction))
         score, val_loss = ddp.broadcast_object(outcome)
-        improved = (np.isfinite(score) and score > best_score) or best_epoch < 0
+        # During the warm-up the latest epoch is the best (selection starts after it, as early stopping does: a
+        # model from the first epochs of a 300-epoch run is not a candidate); without warm-up, the best score wins.
+        in_warmup = epoch < cfg.warmup_epochs or (cfg.warmup_epochs > 0 and epoch == cfg.warmup_epochs)
+        improved = in_warmup or (np.isfinite(score) and score > best_score) or best_epoch < 0
         if improved:
             best_score, best_epoch, stale = score, epoch, 0
             if main:
@@ -342,6 +379,7 @@ def train_fold(
             {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch, "best_score": best_score, "best_epoch": best_epoch, "stale": stale,
+                "total_steps": total_steps,
                 "history": history, "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(),
             },
             last,
@@ -364,13 +402,20 @@ def train_fold(
     return FoldResult(fold_index, best_epoch, best_score, best, history, resumed_from)
 
 
-def _frame_loss(frame: pd.DataFrame, tasks: Mapping[str, TaskDef], weights: Mapping[str, float]) -> float:
-    """The weighted validation loss recomputed from stored probabilities (logits = log-odds / log-probabilities)."""
+def _frame_loss(
+    frame: pd.DataFrame, tasks: Mapping[str, TaskDef], weights: Mapping[str, float], reduction: str = "task_mean"
+) -> float:
+    """The weighted validation loss recomputed from stored probabilities (logits = log-odds / log-probabilities),
+    reduced as in training."""
     total = 0.0
     for name, task in tasks.items():
         probs = torch.as_tensor(task_probs(frame, task), dtype=torch.float64).clamp(1e-6, 1 - 1e-6)
         labels = torch.as_tensor(task_labels(frame, task))
         logits = torch.log(probs) if task.kind == "multiclass" else torch.log(probs / (1 - probs))
         if bool(task.labelled(labels).any()):
-            total += weights[name] * float(task.loss(logits, labels))
+            if reduction == "indicator_sum":
+                loss = float(task.row_losses(logits, labels).sum()) / max(1, len(frame))
+            else:
+                loss = float(task.loss(logits, labels))
+            total += weights[name] * loss
     return total

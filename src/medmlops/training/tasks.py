@@ -7,7 +7,8 @@
 - multilabel: K logits, BCE per label with NaN targets masked out (CheXpert U-Ignore).
 
 Rows whose label is -1 (or NaN for multilabel) do not belong to the task: for MDMT this is the paper's
-indicator function I(X_i, τ_j), so each task's loss is the mean over its own dataset's rows in the batch.
+indicator function I(X_i, τ_j). How the tasks' row losses add up (per-task means, Cobo et al. Eq. 1, or one sum
+over the batch, Ruffini et al. Eq. 2) is ``training.loop.multitask_loss``'s ``reduction``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,22 @@ class TaskDef:
             per_element = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none")
             return (per_element * mask).sum() / mask.sum().clamp(min=1)
         return F.binary_cross_entropy_with_logits(logits, self.encode(labels))
+
+    def row_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """One loss per batch row labelled for this task (I(X_i, τ) = 1), in row order; the other rows are left out.
+        A row's loss is its cross-entropy (multiclass) or the mean BCE over its labelled outputs (binary, ordinal
+        bits, multilabel findings), so ``row_losses(...).mean()`` equals :meth:`loss` for every kind but multilabel
+        rows with different numbers of labelled findings."""
+        keep = self.labelled(labels)
+        logits, labels = logits[keep].float(), labels[keep]
+        if self.kind == "multiclass":
+            return F.cross_entropy(logits, labels.long(), reduction="none")
+        if self.kind == "multilabel":
+            targets = labels.float()
+            mask = ~torch.isnan(targets)
+            per_element = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(targets), reduction="none")
+            return (per_element * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return F.binary_cross_entropy_with_logits(logits, self.encode(labels), reduction="none").mean(dim=1)
 
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
         if self.kind == "multiclass":
