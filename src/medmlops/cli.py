@@ -239,6 +239,44 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_check(args: argparse.Namespace) -> int:
+    """Where each backbone's ImageNet weights are (the store, a library cache, missing) and who needs them."""
+    from medmlops.models.weights import check_loads, make_command, weights_plan
+
+    params = params_from_args(args)
+    names = args.experiments or list(params.experiments)
+    for name in names:  # first: a misspelled name answers 'did you mean' before anything is read
+        params.experiment(name)
+    entries, skipped = weights_plan(params, names, repo=Path(args.repo))
+    if args.load:
+        check_loads(entries)
+    for entry in entries:
+        source = entry.source
+        if entry.problem:
+            state = "DOES NOT FIT"
+        elif source.found:
+            state = f"present ({source.origin})"
+        else:
+            state = "MISSING" if entry.needed_by else "missing"
+        shown = source.path if source.found else source.expected
+        users = ", ".join(entry.needed_by) or f"not needed (pretrained off for {', '.join(entry.unused_by)})"
+        print(f"{source.name:<24} {state:<34} {shown}\n{'':<24} used by: {users}")
+        if entry.problem:
+            print(f"{'':<24} {entry.problem}")
+        elif not source.found and not entry.explicit:
+            print(f"{'':<24} make it: {make_command(source.name)}, then copy it to {source.expected}")
+    for why in dict.fromkeys(skipped.values()):
+        print(f"no ImageNet file ({why}): {', '.join(n for n, w in skipped.items() if w == why)}")
+    bad = [e.source.name for e in entries if e.missing]
+    if bad:
+        raise UserError(
+            f"the ImageNet weights of {len(bad)} backbone{'s' if len(bad) > 1 else ''} that training loads are "
+            f"missing or do not fit ({', '.join(bad)}): make them with the commands above on a machine with internet "
+            "access (docs/models.md), or set train.pretrained to false"
+        )
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Resolve ``FAMILY@ALIAS`` once, check its model and contract, then run the BentoML server in the foreground."""
     from medmlops import registry
@@ -482,6 +520,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--repo", default=".", type=folder, help="project root (holds serving/)")
     add_params_args(serve)
     serve.set_defaults(func=cmd_serve)
+
+    weights = sub.add_parser(
+        "weights", help="the local ImageNet weights store of the 2D backbones (train.weights_dir, docs/models.md)"
+    ).add_subparsers(dest="weights_command", required=True)
+    wcheck = weights.add_parser(
+        "check",
+        help="for every backbone the experiments (and covid_protocol) would load: the file expected, whether it is "
+        "in the store or a library cache; exit 1 when one that train.pretrained needs is missing",
+    )  # fmt: skip
+    wcheck.add_argument(
+        "--experiment", dest="experiments", action="append", default=[], metavar="NAME",
+        help="only this experiment (repeatable; default: all of params experiments)",
+    )  # fmt: skip
+    wcheck.add_argument("--load", action="store_true", help="also load every file found into its backbone (slower)")
+    wcheck.add_argument("--repo", default=".", type=folder, help="project root (relative weights paths are under it)")
+    add_params_args(wcheck)
+    wcheck.set_defaults(func=cmd_weights_check)
 
     from medmlops.informer.cli import add_informer_parser
     from medmlops.monitoring.cli import add_monitor_parser

@@ -47,9 +47,10 @@ def test_torchvision_backbone_takes_other_channel_counts():
         assert backbone(torch.rand(2, 1, 64, 64)).shape == (2, 1024)
 
 
-def test_pretrained_without_weights_path_is_refused():
-    with pytest.raises(ValueError, match="cannot be downloaded.*weights_path"):
-        build_backbone("resnet18", pretrained=True)
+def test_pretrained_without_weights_anywhere_is_refused(tmp_path):
+    # Nothing is downloaded: no weights_path, an empty store and empty caches (tests/models/conftest.py) → one sentence.
+    with pytest.raises(FileNotFoundError, match=r"no ImageNet weights for backbone 'resnet18'.*resnet18\.pth does not"):
+        build_backbone("resnet18", pretrained=True, weights_dir=tmp_path)
 
 
 def test_unknown_backbone_names_the_choices():

@@ -5,7 +5,8 @@ timm builds every architecture it has (``num_classes=0`` gives timm's bare backb
 families timm lacks (GoogLeNet, ShuffleNetV2) with the classifier replaced by ``Identity`` so their state-dict keys
 stay torchvision's and a torchvision checkpoint loads as is.
 
-No weights can be downloaded here: ImageNet (or any other) initialisation comes from a local state-dict file.
+No weights can be downloaded here: ImageNet (or any other) initialisation comes from a local state-dict file, named
+explicitly or found in the weights store / the libraries' caches (:mod:`medmlops.models.weights`, docs/models.md).
 """
 
 from __future__ import annotations
@@ -45,36 +46,43 @@ _TORCHVISION_CLASSIFIER_PREFIXES = ("fc.", "aux1.", "aux2.")
 
 
 def build_backbone(
-    name: str, pretrained: bool = False, weights_path: str | Path | None = None, in_chans: int = 3
+    name: str,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    in_chans: int = 3,
+    weights_dir: str | Path | None = None,
 ) -> nn.Module:
     """Build one of :data:`BACKBONES` as a pooled-feature extractor.
 
     Args:
         name: A key of :data:`BACKBONES` (e.g. ``"densenet121"``, ``"shufflenet_v2_x0_5"``).
-        pretrained: Ask for pretrained weights; they must come from ``weights_path`` since nothing can be
-            downloaded here.
-        weights_path: A local ``torch.save``-d state dict for this architecture (timm's or torchvision's key
-            names); classifier keys in it are ignored, every backbone key must be present. Loaded whenever given.
+        pretrained: Start from ImageNet weights: ``weights_path`` when given, else the weights store ``weights_dir``
+            or timm's/torchvision's local cache (:func:`medmlops.models.weights.find_weights`). Nothing is downloaded.
+        weights_path: A local state dict for this architecture (timm's or torchvision's key names, ``.pth`` or
+            ``.safetensors``); classifier keys in it are ignored, every backbone key must be present. Loaded
+            whenever given, and it wins over the store.
         in_chans: Input channels (the first convolution is rebuilt for values other than 3).
+        weights_dir: The weights store (default ``.medmlops/weights``): ``<timm or torchvision name>.pth``.
 
     Returns:
         The backbone; ``forward(x)`` gives ``(B, num_features)`` and ``num_features`` is set.
 
     Raises:
-        ValueError: Unknown name, ``pretrained=True`` without ``weights_path``, or a weights file that does not
-            match the architecture.
-        FileNotFoundError: ``weights_path`` does not exist.
+        ValueError: Unknown name.
+        medmlops.models.weights.WeightsError: A weights file that does not match the architecture (a ValueError).
+        medmlops.models.weights.MissingWeightsError: ``weights_path`` does not exist, or ``pretrained`` and the
+            weights are nowhere (a FileNotFoundError whose message says how to make the file).
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone '{name}' (expected one of: {', '.join(BACKBONES)})")
     if pretrained and weights_path is None:
-        raise ValueError(
-            f"pretrained weights for '{name}' cannot be downloaded here; pass a local state-dict file as weights_path"
-        )
+        from medmlops.models.weights import DEFAULT_WEIGHTS_DIR, resolve_weights
+
+        weights_path = resolve_weights(name, DEFAULT_WEIGHTS_DIR if weights_dir is None else weights_dir).path
     library, model_name = BACKBONES[name]
     backbone = _build_timm(model_name, in_chans) if library == "timm" else _build_torchvision(model_name, in_chans)
     if weights_path is not None:
-        load_backbone_weights(backbone, weights_path)
+        load_backbone_weights(backbone, weights_path, name=name)
     return backbone
 
 
@@ -117,41 +125,63 @@ def _classifier_prefixes(backbone: nn.Module) -> tuple[str, ...]:
     return _TORCHVISION_CLASSIFIER_PREFIXES
 
 
-def load_backbone_weights(backbone: nn.Module, weights_path: str | Path) -> None:
+def load_backbone_weights(backbone: nn.Module, weights_path: str | Path, name: str | None = None) -> None:
     """Load a local state dict into ``backbone``: strict on the backbone's keys, classifier keys ignored.
+
+    Nothing is loaded unless every backbone key is in the file with its shape (BatchNorm's ``num_batches_tracked``
+    counters may be absent): a file of another architecture, or with the other library's key names (timm's and
+    torchvision's EfficientNet/MobileNetV2 differ; their ResNets and DenseNets share names), is refused, never
+    loaded in part.
 
     Args:
         backbone: A model from :func:`build_backbone`.
-        weights_path: The ``torch.save``-d state dict.
+        weights_path: The state dict (``torch.save``-d, or ``.safetensors``).
+        name: The backbone's key of :data:`BACKBONES`, for the messages.
 
     Raises:
-        FileNotFoundError: The file does not exist.
-        ValueError: A backbone key is missing, an unknown non-classifier key is present, or a shape differs.
+        medmlops.models.weights.MissingWeightsError: The file does not exist (a FileNotFoundError).
+        medmlops.models.weights.WeightsError: The file holds no state dict, a backbone key is missing, an unknown
+            non-classifier key is present, or a shape differs (a ValueError).
     """
+    from medmlops.models.weights import MissingWeightsError, WeightsError, make_command, read_state_dict
+
     path = Path(weights_path)
     if not path.is_file():
-        raise FileNotFoundError(f"weights_path {path} does not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, Mapping):
-        raise ValueError(f"weights file {path} does not hold a state dict (found {type(state).__name__})")
+        raise MissingWeightsError(f"weights_path {path} does not exist")
     ignored = _classifier_prefixes(backbone)
-    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
+    state = {k: v for k, v in read_state_dict(path).items() if not k.startswith(ignored)}
     expected = backbone.state_dict()
+    for key in expected:  # counters, not weights: torch's BatchNorm starts them at 0 when a checkpoint lacks them
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = torch.zeros_like(expected[key])
+    what = f"backbone '{name}'" if name else "this backbone"
+    fix = f"; make the right file with `{make_command(name)}`" if name else ""
     missing = [k for k in expected if k not in state]
+    shared = len(expected) - len(missing)
+    if missing and shared < len(expected) / 2:
+        other = next((k for k in state if k not in expected), None)
+        raise WeightsError(
+            f"weights file {path} does not fit {what}: only {shared} of its {len(expected)} keys are in the file "
+            f"(it expects e.g. '{missing[0]}'{f', the file has e.g. {other!r}' if other else ''}), so it holds "
+            f"another architecture or the other library's key names{fix}"
+        )
     if missing:
-        raise ValueError(
+        raise WeightsError(
             f"weights file {path} lacks backbone key '{missing[0]}' ({len(missing)} missing in all); "
-            "is it a state dict for this architecture?"
+            f"is it a state dict for {what}?"
         )
     unexpected = [k for k in state if k not in expected]
     if unexpected:
-        raise ValueError(f"weights file {path} has key '{unexpected[0]}' that this backbone does not have")
+        raise WeightsError(
+            f"weights file {path} has key '{unexpected[0]}' that {what} does not have ({len(unexpected)} in all): "
+            f"is it a state dict of another architecture?"
+        )
     mismatched = [k for k, v in state.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if mismatched:
         k = mismatched[0]
-        raise ValueError(
-            f"weights file {path} has shape {tuple(state[k].shape)} for '{k}' where the backbone has "
-            f"{tuple(expected[k].shape)}"
+        raise WeightsError(
+            f"weights file {path} has shape {tuple(state[k].shape)} for '{k}' where {what} has "
+            f"{tuple(expected[k].shape)}: is it a state dict of another architecture (or in_chans)?"
         )
     backbone.load_state_dict(state, strict=True)
 

@@ -39,10 +39,12 @@ class MdmtModel(nn.Module):
     Args:
         backbone: A key of :data:`medmlops.models.backbones.BACKBONES`.
         tasks: Task name → number of classes, in output order (paper: prognosis 2, BRIXIA severity 4).
-        pretrained: Ask for pretrained backbone weights (they must come from ``weights_path``).
-        weights_path: A local state-dict file for the backbone.
+        pretrained: Start the backbone from ImageNet weights: ``weights_path`` when given, else the weights store
+            ``weights_dir`` or timm's/torchvision's local cache (nothing is downloaded; docs/models.md).
+        weights_path: A local state-dict file for the backbone (wins over the store; loaded whenever given).
         dropout: Dropout after each hidden layer of every head.
         in_chans: Input channels.
+        weights_dir: The weights store (default ``.medmlops/weights``).
     """
 
     min_input_size = 32  # every backbone downsamples by 32 and still runs at 1x1 in its last stage
@@ -55,11 +57,14 @@ class MdmtModel(nn.Module):
         weights_path: str | Path | None = None,
         dropout: float = 0.5,
         in_chans: int = 3,
+        weights_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.backbone_name = backbone
         # In-place activations off: INFORMER and the saliency figures run Captum's hook-based methods on every family.
-        self.backbone = disable_inplace(build_backbone(backbone, pretrained, weights_path, in_chans=in_chans))
+        self.backbone = disable_inplace(
+            build_backbone(backbone, pretrained, weights_path, in_chans=in_chans, weights_dir=weights_dir)
+        )
         self.num_features: int = self.backbone.num_features
         self.tasks = dict(tasks)
         self.heads = nn.ModuleDict({name: mlp_head(self.num_features, k, dropout) for name, k in self.tasks.items()})
@@ -89,9 +94,11 @@ class FindingsDenseNet121(nn.Module):
     Args:
         num_classes: Number of findings (one logit each; sigmoid downstream).
         task: The output's key.
-        pretrained: Ask for pretrained weights (they must come from ``weights_path``).
-        weights_path: A local DenseNet-121 state dict (timm key names; its classifier is ignored).
+        pretrained: Start from ImageNet weights: ``weights_path`` when given, else the weights store ``weights_dir``
+            (``densenet121.pth``) or timm's local cache (nothing is downloaded; docs/models.md).
+        weights_path: A local DenseNet-121 state dict (timm's or torchvision's key names; its classifier is ignored).
         in_chans: Input channels.
+        weights_dir: The weights store (default ``.medmlops/weights``).
     """
 
     min_input_size = 32
@@ -103,9 +110,12 @@ class FindingsDenseNet121(nn.Module):
         pretrained: bool = False,
         weights_path: str | Path | None = None,
         in_chans: int = 3,
+        weights_dir: str | Path | None = None,
     ) -> None:
         super().__init__()
-        self.backbone = disable_inplace(build_backbone("densenet121", pretrained, weights_path, in_chans=in_chans))
+        self.backbone = disable_inplace(
+            build_backbone("densenet121", pretrained, weights_path, in_chans=in_chans, weights_dir=weights_dir)
+        )
         self.num_features: int = self.backbone.num_features
         self.task = task
         self.tasks = {task: num_classes}
@@ -145,11 +155,12 @@ def mdmt(
     weights_path: str | Path | None = None,
     dropout: float = 0.5,
     in_chans: int = 3,
+    weights_dir: str | Path | None = None,
     **_: object,
 ) -> nn.Module:
     return MdmtModel(
         backbone, tasks=MDMT_TASKS if tasks is None else tasks, pretrained=pretrained, weights_path=weights_path,
-        dropout=dropout, in_chans=in_chans,
+        dropout=dropout, in_chans=in_chans, weights_dir=weights_dir,
     )  # fmt: skip
 
 
@@ -159,9 +170,11 @@ def densenet121_findings(
     pretrained: bool = False,
     weights_path: str | Path | None = None,
     in_chans: int = 3,
+    weights_dir: str | Path | None = None,
     **_: object,
 ) -> nn.Module:
     task, num_classes = _single_task(tasks, ("findings", 5))
     return FindingsDenseNet121(
-        num_classes, task=task, pretrained=pretrained, weights_path=weights_path, in_chans=in_chans
-    )
+        num_classes, task=task, pretrained=pretrained, weights_path=weights_path, in_chans=in_chans,
+        weights_dir=weights_dir,
+    )  # fmt: skip
