@@ -116,7 +116,7 @@ def test_the_timm_hugging_face_cache_is_found_without_network(tmp_path, monkeypa
     filename = "model.safetensors" if HAS_SAFETENSORS else "pytorch_model.bin"
     source = _save_fresh("resnet18", repo / "snapshots" / "0123abcd" / filename)
     found = find_weights("resnet18", tmp_path / "empty-store")
-    assert found.origin == "timm cache (Hugging Face hub)" and found.path.name == filename
+    assert found.origin == f"timm cache (Hugging Face hub {hub_id})" and found.path.name == filename
     assert torch.equal(
         _features(build_backbone("resnet18", pretrained=True, weights_dir=tmp_path / "e")), _features(source)
     )
@@ -198,3 +198,21 @@ def test_which_models_have_imagenet_backbones():
     assert imagenet_backbone("densenet121_findings") == "densenet121"
     assert imagenet_backbone("mdmt", "googlenet") == "googlenet" and imagenet_backbone("mdmt") == "densenet121"
     assert imagenet_backbone("densenet121_3d") is None and imagenet_backbone("perez_cnn3d") is None
+
+
+def test_torchvisions_cached_resnet_file_serves_timms_resnet(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    torch.manual_seed(4)
+    tv = torchvision.models.resnet18(weights=None).eval()
+    # timm's resnet18.tv_in1k tag points at torchvision's own file, which torchvision.models.resnet18(weights=...)
+    # leaves in $TORCH_HOME/hub/checkpoints; the two libraries share ResNet key names.
+    path = tmp_path / "torch-home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    path.parent.mkdir(parents=True)
+    torch.save(tv.state_dict(), path)
+    found = find_weights("resnet18", tmp_path / "empty-store")
+    assert (found.path, found.origin) == (path, "torch hub cache")
+    tv.fc = torch.nn.Identity()
+    loaded = build_backbone("resnet18", pretrained=True, weights_dir=tmp_path / "empty-store")
+    assert torch.allclose(_features(loaded), _features(tv), atol=1e-5)

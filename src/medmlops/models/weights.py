@@ -7,8 +7,8 @@ Nothing is downloaded here. A backbone's ImageNet weights come, in this order, f
    ``resnet18.safetensors`` (the latter when the ``safetensors`` package is installed);
 2. the library's own download cache, when a connected run of timm or torchvision left the file there: timm's Hugging
    Face hub cache (``model.safetensors`` or ``pytorch_model.bin`` of the model's ``hf_hub_id``, looked up without any
-   network access) or timm's older URL file, and torchvision's ``torch.hub.get_dir()/checkpoints/<file of the
-   weights URL>``;
+   network access; the default pretrained tag first, then the model's other tags) or a tag's URL file in the torch
+   hub cache, and torchvision's ``torch.hub.get_dir()/checkpoints/<file of the weights URL>``;
 
 and otherwise :func:`resolve_weights` fails with one sentence naming the file expected and the one-liner that makes it
 on a connected machine. ``docs/models.md`` says how to fill the store.
@@ -61,7 +61,7 @@ class WeightsSource:
     name: str
     expected: Path  # the store file a user would add
     path: Path | None
-    origin: str  # "weights_dir", "timm cache (Hugging Face hub)", "timm cache (torch hub)", "torchvision cache", ""
+    origin: str  # "weights_dir", "timm cache (Hugging Face hub <id>)", "torch hub cache", "torchvision cache", ""
 
     @property
     def found(self) -> bool:
@@ -97,18 +97,22 @@ def cache_files(name: str) -> list[tuple[str, Path]]:
         return [("torchvision cache", checkpoints / _torchvision_file(model_name))]
     import timm
 
-    cfg = timm.models.get_pretrained_cfg(model_name)
+    # The default pretrained tag first (what timm.create_model(name, pretrained=True) fetches), then the model's other
+    # ImageNet tags (e.g. resnet18.tv_in1k, torchvision's own weights, whose URL file is torchvision's cache file).
+    cfgs = [timm.models.get_pretrained_cfg(model_name)]
+    cfgs += [timm.models.get_pretrained_cfg(tag) for tag in timm.list_pretrained(f"{model_name}.*")]
     out: list[tuple[str, Path]] = []
-    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if hub_id:
-        for filename in ("model.safetensors", "pytorch_model.bin") if HAS_SAFETENSORS else ("pytorch_model.bin",):
-            cached = _hf_cached(hub_id, filename)
-            if cached is not None:
-                out.append(("timm cache (Hugging Face hub)", cached))
-    url = getattr(cfg, "url", None) if cfg is not None else None
-    if url:
-        out.append(("timm cache (torch hub)", checkpoints / Path(urlparse(url).path).name))
-    return out
+    for cfg in cfgs:
+        hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+        if hub_id:
+            for filename in ("model.safetensors", "pytorch_model.bin") if HAS_SAFETENSORS else ("pytorch_model.bin",):
+                cached = _hf_cached(hub_id, filename)
+                if cached is not None:
+                    out.append((f"timm cache (Hugging Face hub {hub_id})", cached))
+        url = getattr(cfg, "url", None) if cfg is not None else None
+        if url:
+            out.append(("torch hub cache", checkpoints / Path(urlparse(url).path).name))
+    return list(dict.fromkeys(out))
 
 
 def find_weights(name: str, weights_dir: str | Path = DEFAULT_WEIGHTS_DIR) -> WeightsSource:
