@@ -1,4 +1,5 @@
-"""Tabular baselines on a synthetic table whose label depends on GCS and Age only."""
+"""Tabular baselines (the ICH paper's Table 1: DNN, LR, RF, DTC, XGB) on a synthetic table whose label depends on
+GCS and Age only, with SHAP importances."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_default_feature_sets_exclude_ids_and_label(table):
 def test_gcs_age_models_learn_the_signal(result):
     auc = result.metrics[(result.metrics["features"] == "gcs_age") & (result.metrics["metric"] == "auc")]
     mean_auc = auc.groupby("model")["value"].mean()
-    assert set(mean_auc.index) == {"lr", "rf", "dtc"}
+    assert set(mean_auc.index) == {"dnn", "lr", "rf", "dtc", "xgb"}
     assert (mean_auc > 0.75).all(), mean_auc
     # GCS alone carries less signal than GCS and age together.
     lr_gcs = result.metrics.query("model == 'lr' and features == 'gcs' and metric == 'auc'")["value"].mean()
@@ -58,27 +59,46 @@ def test_gcs_age_models_learn_the_signal(result):
 
 
 def test_gcs_and_age_are_the_top_rf_features(result):
-    for kind in ("impurity", "permutation"):
+    for kind in ("impurity", "permutation", "shap"):
         rf = result.importance.query("model == 'rf' and features == 'all' and kind == @kind")
         top2 = set(rf.sort_values("importance", ascending=False)["feature"].head(2))
         assert top2 == {"GCS", "Age"}, (kind, rf)
     lr = result.importance.query("model == 'lr' and features == 'all'")
-    assert set(lr["kind"]) == {"coef_abs"} and (lr["importance"] >= 0).all()
+    assert set(lr["kind"]) == {"coef_abs", "shap"} and (lr["importance"] >= 0).all()
+
+
+@pytest.mark.parametrize("model", ["dnn", "lr", "rf", "dtc", "xgb"])
+def test_shap_ranks_gcs_and_age_first_for_every_model(result, model):
+    """The paper's finding from SHAP (Sec. 3.1): GCS and age are the main predictors; the synthetic label depends
+    on them only, so every model's mean |SHAP| must rank them first, and the noise features near zero."""
+    shap = result.importance.query("model == @model and features == 'all' and kind == 'shap'")
+    ranked = shap.sort_values("importance", ascending=False)
+    assert set(ranked["feature"].head(2)) == {"GCS", "Age"}, ranked
+    assert ranked["importance"].iloc[1] > 2 * ranked["importance"].iloc[2], ranked
+
+
+def test_dnn_and_xgb_are_in_table_1(result):
+    assert {"DNN (all)", "XGB (all)", "DNN (gcs_age)", "XGB (gcs)"} <= set(result.summary.columns)
+    auc = result.metrics.query("features == 'all' and metric == 'auc'").groupby("model")["value"].mean()
+    assert auc["dnn"] > 0.75 and auc["xgb"] > 0.75, auc
+    kinds = result.importance.groupby("model")["kind"].agg(set)
+    assert kinds["dnn"] == {"shap"} and kinds["xgb"] == {"gain", "shap"} and kinds["dtc"] == {"impurity", "shap"}
 
 
 def test_result_shapes(result):
-    # 3 models × 3 feature sets × 5 folds × 8 metrics.
-    assert result.metrics.shape == (3 * 3 * 5 * 8, 5)
+    # 5 models × 3 feature sets × 5 folds × 8 metrics.
+    assert result.metrics.shape == (5 * 3 * 5 * 8, 5)
     assert list(result.metrics.columns) == ["model", "features", "fold", "metric", "value"]
     assert list(result.summary.index) == list(BINARY_METRICS)
-    assert result.summary.shape == (8, 9)
+    assert result.summary.shape == (8, 15)
     assert "LR (gcs_age)" in result.summary.columns
     assert all(" ± " in cell for cell in result.summary.to_numpy().ravel())
-    # Importance rows: LR (coef) + DTC (impurity) + RF (impurity, permutation), each over 5 + 1 + 2 features.
-    assert len(result.importance) == 4 * (5 + 1 + 2)
+    # Importance kinds: SHAP for all 5 models + LR coef + RF impurity and permutation + DTC impurity + XGB gain,
+    # each over 5 + 1 + 2 features.
+    assert len(result.importance) == (5 + 5) * (5 + 1 + 2)
     assert list(result.importance.columns) == ["model", "features", "feature", "kind", "importance", "sd"]
     flat = result.flat_metrics()
-    assert len(flat) == 9 * 8 * 2
+    assert len(flat) == 15 * 8 * 2
     assert 0.75 < flat["lr_gcs_age_auc_mean"] <= 1.0
 
 

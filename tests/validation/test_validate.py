@@ -239,6 +239,42 @@ def test_cli_exit_codes_and_reports(smoke_copy, tmp_path, capsys):
     assert "FAILED" in report_path.with_suffix(".html").read_text()
 
 
+def test_ich_blank_gcs_or_age_passes_and_reports_the_masked_rows(smoke_copy, tmp_path, capsys):
+    """A blank GCS or Age is an unknown value, not a defect: that task is masked for the patient (the reader puts
+    -1), and the report says how many rows each task lost. Text where a number belongs still fails."""
+    root = smoke_copy("ich")
+    table = _ich_table(root)
+    table["GCS"], table["Age"] = table["GCS"].astype(object), table["Age"].astype(object)
+    table.loc[0, "GCS"] = None
+    table.loc[1, "Age"] = None
+    _save_ich_table(root, table)
+    report_path = tmp_path / "ich.json"
+    assert main(["data", "validate", "ich", str(root), "--report", str(report_path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    masked = f"gcs_binary 1, gcs_ordinal 1, age_binary 1 of {len(table)} rows"
+    assert "all passed" in out and masked in out, out
+    saved = json.loads(report_path.read_text())
+    assert saved["success"] is True and any(masked in note for note in saved["notes"])
+    assert masked in report_path.with_suffix(".html").read_text()
+
+    table.loc[2, "Age"] = "eighty"
+    _save_ich_table(root, table)
+    report = validate_dataset("ich", root, progress=False)
+    assert not report.success and "'Age' must have a numeric value" in report.summary()
+
+
+def test_ich_brain_files_are_found_and_checked(smoke_copy):
+    """The authors' skull-stripped naming ``{id}_brain.nii.gz`` is a scan like any other: found in its folder and
+    opened by the image checks (which still ask for HU with air outside the head: a stripped volume filled with air)."""
+    root = smoke_copy("ich")
+    scans = sorted((root / "POOR_PROGNOSIS").glob("*.nii.gz"))
+    for scan in scans:
+        scan.rename(scan.with_name(scan.name.replace(".nii.gz", "_brain.nii.gz")))
+    report = validate_dataset("ich", root, progress=False)
+    assert report.success, report.summary()
+    assert report.images_checked == report.rows
+
+
 def test_cli_missing_folder_is_one_sentence(tmp_path, capsys):
     assert main(["data", "validate", "ich", str(tmp_path / "nope"), "--quiet"]) == 1
     err = capsys.readouterr().err

@@ -17,6 +17,12 @@ from scipy import ndimage
 # Skull stripping
 # ----------------------------------------------------------------------------------------------------------------------
 
+# Item key set (True) for a volume that is already skull-stripped (the authors' ``{id}_brain.nii.gz``, SynthStrip):
+# SkullStripd leaves it as it is. Running the stand-in on it would find no closed skull and keep soft tissue,
+# but it would also blank what SynthStrip kept above 300 HU (calcifications) and, where a remnant of bone
+# closes a ring on a slice, cut that slice to the ring's inside.
+SKULL_STRIPPED = "skull_stripped"
+
 
 def skull_strip_mask(
     volume_hu: np.ndarray,
@@ -67,7 +73,8 @@ class SkullStripd(MapTransform):
     """Set everything outside :func:`skull_strip_mask` to ``fill_hu`` (before windowing, so it maps to 0).
 
     Runs on HU data; place it before the intensity window. ``enabled=False`` makes it a no-op, so a contract
-    can switch it off (e.g. for data that was stripped already).
+    can switch it off (e.g. for data that was stripped already). An item whose :data:`SKULL_STRIPPED` key is true
+    (a ``{id}_brain.nii.gz`` file) passes unchanged; the key is removed from every item, so batches never carry it.
     """
 
     def __init__(
@@ -85,7 +92,8 @@ class SkullStripd(MapTransform):
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
-        if not self.enabled:
+        stripped = bool(d.pop(SKULL_STRIPPED, False))
+        if not self.enabled or stripped:
             return d
         for key in self.key_iterator(d):
             img = d[key]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from medmlops.config import Params
 from medmlops.data.readers import read_manifest
 from medmlops.errors import DataError
 
+log = logging.getLogger(__name__)
+
 LABEL_COLUMNS = {
     "ich": ("prognosis", "gcs_binary", "gcs_ordinal", "age_binary"),
     # AIforCOVID carries τ1 (prognosis), BRIXIA τ2 (severity); the other task is -1 (the indicator function).
@@ -30,6 +33,8 @@ LABEL_COLUMNS = {
 }
 GROUP_COLUMNS = {"ich": (), "aiforcovid": ("hospital",), "brixia": ("hospital",), "chexpert": ("patient_id", "split")}
 PREPROCESS_KEY = {"ich": "ich", "aiforcovid": "covid", "brixia": "covid", "chexpert": "chexpert"}
+# Labels every sample must have: ICH's auxiliary tasks (GCS, age) may be -1 (masked for that patient), prognosis not.
+REQUIRED_LABELS = {"ich": ("prognosis",), "aiforcovid": ("prognosis",), "brixia": ("severity",), "chexpert": ()}
 
 
 def preprocess_config(params: Params, dataset: str):
@@ -80,8 +85,18 @@ def items_from_manifest(manifest: pd.DataFrame, dataset: str) -> list[dict]:
         item = {"image": row["image_path"], "sample_id": str(row["sample_id"]), **{c: int(row[c]) for c in columns}}
         if dataset == "chexpert":
             item["findings"] = np.array([row[f] for f in CHEXPERT_FINDINGS], dtype=np.float32)  # NaN = masked
+        if dataset == "ich" and _true(row.get("skull_stripped")):
+            # Only where set, so the cache keys of {id}.nii.gz items are unchanged; SkullStripd drops the key.
+            from medmlops.data.ct_transforms import SKULL_STRIPPED
+
+            item[SKULL_STRIPPED] = True
         items.append(item)
     return items
+
+
+def _true(value) -> bool:
+    """A manifest flag read back from CSV (True / "True" / 1) or absent (None / NaN)."""
+    return str(value).strip().lower() in ("true", "1", "1.0")
 
 
 def _standardise(manifest: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -116,15 +131,22 @@ def check_manifest(manifest: pd.DataFrame, dataset: str, root: Path) -> None:
     missing = manifest[~manifest["image_exists"]]
     if len(missing):
         raise DataError(f"{missing['image_path'].iloc[0]}: image file not found ({len(missing)} missing in {root})")
-    required = {"ich": LABEL_COLUMNS["ich"], "aiforcovid": ("prognosis",), "brixia": ("severity",), "chexpert": ()}[
-        dataset
-    ]
-    for column in required:
+    for column in REQUIRED_LABELS[dataset]:
         bad = manifest[manifest[column].isna() | (manifest[column] < 0)]
         if len(bad):
             raise DataError(
                 f"{bad['image_path'].iloc[0]}: label '{column}' missing or invalid in the table for sample {bad['sample_id'].iloc[0]}"
             )
+    if dataset == "ich":
+        from medmlops.data.readers import ich_masked_labels
+
+        masked = ich_masked_labels(manifest)
+        if any(masked.values()):
+            counts = ", ".join(f"{task} {n}" for task, n in masked.items())
+            log.warning(
+                "ICH: rows without GCS or Age, masked from that task's loss and metrics (prognosis kept): %s of %d",
+                counts, len(manifest),
+            )  # fmt: skip
 
 
 def preprocess(
@@ -153,7 +175,7 @@ def preprocess(
     from medmlops.data.readers import CHEXPERT_FINDINGS
 
     manifest_path = out / "manifest.csv"
-    extra = [c for c in ("gcs", "age", *GROUP_COLUMNS[dataset], "dataset") if c in manifest]
+    extra = [c for c in ("gcs", "age", "skull_stripped", *GROUP_COLUMNS[dataset], "dataset") if c in manifest]
     findings = list(CHEXPERT_FINDINGS) if dataset == "chexpert" else []
     columns = ["sample_id", "image_path", *LABEL_COLUMNS[dataset], *findings, *extra]
     # Atomic: folds trained in parallel each run this and read the manifest (medmlops.atomic).

@@ -9,6 +9,7 @@ encodings, separators, lost leading zeros, uncertainty codes); they do not judge
 from __future__ import annotations
 
 import csv
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,8 @@ import numpy as np
 import pandas as pd
 
 from medmlops.errors import DataError
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------------------------------------------------
 # ICH (Perez et al. / Cobo et al.): NIfTI under GOOD_PROGNOSIS / POOR_PROGNOSIS + CLINICAL_DATA_ICH.csv
@@ -58,6 +61,23 @@ def age_binary(age: np.ndarray | pd.Series) -> np.ndarray:
     return (np.asarray(age) >= AGE_BINARY_MIN).astype(np.int64)
 
 
+# The auxiliary tasks and the clinical column each is derived from. A patient without that value keeps the
+# prognosis task and gets -1 for these (the loss and the metrics leave -1 rows out, training.tasks); the prognosis
+# label itself is required (preprocess.check_manifest names a missing one).
+ICH_AUXILIARY_SOURCE = {"gcs_binary": "GCS", "gcs_ordinal": "GCS", "age_binary": "Age"}
+# Skull-stripped volumes as the authors name them (SynthStrip output): ``{id}_brain.nii.gz``. When both ``{id}.nii.gz``
+# and ``{id}_brain.nii.gz`` exist, the stripped one is used (it is what the paper trained on, and better than our
+# intensity stand-in) and preprocessing skips the stand-in skull stripping for it (manifest ``skull_stripped``).
+ICH_STRIPPED_SUFFIX = "_brain"
+_ICH_FILE = re.compile(r"(\d+)(_brain)?\.nii(\.gz)?")
+
+
+def ich_masked_labels(manifest: pd.DataFrame) -> dict[str, int]:
+    """``{task: rows whose label is -1}`` for the auxiliary ICH tasks of a :func:`read_ich` manifest: the patients
+    without the GCS or Age value that task is derived from, left out of that task's loss and metrics."""
+    return {task: int((manifest[task] < 0).sum()) for task in ICH_AUXILIARY_SOURCE if task in manifest}
+
+
 def read_ich_table(path: str | Path) -> pd.DataFrame:
     """Read CLINICAL_DATA_ICH.csv with canonical column names (UTF-8, falling back to Latin-1)."""
     path = Path(path)
@@ -78,8 +98,14 @@ def read_ich(root: str | Path, exclude: Sequence[int] = ()) -> pd.DataFrame:
     """Manifest of the ICH dataset.
 
     Columns: ``sample_id``, ``patient_id``, ``image_path``, ``image_exists``, ``folder_label`` (from the folder the
-    file was found in, or -1), ``prognosis`` (0 good / 1 poor, from the table), ``gcs``, ``age``, ``gcs_binary``,
-    ``gcs_ordinal``, ``age_binary``, and the clinical columns under their canonical names.
+    file was found in, or -1), ``skull_stripped`` (the file is ``{id}_brain.nii[.gz]``), ``prognosis`` (0 good /
+    1 poor, from the table), ``gcs``, ``age``, ``gcs_binary``, ``gcs_ordinal``, ``age_binary``, and the clinical
+    columns under their canonical names.
+
+    A blank GCS gives -1 for ``gcs_binary`` and ``gcs_ordinal``, a blank Age -1 for ``age_binary`` (that task is
+    masked for the patient, the others keep it; :func:`ich_masked_labels` counts them). Images are
+    ``{id}.nii[.gz]`` or the authors' skull-stripped ``{id}_brain.nii[.gz]``; where a patient has both, the
+    stripped one is used.
 
     Args:
         root: the folder holding ``GOOD_PROGNOSIS/``, ``POOR_PROGNOSIS/`` and ``CLINICAL_DATA_ICH.csv``.
@@ -97,33 +123,38 @@ def read_ich(root: str | Path, exclude: Sequence[int] = ()) -> pd.DataFrame:
     table[ICH_ID] = ids.astype(np.int64)
     table = table[~table[ICH_ID].isin(list(exclude))].reset_index(drop=True)
 
-    found: dict[int, tuple[Path, int]] = {}
+    found: dict[int, tuple[Path, int, bool]] = {}
     for label, folder in ICH_FOLDERS.items():
         directory = root / folder
         if not directory.is_dir():
             continue
-        for file in directory.iterdir():
-            match = re.fullmatch(r"(\d+)\.nii(\.gz)?", file.name)
+        for file in sorted(directory.iterdir()):
+            match = _ICH_FILE.fullmatch(file.name)
             if match:
-                found[int(match.group(1))] = (file, label)
+                pid, stripped = int(match.group(1)), match.group(2) is not None
+                if pid in found and found[pid][2] and not stripped:
+                    continue  # {id}_brain wins over {id}, whichever the directory lists first
+                found[pid] = (file, label, stripped)
 
     rows = []
     for _, rec in table.iterrows():
         pid = int(rec[ICH_ID])
-        path, folder_label = found.get(pid, (None, -1))
+        path, folder_label, stripped = found.get(pid, (None, -1, False))
         if path is None:  # where it should be, so error messages point at the expected location
             label = rec[ICH_LABEL]
             folder = ICH_FOLDERS.get(int(label), "GOOD_PROGNOSIS") if pd.notna(label) else "GOOD_PROGNOSIS"
             path = root / folder / f"{pid}.nii.gz"
-        rows.append((str(pid), pid, str(path), path.is_file(), folder_label))
-    manifest = pd.DataFrame(rows, columns=["sample_id", "patient_id", "image_path", "image_exists", "folder_label"])
+        rows.append((str(pid), pid, str(path), path.is_file(), folder_label, stripped))
+    columns = ["sample_id", "patient_id", "image_path", "image_exists", "folder_label", "skull_stripped"]
+    manifest = pd.DataFrame(rows, columns=columns)
     manifest["prognosis"] = pd.to_numeric(table[ICH_LABEL], errors="coerce")
     manifest["gcs"] = pd.to_numeric(table["GCS"], errors="coerce")
     manifest["age"] = pd.to_numeric(table["Age"], errors="coerce")
-    complete = manifest[["gcs", "age"]].notna().all(axis=1)
-    manifest["gcs_binary"] = np.where(complete, gcs_binary(manifest["gcs"].fillna(15)), -1)
-    manifest["gcs_ordinal"] = np.where(complete, gcs_ordinal(manifest["gcs"].fillna(15)), -1)
-    manifest["age_binary"] = np.where(complete, age_binary(manifest["age"].fillna(0)), -1)
+    # Each auxiliary task is masked on its own: a patient without GCS keeps age_binary, and the reverse.
+    has_gcs, has_age = manifest["gcs"].notna(), manifest["age"].notna()
+    manifest["gcs_binary"] = np.where(has_gcs, gcs_binary(manifest["gcs"].fillna(15)), -1)
+    manifest["gcs_ordinal"] = np.where(has_gcs, gcs_ordinal(manifest["gcs"].fillna(15)), -1)
+    manifest["age_binary"] = np.where(has_age, age_binary(manifest["age"].fillna(0)), -1)
     clinical = table.drop(columns=[c for c in (ICH_ID, ICH_LABEL, "GCS", "Age") if c in table.columns])
     return pd.concat([manifest, clinical.reset_index(drop=True)], axis=1)
 
@@ -271,6 +302,14 @@ def apply_uncertainty_policy(values: pd.Series | np.ndarray, policy: str) -> np.
     return out
 
 
+CHEXPERT_SPLITS = ("train", "valid", "test")  # test.csv: CheXpert's official test labels, when the user has them
+# all: every image (today's default); paper: Shu et al.'s INFORMER cohort (see chexpert_selection).
+CHEXPERT_COHORTS = ("all", "paper")
+# The splits a cohort's training manifest holds. The paper trains on train.csv alone and keeps valid.csv (τ) and
+# test.csv (evaluation) for INFORMER, so no image of either can land in a training fold.
+COHORT_SPLITS = {"all": ("train", "valid"), "paper": ("train",)}
+
+
 def chexpert_base(root: str | Path) -> tuple[Path, Path]:
     """Return (folder holding train.csv, folder the ``Path`` column is relative to)."""
     root = Path(root).resolve()
@@ -281,10 +320,11 @@ def chexpert_base(root: str | Path) -> tuple[Path, Path]:
     raise DataError(f"{root}: no {CHEXPERT_DIR}/train.csv found")
 
 
-def read_chexpert_tables(root: str | Path) -> dict[str, pd.DataFrame]:
+def read_chexpert_tables(root: str | Path, splits: Sequence[str] = ("train", "valid")) -> dict[str, pd.DataFrame]:
+    """The tables of ``splits`` found under ``root`` (train.csv must exist; valid.csv and test.csv may not)."""
     csv_dir, _ = chexpert_base(root)
     tables = {}
-    for split in ("train", "valid"):
+    for split in splits:
         path = csv_dir / f"{split}.csv"
         if not path.is_file():
             if split == "train":
@@ -298,32 +338,91 @@ def read_chexpert_tables(root: str | Path) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def read_chexpert(root: str | Path, policy: str = "ignore", frontal_only: bool = True) -> pd.DataFrame:
-    """Manifest of CheXpert: ``sample_id``, ``image_path``, ``image_exists``, ``split`` (train/valid), ``patient_id``
-    (for patient-level splits), ``view``, the five competition findings as float targets after ``policy``
-    (NaN = masked), their raw codes under ``raw_<finding>``, and ``dataset`` = "chexpert"."""
-    _, base = chexpert_base(root)
-    frames = []
-    for split, table in read_chexpert_tables(root).items():
-        missing = [c for c in ("Path", "Frontal/Lateral", *CHEXPERT_FINDINGS) if c not in table.columns]
+def chexpert_selection(frame: pd.DataFrame, cohort: str, frontal_only: bool) -> tuple[pd.DataFrame, list[tuple]]:
+    """Apply a cohort's exclusions to one split's rows (with ``view`` and ``raw_<finding>`` columns); return the
+    kept rows and ``(step, images left)`` after each exclusion.
+
+    ``paper`` (Shu et al., Sec. 3): frontal images only; images with an uncertain (-1) label in any of the five
+    findings excluded; a blank (not mentioned) finding is negative; images with none of the five findings positive
+    excluded. The paper says "patients without any of these five pathologies"; we exclude *images*: CheXpert's
+    labels are per study, the paper's counts (90,839 / 128 / 284) are image counts, and a patient-level rule would
+    keep a patient's all-negative images (with no finding "for the prevalence") because another of their studies
+    is positive.
+    """
+    if cohort not in CHEXPERT_COHORTS:
+        raise DataError(f"unknown CheXpert cohort '{cohort}': set data.chexpert.cohort to all or paper")
+    steps = [("rows", len(frame))]
+    if frontal_only or cohort == "paper":
+        frame = frame[frame["view"] == "Frontal"]
+        steps.append(("frontal", len(frame)))
+    if cohort == "paper":
+        raw = frame[[f"raw_{f}" for f in CHEXPERT_FINDINGS]].to_numpy(dtype=np.float64)
+        certain = ~(raw == -1).any(axis=1)
+        frame, raw = frame[certain], raw[certain]
+        steps.append(("no uncertain (-1) label in the five findings", len(frame)))
+        frame = frame[(raw == 1).any(axis=1)]
+        steps.append(("at least one of the five findings positive", len(frame)))
+    return frame.reset_index(drop=True), steps
+
+
+def read_chexpert(
+    root: str | Path,
+    policy: str = "ignore",
+    frontal_only: bool = True,
+    cohort: str = "all",
+    splits: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """Manifest of CheXpert: ``sample_id``, ``image_path``, ``image_exists``, ``split`` (train/valid/test),
+    ``patient_id`` (for patient-level splits), ``view``, the five competition findings as float targets after
+    ``policy`` (NaN = masked), their raw codes under ``raw_<finding>``, and ``dataset`` = "chexpert".
+
+    ``cohort`` picks the images (:func:`chexpert_selection`); ``splits`` the tables read (default: the cohort's
+    training splits, :data:`COHORT_SPLITS`; a split whose csv is absent is skipped). The images left after each
+    exclusion are in ``manifest.attrs["selection"]``: ``{split: [(step, n), ...]}``."""
+    if cohort not in CHEXPERT_COHORTS:
+        raise DataError(f"unknown CheXpert cohort '{cohort}': set data.chexpert.cohort to all or paper")
+    csv_dir, base = chexpert_base(root)
+    frames, selection = [], {}
+    for split, table in read_chexpert_tables(root, splits or COHORT_SPLITS[cohort]).items():
+        missing = [c for c in ("Path", *CHEXPERT_FINDINGS) if c not in table.columns]
         if missing:
-            raise DataError(f"{split}.csv: required column '{missing[0]}' is missing")
+            raise DataError(f"{csv_dir / split}.csv: required column '{missing[0]}' is missing")
         frame = pd.DataFrame({"sample_id": table["Path"].astype(str).str.replace("/", ":", regex=False)})
-        paths = [base / p for p in table["Path"].astype(str)]
+        paths = [_chexpert_image(base, csv_dir, p) for p in table["Path"].astype(str)]
         frame["image_path"] = [str(p) for p in paths]
         frame["image_exists"] = [p.is_file() for p in paths]
         frame["split"] = split
         frame["patient_id"] = table["Path"].astype(str).str.extract(r"(patient\d+)", expand=False).fillna("")
-        frame["view"] = table["Frontal/Lateral"].astype(str)
+        if "Frontal/Lateral" in table.columns:
+            frame["view"] = table["Frontal/Lateral"].astype(str)
+        elif split == "test":  # the released test labels may lack the column; the file name says it (view1_frontal)
+            frame["view"] = np.where(table["Path"].astype(str).str.contains("_lateral"), "Lateral", "Frontal")
+        else:
+            raise DataError(f"{csv_dir / split}.csv: required column 'Frontal/Lateral' is missing")
         for finding in CHEXPERT_FINDINGS:
             frame[f"raw_{finding}"] = pd.to_numeric(table[finding], errors="coerce")
             frame[finding] = apply_uncertainty_policy(table[finding], policy)
+        frame, selection[split] = chexpert_selection(frame, cohort, frontal_only)
         frames.append(frame)
-    manifest = pd.concat(frames, ignore_index=True)
-    if frontal_only:
-        manifest = manifest[manifest["view"] == "Frontal"].reset_index(drop=True)
+    manifest = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     manifest["dataset"] = "chexpert"
+    manifest.attrs["selection"] = selection
     return manifest
+
+
+def _chexpert_image(base: Path, csv_dir: Path, path: str) -> Path:
+    """``Path`` is relative to the folder above CheXpert-v1.0-small; a test.csv may hold paths relative to the
+    folder of the csv itself (``test/patient.../view1_frontal.jpg``): take that one when only it exists."""
+    first = base / path
+    if first.is_file() or path.startswith(CHEXPERT_DIR):
+        return first
+    second = csv_dir / path
+    return second if second.is_file() else first
+
+
+def selection_lines(selection: dict[str, list[tuple]]) -> list[str]:
+    """One line per split: the images left after each exclusion, e.g. ``valid.csv: 234 rows → 202 frontal → ...``."""
+    return [f"{split}.csv: " + " → ".join(f"{n:,} {step}" for step, n in steps) for split, steps in selection.items()]
 
 
 READERS = {"ich": read_ich, "aiforcovid": read_aiforcovid, "brixia": read_brixia, "chexpert": read_chexpert}
@@ -342,5 +441,10 @@ def read_manifest(dataset: str, root: str | Path, params=None) -> pd.DataFrame:
         return read_ich(root, exclude=params.data.ich.exclude)
     if dataset == "chexpert":
         cfg = params.data.chexpert
-        return read_chexpert(root, policy=cfg.uncertainty_policy, frontal_only=cfg.frontal_only)
+        manifest = read_chexpert(root, policy=cfg.uncertainty_policy, frontal_only=cfg.frontal_only, cohort=cfg.cohort)
+        import logging
+
+        for line in selection_lines(manifest.attrs["selection"]):
+            logging.getLogger(__name__).info("CheXpert cohort %s: %s", cfg.cohort, line)
+        return manifest
     return READERS[dataset](root)

@@ -1,6 +1,7 @@
 """``medmlops evaluate``: the ICH paper's tables and figures from trained experiments, on whatever data was used.
 
-- Table 1: tabular models (LR, RF, DTC on GCS and GCS & age; RF on all features) with feature importance.
+- Table 1: tabular models (DNN, LR, RF, DTC and XGBoost on all features, GCS, and GCS & age) under the same
+  exclusions as the image models (``data.ich.exclude``), with SHAP feature importances.
 - Table 2: bootstrap 95 % CIs of each model on one test fold.
 - Fig. 2: the ablation as box plots per metric and model over the CV test folds.
 - Supplementary tables: each experiment's mean ± SD per task.
@@ -23,6 +24,9 @@ from medmlops.config import Params
 from medmlops.errors import UserError
 from medmlops.training.experiment import run_dir_for
 
+# What the report's importance figure shows (every kind is in tabular_importance.csv): SHAP of every model and RF's
+# permutation importance, on all clinical features (the paper's Supplementary Fig. 1).
+FIGURE_IMPORTANCE_KINDS = ("shap", "permutation")
 PROGNOSIS_METRICS = ("auc", "accuracy", "balanced_accuracy", "specificity", "npv", "precision", "recall", "f1")
 
 
@@ -69,9 +73,7 @@ def evaluate_experiments(
 ) -> Path:
     """Tables and figures across trained experiments; logged to MLflow (nested under ``parent_run_id`` when given,
     e.g. a pipeline run). Returns the report's index.html."""
-    from medmlops.data.readers import read_ich_table
-    from medmlops.evaluation.figures import ablation_boxplot, importance_barplot, metric_table_html
-    from medmlops.training.tabular import fit_tabular_models
+    from medmlops.evaluation.figures import ablation_boxplot, metric_table_html
 
     results = {name: _load_experiment(name, params, repo) for name in names}
     family = params.experiment(names[0]).family
@@ -126,21 +128,9 @@ def evaluate_experiments(
         sections.append(f"<h2>Bootstrap 95 % CIs, test fold {fold} (paper Table 2)</h2>" + table2.to_html())
 
     # Table 1: tabular models on the clinical table.
-    table_path = repo / params.data.raw_dir / "ich" / "CLINICAL_DATA_ICH.csv"
-    if family == "ich-prognosis" and table_path.is_file():
-        table = read_ich_table(table_path)
-        n_folds = params.train_for_family(family).n_folds  # the paper: 10-fold CV, as its image models
-        n_splits = min(n_folds, int(table["Label (poor_prognosis)"].value_counts().min()))
-        tab = fit_tabular_models(
-            table, "Label (poor_prognosis)", n_splits=max(2, n_splits), seed=params.seed,
-            estimator_params={"rf": {"n_estimators": params.evaluate.rf_trees}},
-            permutation_repeats=params.evaluate.permutation_repeats,
-        )  # fmt: skip
-        tab.summary.to_csv(out / "tabular_table1.csv")
-        tab.importance.to_csv(out / "tabular_importance.csv", index=False)
-        importance_barplot(tab.importance, out / "tabular_importance.png")
-        sections.append("<h2>Tabular models (paper Table 1)</h2>" + tab.summary.to_html()
-                        + "<img src='tabular_importance.png' style='max-width:100%'>")  # fmt: skip
+    table = clinical_table(params, repo) if family == "ich-prognosis" else None
+    if table is not None:
+        sections.append(tabular_section(table, params, out, family))
 
     # Saliency of each model's prognosis head.
     saliency_html = _saliency_figures(results, params, repo, out, params.evaluate.saliency_cases)
@@ -160,6 +150,57 @@ def evaluate_experiments(
     print(verdict)
     log_report_to_mlflow(out, params, family, parent_run_id)
     return index
+
+
+def clinical_table(params: Params, repo: Path = Path(".")) -> pd.DataFrame | None:
+    """The ICH clinical table the tabular models use, without the patients of ``data.ich.exclude`` (the image models
+    never see them either); None where the profile's data has no table."""
+    from medmlops.data.readers import ICH_ID, ICH_TABLE, read_ich_table
+
+    path = repo / params.data.raw_dir / "ich" / ICH_TABLE
+    if not path.is_file():
+        return None
+    table = read_ich_table(path)
+    if params.data.ich.exclude and ICH_ID in table.columns:
+        ids = pd.to_numeric(table[ICH_ID], errors="coerce")
+        table = table[~ids.isin(list(params.data.ich.exclude))].reset_index(drop=True)
+    return table
+
+
+def tabular_section(table: pd.DataFrame, params: Params, out: Path, family: str = "ich-prognosis") -> str:
+    """Fit the tabular models on ``table`` (see :func:`clinical_table`), write ``tabular_table1.csv``,
+    ``tabular_importance.csv`` and ``tabular_importance.png`` into ``out``; return the report's HTML section."""
+    from medmlops.data.readers import ICH_LABEL
+    from medmlops.evaluation.figures import importance_barplot
+    from medmlops.training.tabular import fit_tabular_models
+
+    n_folds = params.train_for_family(family).n_folds  # the paper: 10-fold CV, as its image models
+    smallest = int(table[ICH_LABEL].value_counts().min()) if ICH_LABEL in table.columns else 2
+    tab = fit_tabular_models(
+        table, ICH_LABEL, n_splits=max(2, min(n_folds, smallest)), seed=params.seed,
+        estimator_params={"rf": {"n_estimators": params.evaluate.rf_trees}},
+        permutation_repeats=params.evaluate.permutation_repeats,
+    )  # fmt: skip
+    tab.summary.to_csv(out / "tabular_table1.csv")
+    tab.importance.to_csv(out / "tabular_importance.csv", index=False)
+    importance = tab.importance
+    shown = importance[(importance["features"] == "all") & importance["kind"].isin(FIGURE_IMPORTANCE_KINDS)]
+    importance_barplot(shown if not shown.empty else importance, out / "tabular_importance.png")
+    excluded = list(params.data.ich.exclude)
+    caption = (
+        f"{len(table)} patients"
+        + (f" (excluded: {', '.join(map(str, excluded))})" if excluded else "")
+        + f"; {tab.metrics['fold'].nunique()}-fold CV, mean ± SD. DNN: a one-hidden-layer MLP (scikit-learn); XGB is "
+        "shown although the paper left it out of Table 1. Importances: mean |SHAP value| on the held-out folds "
+        "(every model) and RF permutation importance, on all clinical features; every kind per model and feature set "
+        "is in tabular_importance.csv."
+    )
+    return (
+        "<h2>Tabular models (paper Table 1)</h2>"
+        + f"<p>{html.escape(caption)}</p>"
+        + tab.summary.to_html()
+        + "<img src='tabular_importance.png' style='max-width:100%'>"
+    )
 
 
 def _saliency_figures(results: dict[str, dict], params: Params, repo: Path, out: Path, n_cases: int) -> str:

@@ -53,6 +53,7 @@ class ValidationReport:
     images_checked: int = 0
     expectations: int = 0
     failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # facts that are not failures (e.g. ICH labels masked per task)
 
     @property
     def success(self) -> bool:
@@ -63,11 +64,12 @@ class ValidationReport:
             f"{self.dataset} at {self.root}: {self.rows} rows, {self.images_checked} images, "
             f"{self.expectations} expectations — "
         )
+        notes = [f"  NOTE {note}" for note in self.notes]
         if self.success:
-            return head + "all passed"
+            return "\n".join([head + "all passed", *notes])
         lines = [head + f"{len(self.failures)} FAILED"]
         lines += [f"  FAILED [{f.suite}] {f.message}" for f in self.failures]
-        return "\n".join(lines)
+        return "\n".join(lines + notes)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -107,7 +109,9 @@ class ValidationReport:
             "th{background:#eee}.ok{color:#080}.bad{color:#b00}</style></head><body>"
             f"<h1>Validation of {html.escape(self.dataset)}: <span class='{'ok' if self.success else 'bad'}'>{status}</span></h1>"
             f"<p>{html.escape(self.root)} — {self.rows} rows, {self.images_checked} images checked, "
-            f"{self.expectations} expectations (Great Expectations).</p>{table}</body></html>"
+            f"{self.expectations} expectations (Great Expectations).</p>"
+            + "".join(f"<p>Note: {html.escape(note)}</p>" for note in self.notes)
+            + f"{table}</body></html>"
         )
 
 
@@ -234,6 +238,14 @@ def validate_dataset(
         suites = S.chexpert_table_suite(tables)
     report.rows = len(table)
 
+    if dataset == "ich" and manifest is not None:
+        masked = readers.ich_masked_labels(manifest)
+        if any(masked.values()):
+            counts = ", ".join(f"{task} {n}" for task, n in masked.items())
+            report.notes.append(
+                f"labels masked (no GCS or Age in the table; that task is left out of loss and metrics for those "
+                f"patients, prognosis is kept): {counts} of {len(manifest)} rows"
+            )
     if manifest is not None and len(manifest):
         stats = image_stats(manifest, MODALITY[dataset], max_images=cfg.max_images, progress=progress)
         report.images_checked = len(stats)

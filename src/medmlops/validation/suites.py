@@ -41,7 +41,9 @@ ICH_RANGES = {
     "Sodium": (100, 180), "Potassium": (1.5, 9), "WBC": (0.1, 200), "Hgb": (3, 25), "Platelets": (1, 2000),
     "MCV": (50, 150), "RCDW": (5, 40), "CMHC": (20, 45), "MPV": (3, 20), "INR": (0.5, 15), "Fibrinogen": (20, 2000),
 }  # fmt: skip
-ICH_REQUIRED = ("PatientID", "Label (poor_prognosis)", "Gender", "Age", "GCS")
+ICH_REQUIRED = ("PatientID", "Label (poor_prognosis)", "Gender")
+# May be blank (unknown): that patient's GCS or age task is masked (readers.read_ich), but text is a defect.
+ICH_OPTIONAL_NUMERIC = ("Age", "GCS")
 
 
 @dataclass
@@ -126,6 +128,16 @@ def ich_table_suite(table: pd.DataFrame, manifest: pd.DataFrame | None) -> list[
     for column in ICH_REQUIRED:
         if column in present:
             _not_null(suite, column, "a numeric value")
+    for column in ICH_OPTIONAL_NUMERIC:
+        if column in present:
+            raw = table[column]
+            blank = raw.isna() | raw.astype(str).str.strip().eq("")
+            frame[f"{column}__numeric_or_blank"] = blank | frame[column].notna()
+            _true(
+                suite,
+                f"{column}__numeric_or_blank",
+                f"column '{column}' must have a numeric value or be blank (unknown: that task is masked)",
+            )
     if "PatientID" in present:
         _unique(suite, "PatientID")
     for column in ICH_BINARY:
