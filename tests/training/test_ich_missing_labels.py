@@ -69,12 +69,16 @@ def project(tmp_path_factory, smoke_data):
 FAST = ["--profile", "smoke", "--quiet", "--no-register", "--set", "train.epochs=1"]
 
 
+def _train(name: str) -> int:
+    return main(["train", name, *FAST, "--set", f"experiments.{name}.model=perez_cnn3d"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ich-baseline", "ich-mt-ord"])
-def test_prognosis_baseline_and_multitask_train_with_missing_gcs_and_age(project, monkeypatch, caplog, name):
+def test_prognosis_baseline_and_multitask_train_with_missing_gcs_and_age(project, monkeypatch, name):
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert main(["train", name, *FAST, "--set", f"experiments.{name}.model=perez_cnn3d"]) == 0
+    assert _train(name) == 0
     run_dir = project / ".medmlops" / "runs" / "smoke" / name
     summary = json.loads((run_dir / "summary.json").read_text())
     assert np.isfinite(summary["prognosis_auc_mean"])
@@ -82,3 +86,19 @@ def test_prognosis_baseline_and_multitask_train_with_missing_gcs_and_age(project
     assert (manifest["gcs_ordinal"] == -1).sum() == 1 and (manifest["age_binary"] == -1).sum() == 1
     if name == "ich-mt-ord":
         assert "gcs_ordinal_qwk_mean" in summary and "age_binary_f1_mean" in summary
+
+
+@pytest.mark.slow
+def test_the_report_of_models_trained_on_masked_labels(project, monkeypatch):
+    """`medmlops evaluate` on those runs: the tables, Table 1 (DNN, XGB, SHAP) and the saliency maps are made."""
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for name in ("ich-baseline", "ich-mt-ord"):
+        if not (project / ".medmlops" / "runs" / "smoke" / name / "summary.json").is_file():
+            assert _train(name) == 0
+    perez = [f"--set=experiments.{name}.model=perez_cnn3d" for name in ("ich-baseline", "ich-mt-ord")]
+    assert main(["evaluate", "ich-baseline", "ich-mt-ord", "--profile", "smoke", "--quiet", *perez]) == 0
+    report = project / "reports" / "ich-prognosis" / "smoke"
+    table1 = pd.read_csv(report / "tabular_table1.csv", index_col=0)
+    assert {"DNN (all)", "XGB (all)", "LR (gcs_age)"} <= set(table1.columns)
+    assert "SHAP" in (report / "index.html").read_text()
