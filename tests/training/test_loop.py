@@ -75,6 +75,16 @@ def test_oversampling_balances_the_training_split_only():
     assert len(oversample_indices([1, 1, 1], seed=0)) == 3
 
 
+def test_oversampling_leaves_unlabelled_rows_out_of_the_balance():
+    """A single-task GCS model on patients of whom one has no GCS (-1): -1 is not a third class to oversample."""
+    labels = np.asarray([0] * 12 + [1] * 4 + [-1] * 2)
+    idx = oversample_indices(labels, seed=0)
+    resampled = labels[idx]
+    assert (resampled == 0).sum() == (resampled == 1).sum() == 12
+    assert (resampled == -1).sum() == 2 and sorted(idx[resampled == -1]) == [16, 17]
+    assert np.array_equal(oversample_indices(labels[:16], seed=0), oversample_indices(list(labels[:16]), seed=0))
+
+
 def test_best_checkpoint_kept_and_early_stopping(tmp_path):
     result = _train(tmp_path, cfg=replace(CFG, epochs=30, patience=2, lr=0.0))  # lr 0: the score never improves
     assert len(result.history) == 3  # the first epoch is best, then 2 stale epochs

@@ -275,6 +275,31 @@ def test_ich_brain_files_are_found_and_checked(smoke_copy):
     assert report.images_checked == report.rows
 
 
+def test_a_stripped_volume_needs_no_air_but_an_unstripped_one_does(smoke_copy):
+    """SynthStrip fills everything outside the brain with 0 (water, in HU): an ``{id}_brain`` volume like that passes
+    (the air rule is for whole heads); the same volume under the plain ``{id}`` name fails the air rule, and a
+    stripped volume outside the HU range still fails the HU rule."""
+    root = smoke_copy("ich")
+    scan = sorted((root / "POOR_PROGNOSIS").glob("*.nii.gz"))[0]
+    image = nib.load(scan)
+    data = np.asarray(image.dataobj, dtype=np.float32)
+    data[data < -500] = 0.0  # what a skull stripper leaves outside the brain
+    stripped = scan.with_name(scan.name.replace(".nii.gz", "_brain.nii.gz"))
+    nib.save(nib.Nifti1Image(data.astype(np.int16), image.affine), stripped)
+    scan.unlink()
+    report = validate_dataset("ich", root, progress=False)
+    assert report.success, report.summary()
+
+    stripped.rename(scan)  # the same voxels, not named as stripped: a head without air is suspicious
+    report = validate_dataset("ich", root, progress=False)
+    assert not report.success and "air around the head" in report.summary()
+
+    scan.rename(stripped)
+    nib.save(nib.Nifti1Image(np.full_like(data, 5000.0), image.affine), stripped)  # beyond any HU
+    report = validate_dataset("ich", root, progress=False)
+    assert not report.success and "Hounsfield units" in report.summary()
+
+
 def test_cli_missing_folder_is_one_sentence(tmp_path, capsys):
     assert main(["data", "validate", "ich", str(tmp_path / "nope"), "--quiet"]) == 1
     err = capsys.readouterr().err

@@ -47,10 +47,13 @@ def oversample_indices(labels: Sequence[int], seed: int) -> np.ndarray:
     from imblearn.over_sampling import RandomOverSampler
 
     labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
+    # Rows without a label for the task (-1: a patient with no GCS, say) are not a class: they are kept once each and
+    # the labelled rows are balanced among themselves.
+    labelled, unlabelled = np.flatnonzero(labels >= 0), np.flatnonzero(labels < 0)
+    if len(np.unique(labels[labelled])) < 2:
         return np.arange(len(labels))
-    idx, _ = RandomOverSampler(random_state=seed).fit_resample(np.arange(len(labels)).reshape(-1, 1), labels)
-    return idx[:, 0]
+    idx, _ = RandomOverSampler(random_state=seed).fit_resample(labelled.reshape(-1, 1), labels[labelled])
+    return np.concatenate([idx[:, 0], unlabelled])
 
 
 def multitask_loss(

@@ -248,6 +248,11 @@ def validate_dataset(
             )
     if manifest is not None and len(manifest):
         stats = image_stats(manifest, MODALITY[dataset], max_images=cfg.max_images, progress=progress)
+        if "skull_stripped" in manifest:  # ICH: the air rule does not apply to already stripped volumes
+            stripped = dict(
+                zip(manifest["sample_id"].astype(str), manifest["skull_stripped"].astype(bool), strict=True)
+            )
+            stats["skull_stripped"] = stats["sample_id"].astype(str).map(stripped).fillna(False).astype(bool)
         report.images_checked = len(stats)
         suites.append(S.image_suite(stats, MODALITY[dataset], cfg, dataset, gate=S.dataset_gate(dataset, params)))
     run_suites(suites, report)
