@@ -242,3 +242,85 @@ def test_ct_loading_errors_name_the_file(tmp_path):
 def _touch(path):
     path.write_bytes(b"x")
     return path
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# CheXpert: the INFORMER paper's cohort (Shu et al.)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _chexpert_table(root, split, rows, *, columns=readers.CHEXPERT_COLUMNS, relative_to_csv=False):
+    """``rows``: (patient, view, {finding: code}); writes the csv and an (empty) image file per row."""
+    base = root / "CheXpert-v1.0-small"
+    records = []
+    for patient, view, labels in rows:
+        rel = f"{split}/patient{patient:05d}/study1/view1_{view.lower()}.jpg"
+        path = rel if relative_to_csv else f"CheXpert-v1.0-small/{rel}"
+        record = dict.fromkeys(readers.CHEXPERT_COLUMNS, None)
+        record.update({"Path": path, "Frontal/Lateral": view, **labels})
+        records.append(record)
+        (base / rel).parent.mkdir(parents=True, exist_ok=True)
+        (base / rel).write_bytes(b"")
+    pd.DataFrame(records, columns=readers.CHEXPERT_COLUMNS)[list(columns)].to_csv(base / f"{split}.csv", index=False)
+
+
+def _paper_dataset(root, *, with_test=True):
+    _chexpert_table(root, "train", [
+        (1, "Frontal", {"Edema": 1.0}),                                   # kept
+        (1, "Lateral", {"Edema": 1.0}),                                   # lateral
+        (2, "Frontal", {"Edema": 1.0, "Atelectasis": -1.0}),              # uncertain in another finding
+        (3, "Frontal", {"Cardiomegaly": 0.0}),                            # none positive (blank = negative)
+        (4, "Frontal", {"Pleural Effusion": 1.0, "Consolidation": 0.0}),  # kept; blanks negative
+        (5, "Frontal", {"Pneumonia": 1.0}),                               # positive only outside the five: out
+    ])  # fmt: skip
+    _chexpert_table(root, "valid", [(64541, "Frontal", {"Cardiomegaly": 1.0}), (64542, "Frontal", {})])
+    if with_test:  # the released test labels: paths relative to the csv's folder, no Frontal/Lateral column
+        _chexpert_table(root, "test", [(64741, "Frontal", {"Consolidation": 1.0}), (64742, "Lateral", {"Edema": 1.0})],
+                        columns=[c for c in readers.CHEXPERT_COLUMNS if c != "Frontal/Lateral"],
+                        relative_to_csv=True)  # fmt: skip
+
+
+def test_chexpert_paper_cohort_exclusions_and_counts(tmp_path):
+    _paper_dataset(tmp_path)
+    manifest = readers.read_chexpert(tmp_path, cohort="paper")
+    # The training manifest holds train.csv only: valid.csv (tau) and test.csv stay out of every fold.
+    assert manifest["split"].unique().tolist() == ["train"]
+    assert manifest["patient_id"].tolist() == ["patient00001", "patient00004"]
+    assert manifest[list(readers.CHEXPERT_FINDINGS)].to_numpy().tolist() == [[0, 0, 0, 1, 0], [0, 0, 0, 0, 1]]
+    assert manifest.attrs["selection"] == {"train": [
+        ("rows", 6), ("frontal", 5), ("no uncertain (-1) label in the five findings", 4),
+        ("at least one of the five findings positive", 2),
+    ]}  # fmt: skip
+    [line] = readers.selection_lines(manifest.attrs["selection"])
+    assert line == "train.csv: 6 rows → 5 frontal → 4 no uncertain (-1) label in the five findings → 2 at least " \
+        "one of the five findings positive"  # fmt: skip
+
+    every = readers.read_chexpert(tmp_path, cohort="paper", splits=readers.CHEXPERT_SPLITS)
+    assert every.groupby("split").size().to_dict() == {"train": 2, "valid": 1, "test": 1}
+    test = every[every["split"] == "test"].iloc[0]
+    assert test["image_exists"] and test["image_path"].endswith(
+        "CheXpert-v1.0-small/test/patient64741/study1/view1_frontal.jpg"
+    )
+    assert every.attrs["selection"]["test"][:2] == [("rows", 2), ("frontal", 1)]  # the view from the file name
+
+
+def test_chexpert_cohort_all_is_todays_manifest_and_unknown_cohorts_are_refused(tmp_path):
+    _paper_dataset(tmp_path)
+    manifest = readers.read_chexpert(tmp_path)  # cohort all: train + valid, frontal, uncertain masked
+    assert manifest.groupby("split").size().to_dict() == {"train": 5, "valid": 2}
+    assert np.isnan(manifest.loc[manifest["patient_id"] == "patient00002", "Atelectasis"]).all()
+    assert "test" not in set(manifest["split"])  # test.csv is read only where asked (the paper cohort's evaluation)
+    with pytest.raises(DataError, match="set data.chexpert.cohort to all or paper"):
+        readers.read_chexpert(tmp_path, cohort="papers")
+
+
+def test_chexpert_cohort_is_checked_in_params():
+    from medmlops.config import ChexpertData, ConfigError, load_params
+    from tests.conftest import REPO
+
+    assert load_params(REPO / "params.yaml").data.chexpert.cohort == "all"
+    assert load_params(REPO / "params.yaml", profile="paper").data.chexpert.cohort == "paper"
+    with pytest.raises(ConfigError, match="cohort must be all or paper"):
+        ChexpertData(cohort="paper-ish")
+    with pytest.raises(ConfigError, match="frontal images only"):
+        ChexpertData(cohort="paper", frontal_only=False)

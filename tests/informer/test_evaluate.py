@@ -244,6 +244,7 @@ def test_evaluate_refuses_when_the_calibration_images_overlap_the_test_split(
 ):
     from medmlops.cli import main
     from medmlops.informer import evaluate
+    from medmlops.informer.calibrate import SplitImages
     from medmlops.registry.trained_params import VersionParams
 
     stored = {"methods": {"ixg": {}}, "direction": "low", "baselines": {}, "method": "ixg",
@@ -255,7 +256,12 @@ def test_evaluate_refuses_when_the_calibration_images_overlap_the_test_split(
     )
     monkeypatch.setattr(evaluate, "load_calibration", lambda family, version, contract: stored)
     monkeypatch.setattr(
-        evaluate, "version_split", lambda *a, **k: (None, {}, ["img-0", "img-2", "img-3"])
+        evaluate,
+        "informer_splits",
+        lambda *a, **k: (
+            SplitImages(None, {}, ["img-1"], "fold 0 val split"),
+            SplitImages(None, {}, ["img-0", "img-2", "img-3"], "fold 0 test split"),
+        ),
     )  # the test split holds img-2, which the calibration was fitted on
     monkeypatch.setattr(evaluate, "batched_outputs", lambda *a, **k: pytest.fail("the model ran"))
     code = main(["informer", "evaluate", "cxr-findings", "--alias", "3", "--method", "ixg", "--tta", "0", "--params",
@@ -357,3 +363,68 @@ def test_evaluate_end_to_end_writes_tables_figure_and_mlflow_runs(registered_pro
     assert client.search_runs([experiment.experiment_id], "tags.kind = 'informer-fd-shifts'")
     artifacts = {a.path for a in client.list_artifacts(latest.info.run_id, "informer")}
     assert "informer/failure_detection.csv" in artifacts and "informer/risk_coverage.png" in artifacts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Simulator shifts only beside a model of simulated data
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _evaluate_small(monkeypatch, tmp_path, simulated: bool):
+    """evaluate_version on a tiny model and random 40-image splits, the version's params saying ``simulated``;
+    returns (summary, the shifts the simulator was asked for)."""
+    import torch
+
+    from medmlops.config import load_params
+    from medmlops.informer import evaluate
+    from medmlops.informer.calibrate import SplitImages
+    from medmlops.interpret.saliency import LogitsModel
+    from medmlops.registry.trained_params import VersionParams
+    from tests.conftest import REPO
+    from tests.informer.test_outputs import CONTRACT, _Images, _Tiny
+
+    params = load_params(REPO / "params.yaml", profile="smoke", overrides=[f"data.simulated={str(simulated).lower()}"])
+    torch.manual_seed(0)
+    model = LogitsModel(_Tiny(), ["findings"]).eval()
+    rng = np.random.default_rng(0)
+
+    def split(name: str, n: int = 40) -> SplitImages:
+        labels = {"findings": rng.integers(0, 2, (n, 5)).astype(np.float64)}
+        return SplitImages(_Images(n), labels, [f"{name}-{k}" for k in range(n)], f"fold 0 {name} split")
+
+    asked = []
+
+    def shifted(params, contract, shift, n, seed, run):
+        asked.append(shift)
+        made = split(f"shift-{shift}", n)
+        return run(made), made.labels
+
+    monkeypatch.setattr(evaluate, "informer_model", lambda family, alias: ("3", CONTRACT, model))
+    monkeypatch.setattr(evaluate, "trained_version_params", lambda p, f, v: VersionParams(params, "this test"))
+    monkeypatch.setattr(evaluate, "load_calibration", lambda family, version, contract: None)
+    monkeypatch.setattr(evaluate, "informer_splits", lambda *a, **k: (split("val"), split("test")))
+    monkeypatch.setattr(evaluate, "shifted_outputs", shifted)
+    summary = evaluate.evaluate_version(
+        params, "cxr-findings", "3", methods=("ixg",), tta_samples=0, n_bootstrap=3, shifts=("scanner",),
+        out_dir=tmp_path, progress=False, log_run=False,
+    )  # fmt: skip
+    return summary, asked
+
+
+def test_a_model_of_real_data_gets_no_simulator_shifts_and_the_report_says_why(monkeypatch, tmp_path):
+    from medmlops.informer.evaluate import REAL_DATA_NO_SHIFTS
+
+    summary, asked = _evaluate_small(monkeypatch, tmp_path, simulated=False)
+    assert asked == []  # the simulator was never asked for a shifted set
+    assert summary["test_sets"] == ["iid"] and summary["shifts_absent"] == REAL_DATA_NO_SHIFTS
+    fd = pd.read_csv(tmp_path / "cxr-findings-v3" / "failure_detection.csv")
+    assert set(fd["test_set"]) == {"iid"}
+    report = (tmp_path / "cxr-findings-v3" / "report.html").read_text()
+    assert "trained on real data (data.simulated: false)" in report
+    assert summary["splits"]["test"]["source"] == "fold 0 test split" and summary["n_test"] == 40
+
+
+def test_a_model_of_simulated_data_gets_its_shifted_test_sets(monkeypatch, tmp_path):
+    summary, asked = _evaluate_small(monkeypatch, tmp_path, simulated=True)
+    assert asked == ["scanner"] and summary["test_sets"] == ["iid", "scanner"] and summary["shifts_absent"] is None
+    assert "simulated at the same size" in (tmp_path / "cxr-findings-v3" / "report.html").read_text()

@@ -1,14 +1,16 @@
 """Fit INFORMER's per-class thresholds for a registered model version and store them with the version.
 
 The calibration uses the validation split of the fold whose weights were registered (the split the model never
-trained on and the prediction thresholds were chosen on, as in Shu et al.). It stores, with the model version:
+trained on and the prediction thresholds were chosen on), or, for a CheXpert model trained on the paper cohort
+(``data.chexpert.cohort: paper``), CheXpert's official valid.csv as in Shu et al. (:func:`informer_splits`). The
+images are read one batch at a time, so memory does not grow with the split. It stores, with the model version:
 
 * ``informer/calibration.json``: per saliency method and per class the threshold τ_c and flag direction; the
   baselines' (MSR, entropy, energy, TTA) thresholds from the same grid search; the logit tier (the logit score
   monitoring flags by at ingest, see :mod:`medmlops.informer.logit_tier`); the embedding PCA; validation F1
   before and after flag-and-swap;
-* ``informer/reference.csv``: the per-image features of the fold's held-out images, validation and test split
-  (the drift reports' reference; see :func:`reference_features`);
+* ``informer/reference.csv``: the per-image features of the calibration and test split (the drift reports'
+  reference; see :func:`reference_features`);
 * ``contract.json`` rewritten with its ``informer`` field filled (method, direction, τ, baselines' τ, the logit
   tier), so everything that reads the contract sees the calibration.
 """
@@ -19,7 +21,8 @@ import datetime as dt
 import json
 import logging
 import tempfile
-from dataclasses import replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,18 +56,47 @@ class CalibrationError(UserError, ValueError):
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def version_split(
-    params: Params, family: str, version: str, split: str, *, repo: Path = Path("."), progress: bool = False
-) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
-    """The images ``(N, *shape)``, labels by task and sample ids of ``split`` (val | test) of the fold whose weights
-    version ``version`` of ``family`` carries (the experiment run's ``best_fold`` tag). ``params`` must be the
-    version's (:func:`medmlops.registry.trained_params.version_params`, which the callers resolve once): its seed,
-    data, preprocessing and folds made those splits, whatever the current params say."""
+@dataclass
+class SplitImages:
+    """One split's images, read from the preprocessing cache one batch at a time (never stacked whole: a CheXpert
+    split at 320 px is tens of GB), with its labels by task and its sample ids.
+
+    ``source`` says which images these are (``fold 3 val split``, ``valid.csv``); ``note`` why they are not the
+    ones the cohort asks for (empty when they are); ``selection`` the images left after each of the paper cohort's
+    exclusions, per CheXpert csv (:func:`medmlops.data.readers.chexpert_selection`; empty for other cohorts)."""
+
+    dataset: Any  # indexable: dataset[k]["image"] is image k, preprocessed as in training
+    labels: dict[str, np.ndarray]
+    ids: list[str]
+    source: str
+    note: str = ""
+    selection: dict[str, list] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The images, ``batch_size`` at a time, as float32 tensors: only the batch being yielded is held."""
+        for start in range(0, len(self.ids), batch_size):
+            stop = min(start + batch_size, len(self.ids))
+            yield torch.stack(
+                [torch.as_tensor(self.dataset[k]["image"], dtype=torch.float32) for k in range(start, stop)]
+            )
+
+    def stack(self) -> torch.Tensor:
+        """Every image in one tensor: for small splits only (tests); calibration and evaluation stream."""
+        return torch.cat(list(self.batches(64)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "n": len(self), "note": self.note, "selection": self.selection}
+
+
+def _version_plan(params: Params, family: str, version: str, repo: Path, progress: bool):
+    """(contract, experiment plan, fold) of the fold whose weights ``version`` carries (its run's best_fold tag)."""
     from mlflow import MlflowClient
 
-    from medmlops.data import preprocess as prep
     from medmlops.registry.tracking import load_contract
-    from medmlops.training.experiment import experiment_sources, plan_experiment
+    from medmlops.training.experiment import plan_experiment
 
     contract = load_contract(family, version)
     client = MlflowClient()
@@ -73,27 +105,112 @@ def version_split(
     if "best_fold" not in run.data.tags:
         raise CalibrationError(f"{family} version {version}: its run {mv.run_id} has no best_fold tag")
     fold = int(run.data.tags["best_fold"])
-    plan = plan_experiment(contract.experiment, params, repo=repo, progress=progress)
-    part = plan.splits[(plan.splits["fold"] == fold) & (plan.splits["split"] == split)]
-    ids = [i for i in part["sample_id"].tolist() if i in plan.items]
-    if not ids:
-        raise CalibrationError(f"{family} version {version}: fold {fold} has no {split} images in this project")
-    dataset = prep.make_dataset(
-        params, experiment_sources(plan.exp)[0], [plan.items[i] for i in ids], augment=False, repo=repo
-    )
-    images = torch.stack([torch.as_tensor(dataset[k]["image"], dtype=torch.float32) for k in range(len(dataset))])
-    if tuple(images.shape[1:]) != tuple(contract.input.shape):
+    return contract, plan_experiment(contract.experiment, params, repo=repo, progress=progress), fold
+
+
+def _split_images(
+    params: Params, contract: ModelContract, plan, items: list[dict], source: str, *, family: str, version: str,
+    repo: Path,
+) -> SplitImages:  # fmt: skip
+    from medmlops.data import preprocess as prep
+    from medmlops.training.experiment import experiment_sources
+
+    dataset = prep.make_dataset(params, experiment_sources(plan.exp)[0], items, augment=False, repo=repo)
+    shape = tuple(np.shape(dataset[0]["image"]))  # one image read to check the shape
+    if shape != tuple(contract.input.shape):
         raise CalibrationError(
             f"{family} version {version} takes images of shape {list(contract.input.shape)} but the "
-            f"'{params.profile}' profile preprocesses to {list(images.shape[1:])}: use the profile it was trained with"
+            f"'{params.profile}' profile preprocesses to {list(shape)}: use the profile it was trained with"
         )
     labels = {}
     for task in plan.tasks.values():
         if task.kind == "multilabel":
-            labels[task.name] = np.stack([np.asarray(plan.items[i][task.name], dtype=np.float64) for i in ids])
+            labels[task.name] = np.stack([np.asarray(item[task.name], dtype=np.float64) for item in items])
         else:
-            labels[task.name] = np.asarray([plan.items[i][task.column] for i in ids], dtype=np.float64)
-    return images, labels, ids
+            labels[task.name] = np.asarray([item[task.column] for item in items], dtype=np.float64)
+    return SplitImages(dataset, labels, [str(item["sample_id"]) for item in items], source)
+
+
+def _fold_split(params, contract, plan, fold: int, split: str, *, family: str, version: str, repo: Path):
+    part = plan.splits[(plan.splits["fold"] == fold) & (plan.splits["split"] == split)]
+    ids = [i for i in part["sample_id"].tolist() if i in plan.items]
+    if not ids:
+        raise CalibrationError(f"{family} version {version}: fold {fold} has no {split} images in this project")
+    return _split_images(params, contract, plan, [plan.items[i] for i in ids], f"fold {fold} {split} split",
+                         family=family, version=version, repo=repo)  # fmt: skip
+
+
+def informer_splits(
+    params: Params, family: str, version: str, *, repo: Path = Path("."), progress: bool = False
+) -> tuple[SplitImages, SplitImages]:
+    """(calibration split, test split) of version ``version`` of ``family``. ``params`` must be the version's
+    (:func:`medmlops.registry.trained_params.version_params`, which the callers resolve once): its seed, data,
+    preprocessing and folds made those splits, whatever the current params say.
+
+    * By default, the validation and test split of the fold whose weights the version carries (the split the model
+      never trained on and its prediction thresholds were chosen on, and the fold's held-out test split).
+    * A CheXpert model trained on the paper cohort (``data.chexpert.cohort: paper``, Shu et al.): τ on CheXpert's
+      official ``valid.csv``, the test set its official ``test.csv`` when the user put one beside train.csv, else
+      the fold's test split (``note`` says so). The paper cohort's folds come from train.csv alone, so neither csv's
+      images were trained on; checked here all the same.
+    """
+    contract, plan, fold = _version_plan(params, family, version, repo, progress)
+    where = {"family": family, "version": version, "repo": repo}
+    if plan.exp.dataset != "chexpert" or params.data.chexpert.cohort != "paper":
+        return _fold_split(params, contract, plan, fold, "val", **where), _fold_split(
+            params, contract, plan, fold, "test", **where
+        )
+    from medmlops.data import preprocess as prep
+    from medmlops.data.readers import CHEXPERT_SPLITS, chexpert_base, read_chexpert
+
+    root = repo / params.data.raw_dir / "chexpert"
+    csv_dir = chexpert_base(root)[0]
+    cfg = params.data.chexpert
+    manifest = read_chexpert(root, policy=cfg.uncertainty_policy, cohort="paper", splits=CHEXPERT_SPLITS)
+    selection = {split: [list(step) for step in steps] for split, steps in manifest.attrs["selection"].items()}
+    trained = plan.splits[(plan.splits["fold"] == fold) & plan.splits["split"].isin(["train", "val"])]
+    trained = set(trained["sample_id"].astype(str))
+
+    def official(split: str) -> SplitImages | None:
+        if split not in selection:
+            return None
+        rows = prep._standardise(manifest[manifest["split"] == split].reset_index(drop=True), "chexpert")
+        if not len(rows):
+            raise CalibrationError(f"{csv_dir / split}.csv: no image is left after the paper cohort's exclusions "
+                                   "(frontal, no uncertain label, one of the five findings positive)")  # fmt: skip
+        prep.check_manifest(rows, "chexpert", root)
+        seen = sorted(trained & set(rows["sample_id"].astype(str)))
+        if seen:
+            raise CalibrationError(f"{family} version {version}: {len(seen)} images of {split}.csv were in fold "
+                                   f"{fold}'s training data (e.g. {seen[0]}); retrain with data.chexpert.cohort paper")  # fmt: skip
+        items = prep.items_from_manifest(rows, "chexpert")
+        images = _split_images(params, contract, plan, items, f"{split}.csv", **where)
+        images.selection = selection
+        return images
+
+    calibration = official("valid")
+    if calibration is None:
+        raise CalibrationError(f"{csv_dir / 'valid.csv'}: not found; the paper cohort (data.chexpert.cohort: paper) "
+                               "tunes tau on CheXpert's valid.csv: put it beside train.csv or set the cohort to all")  # fmt: skip
+    test = official("test")
+    if test is None:
+        test = _fold_split(params, contract, plan, fold, "test", **where)
+        test.selection = selection
+        test.note = (f"{csv_dir / 'test.csv'} (CheXpert's official test labels) not found: tested on fold {fold}'s "
+                     "test split (train.csv patients the model never trained on) instead")  # fmt: skip
+        log.warning("%s v%s: %s", family, version, test.note)
+    return calibration, test
+
+
+def version_split(
+    params: Params, family: str, version: str, split: str, *, repo: Path = Path("."), progress: bool = False
+) -> tuple[torch.Tensor, dict[str, np.ndarray], list[str]]:
+    """The images ``(N, *shape)`` stacked in memory, labels by task and sample ids of ``split`` (val | test) of the
+    fold whose weights version ``version`` of ``family`` carries: for small splits (tests, the OOD check).
+    Calibration and evaluation stream their splits (:func:`informer_splits`)."""
+    contract, plan, fold = _version_plan(params, family, version, repo, progress)
+    images = _fold_split(params, contract, plan, fold, split, family=family, version=version, repo=repo)
+    return images.stack(), images.labels, images.ids
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -305,28 +422,25 @@ def load_reference(family: str, version: str) -> pd.DataFrame:
 
 
 def reference_features(
-    params: Params,
-    family: str,
-    version: str,
     model: LogitsModel,
     contract: ModelContract,
     calibration: dict[str, Any],
     val_outputs: dict[str, Any],
     val_targets: np.ndarray,
+    test: SplitImages,
     *,
-    repo: Path = Path("."),
     progress: bool = False,
 ) -> pd.DataFrame:
-    """The drift reports' reference: per-image features of every held-out image of the registered fold, validation
-    and test split (the thresholds are fitted on validation only). The validation split alone is 10 % of the
-    training fold, too few rows for Evidently's tests; the test split is the same unseen, i.i.d. distribution."""
+    """The drift reports' reference: per-image features of the calibration split and the ``test`` split (the
+    held-out images of the registered fold, or the paper cohort's valid.csv and test set; the thresholds are fitted
+    on the calibration split only). A fold's validation split alone is 10 % of the training fold, too few rows for
+    Evidently's tests; the test split is the same unseen, i.i.d. distribution. ``split`` is ``val`` or ``test``."""
     method = calibration["method"]
     frames = []
-    test_images, test_labels, _ = version_split(params, family, version, "test", repo=repo)
-    test_outputs = batched_outputs(model, contract, test_images, methods=(method,), tta_samples=0, progress=progress,
-                                   desc=f"reference {family} v{version}")  # fmt: skip
+    test_outputs = batched_outputs(model, contract, test, methods=(method,), tta_samples=0, progress=progress,
+                                   desc=f"reference {contract.family} {test.source}")  # fmt: skip
     for outputs, targets, split in ((val_outputs, val_targets, "val"),
-                                    (test_outputs, scores.logit_targets(contract, test_labels), "test")):  # fmt: skip
+                                    (test_outputs, scores.logit_targets(contract, test.labels), "test")):  # fmt: skip
         frame = feature_frame(outputs, contract.output_names(), calibration, method)
         for j, cls in enumerate(contract.output_names()):
             frame[f"label:{cls}"] = targets[:, j]
@@ -375,10 +489,10 @@ def calibrate_version(
     # The model's splits, data and preprocessing are the version's; informer.* and registry.* the current params'.
     trained = trained_version_params(params, family, version)
     params = trained.params
-    images, labels, ids = version_split(params, family, version, "val", repo=repo, progress=progress)
-    targets = scores.logit_targets(contract, labels)
+    split, test = informer_splits(params, family, version, repo=repo, progress=progress)
+    targets = scores.logit_targets(contract, split.labels)
     outputs = batched_outputs(
-        logits_model, contract, images, methods=methods, tta_samples=tta_samples, progress=progress,
+        logits_model, contract, split, methods=methods, tta_samples=tta_samples, progress=progress,
         desc=f"calibrate {family} v{version}",
     )  # fmt: skip
     cfg = params.informer
@@ -388,15 +502,14 @@ def calibrate_version(
         csf_names=tuple(cfg.csfs), pinned=None if cfg.csf == "auto" else cfg.csf, review_budget=cfg.review_budget,
         target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
     )  # fmt: skip
-    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples, validation_ids=ids,
+    calibration.update(version=version, experiment=contract.experiment, tta_samples=tta_samples,
+                       validation_ids=split.ids, splits={"calibration": split.describe(), "test": test.describe()},
                        trained_params=trained.describe(), trained_params_summary=trained.summary(family, version))  # fmt: skip
     # Performance estimation without labels (CBPE) in monitoring: calibrated probabilities and the gate floor.
     calibration["performance"] = performance_section(
         params.registry.gates, contract, outputs["logits"], targets, min_per_class=minimum
     )
-    reference = reference_features(
-        params, family, version, logits_model, contract, calibration, outputs, targets, repo=repo, progress=progress
-    )
+    reference = reference_features(logits_model, contract, calibration, outputs, targets, test, progress=progress)
     calibration["n_reference"] = int(len(reference))
     if store:
         store_calibration(family, version, calibration, reference)
@@ -405,10 +518,10 @@ def calibrate_version(
     if fit["too_few"]:
         log.warning(
             "%s v%s: %s never flagged: fewer than %d positives or negatives among its %d validation images "
-            "(informer.min_per_class)", family, version, ", ".join(fit["too_few"]), minimum, len(images),
+            "(informer.min_per_class)", family, version, ", ".join(fit["too_few"]), minimum, len(split),
         )  # fmt: skip
     log.info(
-        "%s v%s calibrated on %d validation images (%s, direction %s): tau %s",
-        family, version, len(images), method, direction, fit["tau"],
+        "%s v%s calibrated on %d images of the %s (%s, direction %s): tau %s",
+        family, version, len(split), split.source, method, direction, fit["tau"],
     )  # fmt: skip
     return calibration

@@ -57,7 +57,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     method = calibration["method"]
     fit = calibration["methods"][method]
     print(calibration["trained_params_summary"])
-    print(f"{args.family} v{calibration['version']}: calibrated on {calibration['n_validation']} validation images")
+    split = calibration["splits"]["calibration"]
+    print(f"{args.family} v{calibration['version']}: calibrated on {calibration['n_validation']} images of the "
+          f"{split['source']}")  # fmt: skip
+    _print_cohort(calibration["splits"])
     print(f"INFORMER-{method} (the paper's flag-and-swap thresholds):")
     for cls, tau in fit["tau"].items():
         print(f"  {cls:<32} tau {'-' if tau is None else f'{tau:.3f}':>7}  val F1 {fit['f1_before'][cls]:.3f} -> "
@@ -80,6 +83,20 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_cohort(splits: dict) -> None:
+    """The paper cohort's counts after each exclusion and why a split is not the one the cohort asks for."""
+    from medmlops.data.readers import selection_lines
+
+    selection = next((v["selection"] for v in splits.values() if v.get("selection")), None)
+    if selection:
+        print("CheXpert paper cohort, images left after each exclusion (the paper: 90,839 train, 128 valid, 284 test):")
+        for line in selection_lines(selection):
+            print(f"  {line}")
+    for value in splits.values():
+        if value.get("note"):
+            print(value["note"])
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from medmlops.informer.evaluate import evaluate_versions
     from medmlops.registry import tracking
@@ -95,6 +112,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     for version, one in summary["per_version"].items():
         print(one["trained_params_summary"])
+        _print_cohort(one["splits"])
+        print(f"{args.family} v{version}: tau from the {one['splits']['calibration']['source']}, tested on the "
+              f"{one['splits']['test']['source']} ({one['n_test']} images)")  # fmt: skip
+        if one["shifts_absent"]:
+            print(f"shifted test sets: {one['shifts_absent']}")
         print(f"{args.family} v{version} (seed {one['seed']}): mean F1 after flag-and-swap on test")
         print(json.dumps(one["mean_f1"], indent=2))
         print(f"INFORMER vs baselines (mean F1 on test): {one['informer_vs_baselines_mean_f1']}")

@@ -9,9 +9,10 @@ Two protocols, reported side by side:
   (Tables S1/S2).
 * FD-Shifts' (Jaeger et al. 2023; AUGRC: Traub et al. 2024): every CSF of :mod:`medmlops.informer.csf` as a
   confidence ranking of the model's own per-class predictions, AURC, E-AURC and AUGRC (× 1000, class-averaged, lower
-  is better) with bootstrap 95 % CIs, on the i.i.d. test split and on shifted test sets made by the simulator's shift
-  knobs; the deployed CSF's and INFORMER-learned's paired AUGRC differences to MSR and to logit-learned; the
-  deployed CSF's coverage and selective risk at its stored τ. Fitted CSFs use the states stored with the
+  is better) with bootstrap 95 % CIs, on the i.i.d. test split and, for a model of simulated data, on shifted test
+  sets made by the simulator's shift knobs (a model of real data gets none: the report says why); the deployed
+  CSF's and INFORMER-learned's paired AUGRC differences to MSR and to logit-learned; the deployed CSF's coverage
+  and selective risk at its stored τ. Fitted CSFs use the states stored with the
   calibration, checked to be fitted on images disjoint from the test split.
 
 :func:`evaluate_versions` runs this on several versions (training seeds) and aggregates (mean, sd, how many versions'
@@ -20,6 +21,7 @@ deployed CSF beat MSR). The numbers and tables are in :mod:`medmlops.informer.fd
 
 from __future__ import annotations
 
+import html
 import json
 import logging
 import tempfile
@@ -35,11 +37,12 @@ from medmlops.data.simulate import SHIFTS as SIMULATOR_SHIFTS
 from medmlops.errors import UserError
 from medmlops.informer import csf, fd_report, scores
 from medmlops.informer.calibrate import (
+    SplitImages,
     baseline_scores,
     fit_calibration,
     informer_model,
+    informer_splits,
     load_calibration,
-    version_split,
 )
 from medmlops.informer.outputs import batched_outputs
 from medmlops.informer.probability import estimate
@@ -174,11 +177,19 @@ def box_plot(boot: pd.DataFrame, tests: pd.DataFrame, path: Path, title: str) ->
     return save_figure(fig, path, dpi=120)
 
 
-def shifted_test_set(
-    params: Params, contract: ModelContract, shift: str, n: int, seed: int
-) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-    """``n`` simulated images of the model's first source dataset with the simulator's ``shift`` knob,
-    preprocessed from their files as serving does, and their labels by task."""
+# Why a model trained on real data gets no shifted test sets (FD-Shifts' shifts here come from the simulator).
+REAL_DATA_NO_SHIFTS = (
+    "none: the model was trained on real data (data.simulated: false) and the shifted test sets are made by the "
+    "simulator, whose images are not this data's distribution; only the test split is evaluated"
+)
+
+
+def shifted_outputs(
+    params: Params, contract: ModelContract, shift: str, n: int, seed: int, run: Any
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """``run`` (images → outputs) on ``n`` simulated images of the model's first source dataset with the
+    simulator's ``shift`` knob, preprocessed from their files as serving does, one batch at a time; and their
+    labels by task."""
     from medmlops.data import preprocess as prep
     from medmlops.data.readers import read_manifest
     from medmlops.data.simulate import generate
@@ -192,7 +203,8 @@ def shifted_test_set(
         manifest = prep._standardise(read_manifest(source, tmp, params), source)
         items = prep.items_from_manifest(manifest, source)
         preprocess = Preprocessor(contract.family, contract)
-        images = torch.stack([preprocess(Path(item["image"]).read_bytes()) for item in items])
+        ids = [str(item["sample_id"]) for item in items]
+        outputs = run(SplitImages(_Files(items, preprocess), {}, ids, f"simulated {shift} shift"))
     labels = {}
     for spec in contract.tasks:
         if spec.kind == "multilabel":
@@ -200,7 +212,20 @@ def shifted_test_set(
         else:
             column = spec.name if spec.name in items[0] else None
             labels[spec.name] = np.asarray([item[column] if column else -1 for item in items], dtype=np.float64)
-    return images, labels
+    return outputs, labels
+
+
+class _Files:
+    """Image files read and preprocessed when indexed (``files[k]["image"]``), as :class:`SplitImages` reads."""
+
+    def __init__(self, items: list[dict], preprocess: Any) -> None:
+        self.items, self.preprocess = items, preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return {"image": self.preprocess(Path(self.items[k]["image"]).read_bytes())}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -296,6 +321,12 @@ def evaluate_version(
     params = trained.params
     cfg = params.informer
     classes = contract.output_names()
+    # FD-Shifts' shifted sets come from the simulator: beside a model of real data they would measure nothing of it.
+    shifts_absent = REAL_DATA_NO_SHIFTS if shifts and not params.data.simulated else None
+    if shifts_absent:
+        log.warning("%s v%s: no shifted test sets (%s asked): %s", family, version, ", ".join(shifts), shifts_absent)
+        shifts = ()
+    split, test = informer_splits(params, family, version, repo=repo, progress=progress)
     stored = load_calibration(family, version, contract)
     method = stored.get("csf", {}).get("method", stored["method"]) if stored else methods[0]
     run_methods = tuple(dict.fromkeys([*methods, method]))
@@ -312,17 +343,16 @@ def evaluate_version(
         calibration = stored
         log.info("%s v%s: stored calibration of %s", family, version, stored.get("created_at", "?"))
     else:
-        log.info("%s v%s: no matching stored calibration, fitting one on the validation split", family, version)
-        images, labels, val_ids = version_split(params, family, version, "val", repo=repo, progress=progress)
+        log.info("%s v%s: no matching stored calibration, fitting one on the %s", family, version, split.source)
         calibration = fit_calibration(
-            run(images, f"{family} v{version} validation"), scores.logit_targets(contract, labels), contract,
+            run(split, f"{family} v{version} {split.source}"), scores.logit_targets(contract, split.labels), contract,
             methods=run_methods, direction=direction, min_per_class=cfg.min_per_class, csf_names=tuple(cfg.csfs),
             pinned=None if cfg.csf == "auto" else cfg.csf, review_budget=cfg.review_budget,
             target_risk=cfg.target_risk, folds=cfg.cv_folds, seed=params.seed,
         )  # fmt: skip
-        calibration["validation_ids"] = val_ids
+        calibration["validation_ids"] = split.ids
     section = csf_section(calibration, run_methods, tta_samples > 0)
-    images, labels, test_ids = version_split(params, family, version, "test", repo=repo, progress=progress)
+    test_ids = test.ids
     validation_ids = calibration.get("validation_ids")
     if validation_ids is None:
         if section.get("states"):
@@ -334,10 +364,10 @@ def evaluate_version(
             csf.check_disjoint(validation_ids, test_ids)
         except csf.CSFUnavailable as exc:
             raise EvaluationError(f"{family} v{version}: {exc}") from exc
-    targets = scores.logit_targets(contract, labels)
-    log.info("%s v%s: %d test images, test split checked disjoint from the %s calibration images", family, version,
-             len(targets), "?" if validation_ids is None else len(validation_ids))  # fmt: skip
-    outputs = run(images, f"{family} v{version} test")
+    targets = scores.logit_targets(contract, test.labels)
+    log.info("%s v%s: %d test images (%s), checked disjoint from the %s calibration images", family, version,
+             len(targets), test.source, "?" if validation_ids is None else len(validation_ids))  # fmt: skip
+    outputs = run(test, f"{family} v{version} {test.source}")
 
     # The paper's protocol (Table 1, Fig. 3, Tables S1/S2): flag-and-swap with the validation thresholds.
     predictions = swapped_predictions(outputs, calibration)
@@ -358,8 +388,10 @@ def evaluate_version(
     cbpe = [cbpe_rows(contract, outputs["logits"], targets, performance, "iid")] if performance else []
     log.info("%s v%s: FD-Shifts on iid done (%d CSFs)", family, version, len(results["iid"]["curves"]))
     for k, shift in enumerate(shifts):
-        shifted_images, shifted_labels = shifted_test_set(params, contract, shift, len(images), seed + 101 + k)
-        shifted = run(shifted_images, f"{family} v{version} shift {shift}")
+        desc = f"{family} v{version} shift {shift}"
+        shifted, shifted_labels = shifted_outputs(
+            params, contract, shift, len(test), seed + 101 + k, lambda images, desc=desc: run(images, desc)
+        )
         shifted_targets = scores.logit_targets(contract, shifted_labels)
         results[shift] = fd_shifts_test_set(
             shifted, shifted_targets, contract, section, names, test_set=shift, n_bootstrap=n_bootstrap, seed=seed,
@@ -417,12 +449,15 @@ def evaluate_version(
         "operating_point": None if operating is None else operating.to_dict(orient="records"),
         "performance_estimation": None if estimation is None else estimation.to_dict(orient="records"),
         "report": str(folder / "report.html"), "trained_params": trained.describe(),
-        "trained_params_summary": trained.summary(family, version),
+        "trained_params_summary": trained.summary(family, version), "shifts_absent": shifts_absent,
+        "splits": {"calibration": calibration.get("splits", {}).get("calibration", split.describe()),
+                   "test": test.describe()},
     }  # fmt: skip
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default), encoding="utf-8")
     (folder / "report.html").write_text(
         _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
-                      operating, unavailable, n_bootstrap, len(targets), estimation),
+                      operating, unavailable, n_bootstrap, len(targets), estimation, splits=summary["splits"],
+                      shifts_absent=shifts_absent),
         encoding="utf-8",
     )  # fmt: skip
     if log_run:
@@ -480,13 +515,19 @@ def _json_default(value: Any) -> Any:
 
 
 def _version_html(family, version, calibration, section, table, sens, spec, tests, box, rc, wide, fd, compared,
-                  operating, unavailable, n_bootstrap, n_test, estimation=None) -> str:  # fmt: skip
+                  operating, unavailable, n_bootstrap, n_test, estimation=None, splits=None,
+                  shifts_absent=None) -> str:  # fmt: skip
     selected = section["selected"]
+    splits = splits or {}
+    calibrated_on, tested_on = (splits.get(k, {}).get("source", "") for k in ("calibration", "test"))
+    shifted = f"shifted test sets: {shifts_absent}" if shifts_absent else "shifted test sets simulated at the same size"
     sections = [
-        ("Setup", f"<p>{calibration['n_validation']} calibration (validation) images: thresholds, CSF ranking and "
-                  f"fitted CSFs; {n_test} test images; shifted test sets simulated at the same size. Bootstrap: "
-                  f"{n_bootstrap} resamples of the images, percentile 95 % CI.</p>"
-                  f"<p>Deployed CSF: <b>{fd_report.csf_label(selected)}</b> ({section.get('reason', '')}).</p>"),
+        ("Setup", f"<p>{calibration['n_validation']} calibration images ({calibrated_on or 'validation'}): "
+                  f"thresholds, CSF ranking and fitted CSFs; {n_test} test images ({tested_on or 'test split'}); "
+                  f"{shifted}. Bootstrap: {n_bootstrap} resamples of the images, percentile 95 % CI.</p>"
+                  + "".join(f"<p><b>{html.escape(splits[k]['note'])}</b></p>" for k in splits if splits[k].get("note"))
+                  + _cohort_html(splits)
+                  + f"<p>Deployed CSF: <b>{fd_report.csf_label(selected)}</b> ({section.get('reason', '')}).</p>"),
         ("Failure detection: AUGRC x1000 (lower is better) [95 % CI]", wide.to_html()),
         ("Deployed CSF vs MSR, INFORMER-learned vs logit-learned (paired AUGRC difference x1000)",
          compared.round(2).to_html(index=False)),
@@ -504,6 +545,17 @@ def _version_html(family, version, calibration, section, table, sens, spec, test
         (f"{n_bootstrap} bootstrap test sets (Fig. 3)", f"<img src='{box.name}'>" + tests.round(4).to_html(index=False)),
     ]  # fmt: skip
     return fd_report.html_page(f"INFORMER evaluation: {family} v{version}", sections)
+
+
+def _cohort_html(splits: dict[str, Any]) -> str:
+    """The paper cohort's images left after each exclusion, per CheXpert csv (empty for other cohorts)."""
+    from medmlops.data.readers import selection_lines
+
+    selection = next((v["selection"] for v in splits.values() if v.get("selection")), None)
+    if not selection:
+        return ""
+    lines = "".join(f"<li>{html.escape(line)}</li>" for line in selection_lines(selection))
+    return f"<p>Cohort (data.chexpert.cohort: paper; the paper: 90,839 train, 128 valid, 284 test):</p><ul>{lines}</ul>"
 
 
 def _metric_key(*parts: str) -> str:

@@ -7,8 +7,8 @@ statistics; and, given a calibration, the flags and the per-image features the d
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -130,10 +130,26 @@ def compute_outputs(
     return out
 
 
+class Batches(Protocol):
+    """Images read one batch at a time: a split of any size costs one batch of image memory
+    (:class:`medmlops.informer.calibrate.SplitImages`)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]: ...
+
+
+def image_batches(images: torch.Tensor | Batches, batch_size: int) -> Iterator[torch.Tensor]:
+    """``images`` in batches of ``batch_size``: slices of a tensor, or a :class:`Batches`' own batches."""
+    if isinstance(images, torch.Tensor):
+        return (images[start : start + batch_size] for start in range(0, len(images), batch_size))
+    return images.batches(batch_size)
+
+
 def batched_outputs(
     model: LogitsModel,
     contract: ModelContract,
-    images: torch.Tensor,
+    images: torch.Tensor | Batches,
     *,
     methods: tuple[str, ...],
     tta_samples: int,
@@ -142,14 +158,23 @@ def batched_outputs(
     progress: bool = True,
     desc: str = "informer",
 ) -> dict[str, Any]:
-    """:func:`compute_outputs` over ``images`` in batches, concatenated."""
+    """:func:`compute_outputs` over ``images`` in batches, concatenated. Only the per-image outputs (scores,
+    logits, embedding, statistics: a few kB an image) are kept; each batch's images and saliency maps are dropped
+    before the next batch is read, so peak memory does not grow with the split (benchmarks/informer_memory.py)."""
     from tqdm.auto import tqdm
 
     parts = []
-    starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc=desc, disable=not progress, unit="batch"):
-        x = images[start : start + batch_size]
-        parts.append(compute_outputs(model, contract, x, methods=methods, tta_samples=tta_samples, seed=seed + start))
+    # The bar is updated by hand: tqdm wrapping the iterator would hold the previous batch while the next is read.
+    with tqdm(total=math.ceil(len(images) / batch_size), desc=desc, disable=not progress, unit="batch") as bar:
+        start = 0  # no enumerate(): its reused result tuple would hold the previous batch while the next is read
+        for x in image_batches(images, batch_size):
+            parts.append(compute_outputs(model, contract, x, methods=methods, tta_samples=tta_samples,
+                                         seed=seed + start))  # fmt: skip
+            start += len(x)
+            del x  # before the next batch is read
+            bar.update()
+    if not parts:
+        raise ValueError(f"{desc}: no images")
     out: dict[str, Any] = {
         key: {m: np.concatenate([p[key][m] for p in parts]) for m in methods} for key in ("d", "cos")
     }
