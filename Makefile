@@ -24,6 +24,8 @@ help:
 	@echo "make test   - install and run the test suite"
 	@echo "make reliability - the load, fault, bad-input and security tests, as a table (reports/reliability.md)"
 	@echo "make lint   - ruff and the architecture contracts (import-linter)"
+	@echo "make images - build the train and serve images (Docker, else buildah; names from params.yaml)"
+	@echo "make base-image - the images' Debian base from Debian packages, where no registry is reachable"
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,7 +47,7 @@ demo: install
 demo-stop: install
 	$(BIN)/medmlops demo --stop --profile $(PROFILE)
 
-test: install tools browser
+test: install tools browser containers
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install tools browser
@@ -82,15 +84,35 @@ IMAGE_TAG    = $(or $(TAG),$(word 2,$(IMAGE_PARAMS)))
 TRAIN_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 3,$(IMAGE_PARAMS)):$(IMAGE_TAG)
 SERVE_IMAGE  = $(word 1,$(IMAGE_PARAMS))/$(word 4,$(IMAGE_PARAMS)):$(IMAGE_TAG)
 
-.PHONY: images push-images checkov tools
+# Built with Docker where its engine runs, else with buildah (docker/build_image.py decides: BUILDER=docker|buildah
+# forces one). BUILD_ARGS adds --build-arg pairs, e.g. BUILD_ARGS=TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+# for a CPU-only serve image where that index is reachable. No registry reachable: `make base-image` first.
+BUILDER    ?= auto
+BUILD_ARGS ?=
+BUILD_IMAGE = $(BIN)/python docker/build_image.py --tool $(BUILDER) $(foreach a,$(BUILD_ARGS),--build-arg $(a))
+
+.PHONY: images push-images base-image containers checkov tools
 
 images: install
-	docker build -f docker/train.Dockerfile -t $(TRAIN_IMAGE) .
-	docker build -f docker/serve.Dockerfile -t $(SERVE_IMAGE) .
+	$(BUILD_IMAGE) -f docker/train.Dockerfile -t $(TRAIN_IMAGE)
+	$(BUILD_IMAGE) -f docker/serve.Dockerfile -t $(SERVE_IMAGE)
 
 push-images: images
-	docker push $(TRAIN_IMAGE)
-	docker push $(SERVE_IMAGE)
+	$$(command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || echo podman) push $(TRAIN_IMAGE)
+	$$(command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1 && echo docker || echo podman) push $(SERVE_IMAGE)
+
+# The Dockerfiles' base (python:3.11-slim-bookworm) made from Debian bookworm's packages (mmdebstrap + podman import)
+# where no container registry is reachable; buildah then builds on it without pulling.
+base-image: install containers
+	$(BIN)/python docker/build_image.py --base
+
+# Debian's buildah, podman, runc, skopeo and mmdebstrap (images without a Docker engine; the container test).
+containers:
+	@command -v buildah >/dev/null 2>&1 && command -v podman >/dev/null 2>&1 && command -v runc >/dev/null 2>&1 \
+	  && command -v mmdebstrap >/dev/null 2>&1 || { \
+	  echo "installing Debian's buildah podman runc skopeo mmdebstrap (apt-get; needs root)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    buildah podman runc skopeo mmdebstrap; }
 
 # ---- tools virtualenv: checkov (Kubernetes manifest security checks) pins old packaging, dpath, networkx,
 # cachetools and importlib_metadata, so it lives apart from .venv; kubectl (a wheel) renders the overlays

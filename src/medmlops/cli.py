@@ -33,6 +33,7 @@ from medmlops.config import Params, save_resolved
 from medmlops.data.simulate import LIMITS, SHIFTS
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_SPOOL_DIR
+from medmlops.paths import state_path
 
 log = logging.getLogger("medmlops")
 
@@ -516,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--monitoring-url", default=None, help="forward predictions here (default: $MONITORING_URL)")
     # --spool-dir: checked by prepare_spool, which names the file in the way and the fix
-    serve.add_argument("--spool-dir", default=DEFAULT_SPOOL_DIR, help="records waiting for monitoring (per family)")
+    serve.add_argument(
+        "--spool-dir", default=state_path(DEFAULT_SPOOL_DIR), help="records waiting for monitoring (per family)"
+    )
     serve.add_argument("--repo", default=".", type=folder, help="project root (holds serving/)")
     add_params_args(serve)
     serve.set_defaults(func=cmd_serve)

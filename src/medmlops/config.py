@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from medmlops.errors import UserError, did_you_mean, unknown_name
+from medmlops.paths import state_path
 
 PROFILES = ("smoke", "demo", "paper")
 
@@ -587,7 +588,21 @@ def params_from_dict(
         _clear_train_layers(merged, key.strip())
     params = _build(Params, merged, prefix="", source=source)
     _check_training(params, source)
-    return params
+    return _in_state_dir(params)
+
+
+def _in_state_dir(params: Params) -> Params:
+    """The run-time folders under ``.medmlops/`` moved into ``$MEDMLOPS_STATE_DIR`` when it is set (the images set
+    it: their working directory is read-only); unchanged otherwise (:func:`medmlops.paths.state_path`)."""
+    train = dataclasses.replace(
+        params.train, runs_dir=state_path(params.train.runs_dir), weights_dir=state_path(params.train.weights_dir)
+    )
+    return dataclasses.replace(
+        params,
+        train=train,
+        registry=dataclasses.replace(params.registry, artifact_dir=state_path(params.registry.artifact_dir)),
+        demo=dataclasses.replace(params.demo, workdir=state_path(params.demo.workdir)),
+    )
 
 
 def _clear_train_layers(tree: dict[str, Any], dotted: str) -> None:

@@ -32,6 +32,7 @@ from typing import ParamSpec, TypeVar
 
 from medmlops.config import Params, load_params
 from medmlops.errors import DataError, UserError, tracking_unreachable
+from medmlops.paths import state_path
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +155,7 @@ def fetch_data(md5: str, remote: str, repo: Path = Path("."), data_dir: str = "d
             f"{data_dir} holds {actual}, not data version {md5}, and no data_remote was given to pull it from"
         )
     # A .dvc record of the wanted version (the one in git may record another); DVC reads the path relative to it.
-    record = repo / ".medmlops" / "pipeline-data.dvc"
+    record = repo / state_path(".medmlops/pipeline-data.dvc")
     record.parent.mkdir(parents=True, exist_ok=True)
     import yaml
 

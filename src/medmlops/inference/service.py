@@ -26,6 +26,7 @@ import numpy as np
 from medmlops.errors import UserError
 from medmlops.inference.forwarding import DEFAULT_DRAIN_S, DEFAULT_SPOOL_DIR, Forwarder, SpoolError
 from medmlops.inference.record import PredictionRecord, check_study_id, correlation_id_from_header, new_request_id
+from medmlops.paths import state_path
 
 if TYPE_CHECKING:
     from medmlops.inference.predict import Predictor
@@ -178,7 +179,7 @@ class Gateway:
         self.decoding = anyio.CapacityLimiter(settings.max_concurrent_preprocessing)
         self.forwarder: Forwarder | None = None
         if settings.monitoring_url:
-            spool = settings.spool_dir or Path(DEFAULT_SPOOL_DIR) / settings.family
+            spool = settings.spool_dir or Path(state_path(DEFAULT_SPOOL_DIR)) / settings.family
             token = settings.monitoring_token or None
             self.forwarder = Forwarder(settings.monitoring_url, spool, token=token).start()
 

@@ -42,6 +42,7 @@ from mlflow.models import Model, infer_signature
 
 from medmlops.config import RegistryConfig
 from medmlops.errors import UserError
+from medmlops.paths import state_path
 from medmlops.registry.contract import ContractError, ModelContract
 
 CONTRACT_FILE = "contract.json"
@@ -81,7 +82,7 @@ class RegistrationError(UserError, ValueError):
 
 def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None, uri: str | None = None) -> str:
     """The tracking URI to use: ``uri`` when given, else ``registry.tracking_uri``, else ``$MLFLOW_TRACKING_URI``,
-    else SQLite at :data:`DEFAULT_DB`.
+    else SQLite at :data:`DEFAULT_DB` (under ``$MEDMLOPS_STATE_DIR`` when set).
 
     A relative SQLite path is made absolute against ``cwd`` (Kubeflow's subprocess runner and DVC stages change
     directory) and its folder is created.
@@ -97,7 +98,7 @@ def resolve_tracking_uri(cfg: RegistryConfig, cwd: Path | None = None, uri: str 
     elif os.environ.get("MLFLOW_TRACKING_URI"):
         uri, source = os.environ["MLFLOW_TRACKING_URI"], "$MLFLOW_TRACKING_URI"
     else:
-        uri, source = f"sqlite:///{DEFAULT_DB}", "the default"
+        uri, source = f"sqlite:///{state_path(DEFAULT_DB)}", "the default"
     scheme = urlparse(uri).scheme
     if scheme in ("", "file") or len(scheme) == 1:  # len 1: a Windows drive letter, still a path
         raise TrackingConfigError(

@@ -22,6 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
+from medmlops.paths import state_path
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DB_URL = "sqlite:///.medmlops/monitoring.db"
@@ -119,8 +121,9 @@ drift_reports = sa.Table(
 
 
 def resolve_db_url(url: str | None = None) -> str:
-    """``url``, else ``$MEDMLOPS_MONITORING_DB_URL``, else SQLite under ``.medmlops/`` in the working directory."""
-    return url or os.environ.get(DB_URL_ENV) or DEFAULT_DB_URL
+    """``url``, else ``$MEDMLOPS_MONITORING_DB_URL``, else SQLite under ``.medmlops/`` in the working directory
+    (``$MEDMLOPS_STATE_DIR`` when set)."""
+    return url or os.environ.get(DB_URL_ENV) or f"sqlite:///{state_path('.medmlops/monitoring.db')}"
 
 
 @contextlib.contextmanager
