@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK := true
 export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 
-.PHONY: install browser demo demo-stop test test-fast reliability lint format data validate clean help
+.PHONY: install browser demo demo-stop test test-fast reliability lint format data validate clean help gpu-check
 
 help:
 	@echo "make demo   - install and run the whole platform here (pipelines, serving, monitoring, drift)"
@@ -24,6 +24,7 @@ help:
 	@echo "make test   - install and run the test suite"
 	@echo "make reliability - the load, fault, bad-input and security tests, as a table (reports/reliability.md)"
 	@echo "make lint   - ruff and the architecture contracts (import-linter)"
+	@echo "make gpu-check - on a GPU machine: CUDA tests, paper-shape folds, benchmarks, serving (reports/gpu-check; DEVELOPERS.md)"
 	@echo "make images - build the train and serve images (Docker, else buildah; names from params.yaml)"
 	@echo "make base-image - the images' Debian base from Debian packages, where no registry is reachable"
 
@@ -57,6 +58,15 @@ test-fast: install tools browser
 # what held, and writes reports/reliability.md (the README keeps the same table).
 reliability: install tools browser
 	$(BIN)/python -m pytest -m reliability --reliability-table=reports/reliability.md $(PYTEST_ARGS)
+
+# The GPU check (DEVELOPERS.md): ~8 min on one GPU, one report in reports/gpu-check. Deliberately not `: install`:
+# on a GPU machine with no network an out-of-date stamp would make pip try to download; it runs with .venv's Python
+# when there is one, else the machine's python3 (the device image's, which holds torch), from the source tree.
+# GPU_CHECK_ARGS="--cpu" is the dry run on the CPU; "--parts serving" reruns one part.
+GPU_CHECK_PYTHON ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_CHECK_ARGS ?=
+gpu-check:
+	$(GPU_CHECK_PYTHON) benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
 
 # ruff, then the architecture contracts of pyproject.toml [tool.importlinter] (the core never imports the shells, ...)
 lint: install

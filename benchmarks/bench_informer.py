@@ -7,7 +7,7 @@
 3. monitoring throughput relative to serving throughput for the same model at the same batch size: the share of
    predictions monitoring keeps up with (1.0 = every prediction; below, the sustainable sampling rate).
 
-    .venv/bin/python benchmarks/bench_informer.py [--size 128] [--batch 4] [--repeats 5]
+    .venv/bin/python benchmarks/bench_informer.py [--size 128] [--batch 4] [--repeats 5] [--device auto] [--json F]
 
 Random-initialised DenseNet-121 with the 5 CheXpert findings (the cxr-findings model); CUDA when present.
 """
@@ -15,8 +15,10 @@ Random-initialised DenseNet-121 with the 5 CheXpert findings (the cxr-findings m
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -40,6 +42,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
+    parser.add_argument("--json", default=None, help="also write the timings and ratios to this JSON file")
     args = parser.parse_args()
 
     from medmlops.informer.analyser import Analyser
@@ -48,7 +52,8 @@ def main() -> None:
     from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
 
     torch.manual_seed(0)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    auto = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(auto if args.device == "auto" else args.device)
     net = FindingsDenseNet121(num_classes=5).to(device).eval()
     model = LogitsModel(net, ["findings"]).eval()
     x = torch.rand(args.batch, 3, args.size, args.size, device=device)
@@ -96,6 +101,16 @@ def main() -> None:
     print(f"  INFORMER per image / plain forward = {t_informer / t_forward:.1f}x")
     print(f"  monitoring / serving throughput (same batch) = {t_forward / t_informer:.2f}  "
           f"-> monitoring sustains {min(1.0, t_forward / t_informer):.0%} of the model's forward-pass rate")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "device": str(device), "size": args.size, "batch": args.batch, "repeats": args.repeats,
+            "s_per_batch": dict(rows),
+            "forward_images_per_s": args.batch / t_forward, "informer_images_per_s": args.batch / t_informer,
+            "informer_over_forward": t_informer / t_forward,
+            "captum_loop_over_batched": {m: loop / ours for m, (ours, loop, _) in results.items()},
+            "max_map_difference": {m: diff for m, (_, _, diff) in results.items()},
+            "ixg_batched_over_floor": ours_ixg / t_floor,
+        }, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":
