@@ -43,6 +43,19 @@ def test_with_the_budget_spent_every_part_is_skipped_with_a_line_saying_so(tmp_p
     assert "skipped: " + ", ".join(PART_NAMES) in report["verdict"]
 
 
+def test_a_part_whose_packages_are_missing_is_skipped_with_their_names(tmp_path, monkeypatch):
+    """The device's python3 lacks most of the lock: such a part is skipped, naming what to carry (DEVELOPERS.md)."""
+    monkeypatch.setitem(gpu_check.NEEDS, "bench-training", ["torch", "no_such_package_here"])
+    args = ["--cpu", "--parts", "bench-training", "--out", str(tmp_path), "--work", str(tmp_path / "work")]
+    assert gpu_check.main(args) == 0
+    report, markdown = _report(tmp_path)
+    _every_part_is_reported(report, markdown)
+    parts = {p["name"]: p for p in report["parts"]}
+    assert parts["bench-training"]["status"] == "skipped"
+    assert "missing Python package(s) no_such_package_here" in parts["bench-training"]["reason"]
+    assert {p["reason"] for n, p in parts.items() if n != "bench-training"} == {"not asked for (--parts)"}
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_without_cuda_the_check_fails_at_once_and_says_why(tmp_path):
     assert gpu_check.main(["--out", str(tmp_path), "--work", str(tmp_path / "work")]) == 1
