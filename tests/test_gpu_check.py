@@ -99,12 +99,19 @@ def test_a_part_at_its_cap_is_stopped_with_its_children(tmp_path):
     assert gone(), "the part's grandchild in its own session outlived the cap"
 
 
-@pytest.mark.slow  # ~4-8 min on 2 busy cores: three `medmlops train` folds, two serving processes, the benchmarks
+# The parts CI runs: the CUDA-test discovery, the data and the three paper-profile folds (what the check adds on top of
+# the benchmark scripts). The benchmarks and serving (~2.5 min more on 2 cores) run with `make gpu-check
+# GPU_CHECK_ARGS=--cpu` by hand; `make test` stays within its budget.
+CI_PARTS = ["cuda-tests", "data", "train-cxr", "train-ich", "train-covid"]
+
+
+@pytest.mark.slow  # ~1.5-3 min on 2 busy cores: three `medmlops train` folds of two steps
 @pytest.mark.timeout(1800)
-def test_the_cpu_dry_run_runs_every_part_and_reports_its_figures(tmp_path):
+def test_the_cpu_dry_run_trains_one_fold_per_family_and_reports_its_figures(tmp_path):
     out = tmp_path / "report"
     run = subprocess.run(
-        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--budget-s", "1500", "--out", str(out)],
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--cpu", "--budget-s", "1500", "--out", str(out),
+         "--parts", ",".join(CI_PARTS)],
         cwd=REPO, capture_output=True, text=True, timeout=1700,
     )  # fmt: skip
     report, markdown = _report(out)
@@ -112,18 +119,13 @@ def test_the_cpu_dry_run_runs_every_part_and_reports_its_figures(tmp_path):
     lines = [line for line in run.stdout.splitlines() if line.startswith("[gpu-check] ") and "/8 " in line]
     assert len(lines) == len(PART_NAMES), run.stdout  # one console line per part
     parts = {p["name"]: p for p in report["parts"]}
-    failed = {n: p["reason"] for n, p in parts.items() if p["status"] != "passed"}
+    failed = {n: p["reason"] for n, p in parts.items() if n in CI_PARTS and p["status"] != "passed"}
     assert not failed and run.returncode == 0, (failed, run.stdout[-3000:])
+    assert {n for n, p in parts.items() if p["reason"] == "not asked for (--parts)"} == set(PART_NAMES) - set(CI_PARTS)
     assert parts["cuda-tests"]["figures"]["skipped"] >= 3  # collected, and skipped without CUDA
-    assert all(r["volumes_per_s"] > 0 for r in parts["bench-training"]["figures"]["rows"])
-    assert parts["bench-informer"]["figures"]["informer_images_per_s"] > 0
-    serving = parts["serving"]["figures"]
-    assert serving["best_rps_batching_on"] > 0 and serving["best_rps_batching_off"] > 0
-    assert serving["model"].startswith("the train-cxr fold's")  # serving reused the registered fold
     for family in ("ich", "covid", "cxr"):
         fold = parts[f"train-{family}"]["figures"]
         assert fold["samples_per_s"] > 0 and fold["steps"] == 2 and fold["exit_code"] == 0, fold
         assert "train.pretrained=false" in fold["sets"] and "train.max_steps=2" in fold["sets"]
-    assert not any(v.startswith("not measured") for v in report["summary"].values()), report["summary"]
-    for name in PART_NAMES:
+    for name in CI_PARTS:
         assert (out / parts[name]["log"]).is_file()
