@@ -10,6 +10,8 @@ CheXpert-sized split. Each size runs in its own process, so each peak is its own
 
 Random-initialised DenseNet-121 with the 5 CheXpert findings (the cxr-findings model); images made on demand as the
 preprocessing cache hands them out; CUDA when present (the peak is then the CUDA allocation beside the host RSS).
+glibc's dynamic mmap threshold lets the heap fragment over batches (a creep in peak RSS that is not data kept); run
+with ``MALLOC_MMAP_THRESHOLD_=131072`` to see the peak without it. Figures: docs/failure-detection.md.
 """
 
 from __future__ import annotations
