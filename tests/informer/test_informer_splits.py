@@ -15,9 +15,11 @@ from PIL import Image
 from medmlops.config import load_params
 from medmlops.data import preprocess as prep
 from medmlops.data import readers
+from medmlops.errors import DataError
 from medmlops.informer import calibrate
 from medmlops.informer.calibrate import CalibrationError, informer_splits
 from medmlops.registry.contract import InputSpec, ModelContract, TaskSpec
+from medmlops.training.splits import experiment_splits
 from medmlops.training.tasks import TaskDef
 from tests.conftest import REPO
 
@@ -56,20 +58,22 @@ def project(tmp_path, monkeypatch):
     _table(base, "test", [(64741, "Frontal", {"Consolidation": 1.0}), (64741, "Lateral", {"Consolidation": 1.0})])
 
     def plan_for(params):
-        manifest = readers.read_chexpert(base.parent, cohort=params.data.chexpert.cohort)
-        items = {
-            i["sample_id"]: i for i in prep.items_from_manifest(prep._standardise(manifest, "chexpert"), "chexpert")
-        }
-        ids = sorted(items)
-        split = ["train"] * (len(ids) - 2) + ["val", "test"]
-        splits = pd.DataFrame({"sample_id": ids, "fold": 0, "split": split})
+        cohort = params.data.chexpert.cohort
+        manifest = prep._standardise(readers.read_chexpert(base.parent, cohort=cohort), "chexpert")
+        items = {i["sample_id"]: i for i in prep.items_from_manifest(manifest, "chexpert")}
+        if cohort == "paper":  # as plan_experiment makes them: CheXpert's csvs as the splits
+            splits = experiment_splits(manifest, "chexpert", params.train, params.seed, official=True)
+        else:
+            ids = sorted(items)
+            splits = pd.DataFrame({"sample_id": ids, "fold": 0, "split": ["train"] * (len(ids) - 2) + ["val", "test"]})
         tasks = {"findings": TaskDef("findings", "findings", "multilabel", CLASSES)}
         return SimpleNamespace(exp=SimpleNamespace(dataset="chexpert"), tasks=tasks, splits=splits, items=items)
 
     plans = {}
 
     def version_plan(params, family, version, repo, progress):
-        plans.setdefault(params.data.chexpert.cohort, plan_for(params))
+        if params.data.chexpert.cohort not in plans:  # made once, as a registered version's plan is
+            plans[params.data.chexpert.cohort] = plan_for(params)
         return CONTRACT, plans[params.data.chexpert.cohort], 0
 
     monkeypatch.setattr(calibrate, "_version_plan", version_plan)
@@ -89,9 +93,13 @@ def test_the_paper_cohort_calibrates_on_valid_csv_and_tests_on_test_csv(project)
     assert split.selection["valid"][-1] == ["at least one of the five findings positive", 2]
     assert split.selection["train"][-1][1] == 4 and test.selection == split.selection  # the console's counts
     assert tuple(split.stack().shape) == (2, 3, 64, 64)  # preprocessed as in training
-    # Neither csv's images are in the folds: the paper cohort's folds come from train.csv alone.
-    folds = set(project.plans["paper"].splits["sample_id"])
-    assert not folds & {*split.ids, *test.ids} and all(":train:" in i for i in folds)
+    # The model's splits are the csvs: it trained on train.csv alone, its thresholds came from valid.csv (the same
+    # images as tau, as in the paper) and its test split is test.csv.
+    splits = project.plans["paper"].splits
+    role = dict(zip(splits["sample_id"], splits["split"], strict=True))
+    assert all(":train:" in i for i, r in role.items() if r == "train")
+    assert {i for i, r in role.items() if r == "val"} == set(split.ids)
+    assert {i for i, r in role.items() if r == "test"} == set(test.ids)
 
 
 def test_without_test_csv_the_fold_test_split_is_used_and_said(project):
@@ -103,6 +111,14 @@ def test_without_test_csv_the_fold_test_split_is_used_and_said(project):
 
 def test_the_paper_cohort_needs_valid_csv(project):
     (project.base / "valid.csv").unlink()
+    # Rebuilding the version's splits already needs it (its val split is valid.csv); so does tau.
+    with pytest.raises(DataError, match=r"the CheXpert paper cohort needs valid\.csv beside train\.csv"):
+        informer_splits(_params("paper"), "cxr-findings", "1", repo=project.root)
+    # A version whose plan was made while valid.csv was there (the plan is cached, as a registered version's is).
+    project.plans["paper"] = SimpleNamespace(
+        exp=SimpleNamespace(dataset="chexpert"), tasks={}, items={},
+        splits=pd.DataFrame({"sample_id": ["x"], "fold": [0], "split": ["train"]}),
+    )  # fmt: skip
     with pytest.raises(CalibrationError, match=r"valid\.csv: not found; the paper cohort .* tunes tau on"):
         informer_splits(_params("paper"), "cxr-findings", "1", repo=project.root)
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -244,3 +245,27 @@ def test_each_training_seed_gets_its_own_run_folder():
     other = replace(params, seed=DEFAULT_SEED + 1)
     assert variant_name(other, "cxr-findings") == f"cxr-findings-seed{DEFAULT_SEED + 1}"
     assert run_dir_for(other, "cxr-findings") != run_dir_for(params, "cxr-findings")
+
+
+def test_the_chexpert_paper_cohort_splits_are_the_csvs():
+    """Shu et al.: train on train.csv, thresholds on valid.csv, test on test.csv; without test.csv a patient-grouped
+    part of train.csv is the test split (never valid.csv, never a patient in two splits)."""
+    from medmlops.training.splits import official_splits
+
+    frame = pd.DataFrame({
+        "sample_id": [f"train-{i}" for i in range(20)] + ["valid-0", "valid-1", "test-0"],
+        "patient_id": [f"p{i // 2}" for i in range(20)] + ["v0", "v1", "t0"],
+        "split": ["train"] * 20 + ["valid"] * 2 + ["test"],
+    })  # fmt: skip
+    splits = official_splits(frame, val_fraction=0.1, seed=0)
+    role = dict(zip(splits["sample_id"], splits["split"], strict=True))
+    assert set(splits["fold"]) == {0} and len(role) == len(frame)
+    assert [i for i, r in role.items() if r == "val"] == ["valid-0", "valid-1"]
+    assert [i for i, r in role.items() if r == "test"] == ["test-0"]
+    without_test = official_splits(frame[frame["split"] != "test"], val_fraction=0.1, seed=0)
+    held = without_test[without_test["split"] == "test"]["sample_id"]
+    assert len(held) >= 2 and all(i.startswith("train-") for i in held)
+    patients = frame.set_index("sample_id")["patient_id"]
+    assert not set(patients[held]) & set(patients[without_test[without_test["split"] == "train"]["sample_id"]])
+    with pytest.raises(DataError, match="needs valid.csv"):
+        official_splits(frame[frame["split"] == "train"], val_fraction=0.1, seed=0)

@@ -305,9 +305,11 @@ def apply_uncertainty_policy(values: pd.Series | np.ndarray, policy: str) -> np.
 CHEXPERT_SPLITS = ("train", "valid", "test")  # test.csv: CheXpert's official test labels, when the user has them
 # all: every image (today's default); paper: Shu et al.'s INFORMER cohort (see chexpert_selection).
 CHEXPERT_COHORTS = ("all", "paper")
-# The splits a cohort's training manifest holds. The paper trains on train.csv alone and keeps valid.csv (τ) and
-# test.csv (evaluation) for INFORMER, so no image of either can land in a training fold.
-COHORT_SPLITS = {"all": ("train", "valid"), "paper": ("train",)}
+# The csvs a cohort's training manifest holds. "all" mixes train.csv and valid.csv into patient-grouped folds. "paper"
+# keeps each csv in its own role (training.splits.official_splits): Shu et al. train on train.csv, choose the Youden
+# thresholds on valid.csv (where INFORMER's τ is tuned too) and test on test.csv; no image of valid.csv or test.csv
+# can land in the training split.
+COHORT_SPLITS = {"all": ("train", "valid"), "paper": ("train", "valid", "test")}
 
 
 def chexpert_base(root: str | Path) -> tuple[Path, Path]:

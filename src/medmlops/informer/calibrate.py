@@ -151,8 +151,8 @@ def informer_splits(
       never trained on and its prediction thresholds were chosen on, and the fold's held-out test split).
     * A CheXpert model trained on the paper cohort (``data.chexpert.cohort: paper``, Shu et al.): τ on CheXpert's
       official ``valid.csv``, the test set its official ``test.csv`` when the user put one beside train.csv, else
-      the fold's test split (``note`` says so). The paper cohort's folds come from train.csv alone, so neither csv's
-      images were trained on; checked here all the same.
+      the fold's test split (``note`` says so). The paper cohort's training split is train.csv alone (its val split
+      is valid.csv, its test split test.csv: ``training.splits.official_splits``); checked here all the same.
     """
     contract, plan, fold = _version_plan(params, family, version, repo, progress)
     where = {"family": family, "version": version, "repo": repo}
@@ -168,7 +168,9 @@ def informer_splits(
     cfg = params.data.chexpert
     manifest = read_chexpert(root, policy=cfg.uncertainty_policy, cohort="paper", splits=CHEXPERT_SPLITS)
     selection = {split: [list(step) for step in steps] for split, steps in manifest.attrs["selection"].items()}
-    trained = plan.splits[(plan.splits["fold"] == fold) & plan.splits["split"].isin(["train", "val"])]
+    # The paper cohort's val split is valid.csv by design (the Youden thresholds are chosen there, as in the paper, and
+    # τ is tuned there too); no valid.csv or test.csv image may be in the training split.
+    trained = plan.splits[(plan.splits["fold"] == fold) & (plan.splits["split"] == "train")]
     trained = set(trained["sample_id"].astype(str))
 
     def official(split: str) -> SplitImages | None:

@@ -219,7 +219,8 @@ def plan_experiment(name: str, params: Params, *, repo: Path = Path("."), progre
 
     splits_path = run_dir / "splits.csv"
     train = params.train_for(name)  # train:, then its family's and its own settings
-    splits = experiment_splits(frame, exp.dataset, train, params.seed)
+    official = exp.dataset == "chexpert" and params.data.chexpert.cohort == "paper"  # Shu et al.: CheXpert's own csvs
+    splits = experiment_splits(frame, exp.dataset, train, params.seed, official=official)
     splits = splits[splits["sample_id"].isin(items)].reset_index(drop=True)
     if splits_path.is_file() and not load_splits(splits_path).equals(
         splits.sort_values(["fold", "split", "sample_id"]).reset_index(drop=True)

@@ -128,8 +128,33 @@ def grouped_splits(frame: pd.DataFrame, n_folds: int, val_fraction: float, seed:
     return pd.DataFrame(rows, columns=["sample_id", "fold", "split"])
 
 
-def experiment_splits(frame: pd.DataFrame, dataset: str, train_cfg, seed: int) -> pd.DataFrame:
-    """The splits of an experiment's joint manifest: shared by every experiment of the dataset (same seed)."""
+def official_splits(frame: pd.DataFrame, val_fraction: float, seed: int) -> pd.DataFrame:
+    """CheXpert's own csvs as one fold (the paper cohort, Shu et al.): train.csv → train, valid.csv → val (early
+    stopping and the Youden thresholds, as the paper chooses them on the validation set), test.csv → test. Without a
+    test.csv, a patient-grouped ``val_fraction`` of train.csv is held out as the test split instead, so the model still
+    has a test set it never saw."""
+    role = frame["split"].astype(str).to_numpy()
+    ids = frame["sample_id"].to_numpy()
+    train_idx = np.flatnonzero(role == "train")
+    val_idx, test_idx = np.flatnonzero(role == "valid"), np.flatnonzero(role == "test")
+    if not len(val_idx):
+        raise DataError("the CheXpert paper cohort needs valid.csv beside train.csv (its validation split); put it "
+                        "there or set data.chexpert.cohort to all")  # fmt: skip
+    if not len(test_idx):
+        groups = frame["patient_id"].astype(str).to_numpy()
+        if len(set(groups[train_idx])) < 2:
+            raise DataError("too few train.csv patients to hold out a test split (and no test.csv was found)")
+        train_idx, test_idx = _carve_validation(train_idx, np.zeros(len(ids), int), val_fraction, seed, groups=groups)
+    rows = [(ids[i], 0, "train") for i in train_idx] + [(ids[i], 0, "val") for i in val_idx]
+    rows += [(ids[i], 0, "test") for i in test_idx]
+    return pd.DataFrame(rows, columns=["sample_id", "fold", "split"])
+
+
+def experiment_splits(frame: pd.DataFrame, dataset: str, train_cfg, seed: int, official: bool = False) -> pd.DataFrame:
+    """The splits of an experiment's joint manifest: shared by every experiment of the dataset (same seed).
+    ``official``: CheXpert's csvs as the splits (:func:`official_splits`; the paper cohort) instead of K folds."""
+    if dataset == "chexpert" and official:
+        return official_splits(frame, train_cfg.val_fraction, seed)
     if dataset == "covid":
         return covid_splits(frame, train_cfg.n_folds, train_cfg.validation, train_cfg.val_fraction, seed)
     if train_cfg.validation != "cv":
