@@ -16,6 +16,7 @@ from medmlops.commandline import (
     run_main,
 )
 from medmlops.errors import UserError
+from medmlops.paths import state_path
 from pipelines import PIPELINES
 
 
@@ -42,11 +43,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         "data_rev": args.data_rev,
         "data_remote": args.data_remote,
     }
+    if args.containers and not args.local:
+        raise UserError("--containers runs the steps here, in the train image: add --local (a cluster always does)")
+    image = params.images.ref("train") if not args.tag else f"{params.images.registry}/{params.images.train}:{args.tag}"
     if args.host or (not args.local and params.kubeflow.host):
         host = args.host or params.kubeflow.host
-        image = (
-            params.images.ref("train") if not args.tag else f"{params.images.registry}/{params.images.train}:{args.tag}"
-        )
         arguments = {**common, "image": image, "overrides": [*params.kubeflow.overrides, *args.overrides]}
         run_id = submit(
             args.pipeline, host, arguments, experiment=args.experiment_name or params.kubeflow.experiment,
@@ -70,11 +71,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         ensure_raw_data(params, repo)
     uri = tracking.configure(params.registry, cwd=repo)
     arguments = {**common, "mlflow_uri": uri, "workdir": str(repo), "overrides": list(args.overrides), "nproc": 1}
+    if args.containers:
+        arguments["image"] = image
     print(
-        f"{args.pipeline}: running locally (Kubeflow local runner), profile {params.profile}, MLflow {uri}", flush=True
+        f"{args.pipeline}: running locally (Kubeflow local runner{', every step in ' + image if args.containers else ''}), "
+        f"profile {params.profile}, MLflow {uri}",
+        flush=True,
     )
     seconds = run_local(
-        args.pipeline, arguments, repo / ".medmlops" / "kfp", Path(args.log_dir) if args.log_dir else None
+        args.pipeline,
+        arguments,
+        repo / state_path(".medmlops/kfp"),
+        Path(args.log_dir) if args.log_dir else None,
+        containers=args.containers,
     )
     print(f"\n{args.pipeline}: pipeline finished in {seconds:.0f} s")
     for line in pipeline_summary(params, args.pipeline, repo):
@@ -104,12 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-rev", default="", help="DVC data version: md5, a git revision, or empty for the profile's data.dvc_file"
     )
     pr.add_argument("--data-remote", default="", help="DVC remote (URL or path) to pull that version from")
-    pr.add_argument("--tag", default=None, help="image tag (cluster; default: params images.tag)")
+    pr.add_argument("--tag", default=None, help="train image tag (cluster, --containers; default: params images.tag)")
     pr.add_argument("--experiment-name", default=None, help="KFP experiment (default: params kubeflow.experiment)")
     pr.add_argument("--run-name", default=None, help="KFP run name (default: KFP's)")
     pr.add_argument("--recurring", default=None, metavar="CRON", help="create a recurring run with this cron schedule")
     pr.add_argument(
         "--log-dir", default=None, help="--local: one log file per step here (default .medmlops/kfp/logs/NAME)"
+    )
+    pr.add_argument(
+        "--containers",
+        action="store_true",
+        help="--local: run every step in the train image (Docker, or podman's Docker API; `make images` first)",
     )
     pr.add_argument("--no-cache", action="store_true", help="disable Kubeflow's step cache for this run")
     pr.add_argument("--repo", default=".", type=folder, help="project root (holds pipelines/ and params.yaml)")

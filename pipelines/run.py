@@ -7,8 +7,10 @@ import importlib
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -38,12 +40,16 @@ def compile_pipeline(name: str, out: Path | None = None) -> Path:
     return out
 
 
-def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | None = None) -> float:
+def run_local(
+    name: str, arguments: dict, pipeline_root: Path, log_dir: Path | None = None, containers: bool = False
+) -> float:
     """Run ``name`` end to end with Kubeflow's local runner (subprocesses in this environment); return seconds.
 
     The console gets one line per finished step (``  ich: [3] train-fold done in 42 s``); each step's own output goes
     to ``log_dir/NN-STEP.log`` (default ``pipeline_root/logs/NAME``) and the runner's to ``log_dir/runner.log``.
-    A failed step's last lines are printed with its log's path.
+    A failed step's last lines are printed with its log's path. ``containers``: every step runs in the train image
+    (kfp's DockerRunner; Docker's socket, or podman's Docker-compatible API started for the run: :func:`docker_api`),
+    as a cluster would run it; the image must exist here (``make images``, nothing is pulled from a registry).
 
     Raises:
         UserError: a task failed (named, with its log).
@@ -56,13 +62,19 @@ def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | N
     log_dir.mkdir(parents=True, exist_ok=True)
     for old in log_dir.glob("*.log"):
         old.unlink()
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    stack = contextlib.ExitStack()
+    if containers:
+        runner = stack.enter_context(container_runner(Path(arguments["workdir"]), threads))
+    else:
+        runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(Path(pipeline_root).resolve()), raise_on_error=True)
     started = time.monotonic()
     # The steps run as subprocesses: keep libraries' deprecation chatter out of their output (as the CLI does).
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
     steps = _StepLogs(name, log_dir, sys.stdout)
     print(f"{name}: each step's output goes to {log_dir}/NN-STEP.log", flush=True)
-    with warnings.catch_warnings(), (log_dir / "runner.log").open("w") as runner_log, steps.installed():
+    image = (arguments.get("image") or _default_image()) if containers else None
+    with stack, warnings.catch_warnings(), (log_dir / "runner.log").open("w") as runner_log, steps.installed(image):
         # The components name the cluster image; locally they run in this environment, which is that image's content.
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         warnings.filterwarnings("ignore", message=".*local.*(ignore|not supported).*", category=UserWarning)
@@ -89,6 +101,100 @@ def run_local(name: str, arguments: dict, pipeline_root: Path, log_dir: Path | N
     return time.monotonic() - started
 
 
+# podman's default limits exceed what some hosts allow; the same values as `podman run --ulimit` in k8s/README.md.
+CONTAINER_ULIMITS = {"nofile": 20000, "nproc": 32768}
+
+
+@contextlib.contextmanager
+def docker_api():
+    """A Docker API for kfp's DockerRunner (the docker SDK reads ``DOCKER_HOST``): ``$DOCKER_HOST`` or Docker's own
+    socket when it answers, else podman's Docker-compatible service, started here (runtime runc) for the duration.
+
+    Raises:
+        UserError: neither Docker nor podman is here.
+    """
+    import docker
+
+    def answers() -> bool:
+        try:
+            client = docker.from_env(timeout=10)
+        except docker.errors.DockerException:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+        finally:
+            client.close()
+
+    if answers():
+        yield os.environ.get("DOCKER_HOST", "the Docker socket")
+        return
+    podman = shutil.which("podman")
+    if podman is None:
+        raise UserError("--containers needs Docker or podman: neither answers here (k8s/README.md, 'Images')")
+    with tempfile.TemporaryDirectory(prefix="medmlops-podman-") as tmp:
+        url = f"unix://{tmp}/podman.sock"
+        service = subprocess.Popen(
+            [podman, "--runtime", "runc", "system", "service", "--time", "0", url],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        saved = os.environ.get("DOCKER_HOST")
+        os.environ["DOCKER_HOST"] = url
+        try:
+            deadline = time.monotonic() + 30
+            while not answers():
+                if service.poll() is not None or time.monotonic() > deadline:
+                    raise UserError(f"podman system service did not answer on {url}")
+                time.sleep(0.5)
+            yield url
+        finally:
+            if saved is None:
+                os.environ.pop("DOCKER_HOST", None)
+            else:
+                os.environ["DOCKER_HOST"] = saved
+            service.terminate()
+            try:
+                service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+
+
+def _default_image() -> str:
+    from components._image import BASE_IMAGE
+
+    return BASE_IMAGE
+
+
+# How a pipeline parameter reaches a task's image (`task.set_container_image(image)` with the pipeline input
+# `image`): kfp 2.16's local runner hands the placeholder itself to the Docker handler, unresolved.
+_IMAGE_PLACEHOLDER = re.compile(r"^\{\{\$\.inputs\.parameters\['pipelinechannel--image'\]\}\}$")
+
+
+@contextlib.contextmanager
+def container_runner(workdir: Path, threads: int):
+    """kfp's DockerRunner for the train image: the project folder mounted at its own path (data, MLflow store and
+    runs stay where a subprocess run keeps them), host network (MLflow on 127.0.0.1), this user's uid (the files
+    stay this user's), the state folder in the project (``MEDMLOPS_STATE_DIR``: the image's default is a folder that
+    dies with each step's container)."""
+    from docker.types import Mount, Ulimit
+    from kfp import local
+
+    workdir = Path(workdir).resolve()
+    with docker_api():
+        yield local.DockerRunner(
+            mounts=[Mount(target=str(workdir), source=str(workdir), type="bind")],
+            network_mode="host",
+            ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in CONTAINER_ULIMITS.items()],
+            user=f"{os.getuid()}:{os.getgid()}",
+            environment={
+                FOLD_THREADS: str(threads),
+                "MEDMLOPS_STATE_DIR": str(workdir / ".medmlops"),
+                "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+            },
+        )
+
+
 class _StepLogs(logging.Filter):
     """The local runner's console, tamed: each task's subprocess writes to its own log file, and the console gets one
     line per finished task. A logging filter on the root logger learns the task's name in the thread that runs it
@@ -105,6 +211,7 @@ class _StepLogs(logging.Filter):
         self.count = 0
         self.failed: list[str] = []
         self.failed_logs: list[str] = []
+        self.image: str | None = None  # the containerized run's image (installed)
 
     def filter(self, record: logging.LogRecord) -> bool:
         match = self._START.search(self._ANSI.sub("", record.getMessage()))
@@ -113,20 +220,53 @@ class _StepLogs(logging.Filter):
         return True
 
     @contextlib.contextmanager
-    def installed(self):
-        from kfp.local import subprocess_task_handler
+    def installed(self, image: str | None = None):
+        """The runner's task starters replaced by :meth:`run_subprocess` and, with ``image`` (the train image the
+        containerized run uses), :meth:`run_container`."""
+        from kfp.local import docker_task_handler, subprocess_task_handler
 
-        original = subprocess_task_handler.run_local_subprocess
+        originals = subprocess_task_handler.run_local_subprocess, docker_task_handler.run_docker_container
         subprocess_task_handler.run_local_subprocess = self.run_subprocess
+        self.image = image
+        docker_task_handler.run_docker_container = self.run_container
         logging.getLogger().addFilter(self)  # a filter: the runner replaces the root logger's handlers
         try:
             yield self
         finally:
             logging.getLogger().removeFilter(self)
-            subprocess_task_handler.run_local_subprocess = original
+            subprocess_task_handler.run_local_subprocess, docker_task_handler.run_docker_container = originals
 
     def run_subprocess(self, full_command: list[str]) -> int:
         """kfp's ``run_local_subprocess`` with the output in the task's log file."""
+        return self._logged(lambda out: subprocess.call(full_command, stdout=out, stderr=subprocess.STDOUT))
+
+    def run_container(self, client, image: str, command: list[str], volumes: dict, **run_args) -> int:
+        """kfp's ``run_docker_container`` with the output in the task's log file; the image is never pulled (none is
+        reachable from a workstation's build), and the pipeline's ``image`` input, which kfp 2.16's local runner
+        hands over unresolved (``{{$.inputs.parameters['pipelinechannel--image']}}``), is the run's image."""
+        import docker
+
+        image = self.image if _IMAGE_PLACEHOLDER.match(image) and self.image else image
+
+        def run(out) -> int:
+            try:
+                client.images.get(image)
+            except docker.errors.ImageNotFound:
+                out.write(f"image {image} is not here: build it first (make images; k8s/README.md, 'Images')\n")
+                return 125
+            container = client.containers.run(image=image, command=command, detach=True, volumes=volumes, **run_args)
+            try:
+                for chunk in container.logs(stream=True, follow=True):
+                    out.write(chunk.decode(errors="replace"))
+                    out.flush()
+                return int(container.wait()["StatusCode"])
+            finally:
+                container.remove(force=True)
+
+        return self._logged(run)
+
+    def _logged(self, run) -> int:
+        """``run(log file)`` for the current task: numbered log file, one console line, the tail when it failed."""
         task = getattr(self.local, "task", "step")
         with self.lock:
             self.count += 1
@@ -134,7 +274,7 @@ class _StepLogs(logging.Filter):
         log = self.log_dir / f"{number:02d}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', task)}.log"
         started = time.monotonic()
         with log.open("w") as out:
-            code = subprocess.call(full_command, stdout=out, stderr=subprocess.STDOUT)
+            code = run(out)
         seconds = time.monotonic() - started
         with self.lock:
             if code == 0:

@@ -32,7 +32,7 @@ from ..conftest import REPO, _free_port
 pytestmark = pytest.mark.slow
 
 # Peak free-disk use of the serve image build (CUDA torch from the lock), measured here with margin; see k8s/README.md.
-NEED_GB = 20
+NEED_GB = 22
 TOOLS = ("buildah", "podman", "runc", "mmdebstrap")
 # Set to an image name to test that image instead of building one (e.g. a CI job that built it in an earlier step).
 REUSE_ENV = "MEDMLOPS_TEST_SERVE_IMAGE"
@@ -96,45 +96,58 @@ class DiskWatch:
 
 
 @pytest.fixture(scope="module")
-def serve_image() -> Iterator[str]:
-    """docker/serve.Dockerfile built with buildah (`make images`' code path); the base image made when missing."""
+def images() -> Iterator[dict[str, str]]:
+    """The serve image and the train image, built with buildah as `make images` builds them (the base image made
+    first when missing). The train image is named as params.yaml names it, with a test tag; its build reuses the
+    serve build's cached layers (base, CUDA wheels, torch, dependencies), so it adds seconds and ~0.2 GB."""
+    from medmlops.config import load_params
+
     reason = _why_not()
     if reason:
         print(f"\ncontainer test skipped: {reason}", file=sys.stderr)
         pytest.skip(reason)
-    if os.environ.get(REUSE_ENV):  # an image built beforehand (`make images`): used as it is, and kept
-        yield os.environ[REUSE_ENV]
-        return
-    builder = [sys.executable, str(REPO / "docker" / "build_image.py")]
-    tag = f"localhost/medmlops-serve:test-{uuid.uuid4().hex[:8]}"
+    builder = [sys.executable, str(REPO / "docker" / "build_image.py"), "--tool", "buildah"]
+    names = load_params(REPO / "params.yaml").images
+    train_tag = f"test-{uuid.uuid4().hex[:8]}"
+    train = f"{names.registry}/{names.train}:{train_tag}"
+    serve = os.environ.get(REUSE_ENV) or f"localhost/medmlops-serve:{train_tag}"
     before = set(_run("podman", "images", "--all", "--quiet", "--no-trunc").stdout.split())
     watch = DiskWatch(_storage_root())
-    started = time.monotonic()
-    base = subprocess.run([*builder, "--base", "--dry-run"], capture_output=True, text=True, check=True)
-    base_name = base.stdout.strip().splitlines()[-1].split()[-1]
-    if _run("podman", "image", "exists", base_name, check=False).returncode != 0:
-        subprocess.run([*builder, "--base"], check=True, timeout=900, capture_output=True)
-    based = time.monotonic()
-    built = subprocess.run(
-        [*builder, "--tool", "buildah", "-f", "docker/serve.Dockerfile", "-t", tag],
-        cwd=REPO, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
-    size = _run("podman", "image", "inspect", tag, "--format", "{{.Size}}").stdout.strip()
-    print(
-        f"\nserve image: base {based - started:.0f} s, build {time.monotonic() - based:.0f} s, "
-        f"{int(size) / 1e9:.2f} GB, peak disk {watch.peak_gb():.1f} GB",
-        file=sys.stderr,
-    )
     try:
-        yield tag
+        started = time.monotonic()
+        base = subprocess.run([*builder, "--base", "--dry-run"], capture_output=True, text=True, check=True)
+        base_name = base.stdout.strip().splitlines()[-1].split()[-1]
+        if _run("podman", "image", "exists", base_name, check=False).returncode != 0:
+            subprocess.run([*builder, "--base"], check=True, timeout=900, capture_output=True)
+        times = {"base": time.monotonic() - started}
+        for kind, name, wanted in (("serve", serve, not os.environ.get(REUSE_ENV)), ("train", train, True)):
+            if wanted:
+                started = time.monotonic()
+                built = subprocess.run(
+                    [*builder, "-f", f"docker/{kind}.Dockerfile", "-t", name],
+                    cwd=REPO, capture_output=True, text=True, timeout=1800,
+                )  # fmt: skip
+                assert built.returncode == 0, built.stdout[-4000:] + built.stderr[-4000:]
+                times[kind] = time.monotonic() - started
+        sizes = {
+            kind: int(_run("podman", "image", "inspect", name, "--format", "{{.Size}}").stdout.strip()) / 1e9
+            for kind, name in (("serve", serve), ("train", train))
+        }
+        print(
+            "\nimages: " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items())
+            + f"; serve {sizes['serve']:.2f} GB, train {sizes['train']:.2f} GB (sharing all but their last layers); "
+            f"peak disk {watch.peak_gb():.1f} GB",
+            file=sys.stderr,
+        )  # fmt: skip
+        yield {"serve": serve, "train": train, "train_tag": train_tag}
     finally:
         _run("buildah", "rm", "--all", check=False)
-        _run("podman", "rmi", "--force", tag, check=False, timeout=300)
-        # the build's cached steps (buildah --layers), none older than this build
-        made = set(_run("podman", "images", "--all", "--quiet", "--no-trunc").stdout.split()) - before
-        if made:
-            _run("podman", "rmi", "--force", *made, check=False, timeout=300)
+        made = [train] if os.environ.get(REUSE_ENV) else [serve, train]
+        _run("podman", "rmi", "--force", *made, check=False, timeout=300)
+        # the builds' cached steps (buildah --layers), none older than this fixture
+        cached = set(_run("podman", "images", "--all", "--quiet", "--no-trunc").stdout.split()) - before
+        if cached:
+            _run("podman", "rmi", "--force", *cached, check=False, timeout=300)
 
 
 def _http(url: str, data: bytes | None = None, content_type: str | None = None) -> tuple[int, dict]:
@@ -199,7 +212,8 @@ class Container:
         _run(*RUNTIME, "rm", "--force", "--time", "5", self.name, check=False)
 
 
-def test_image_keeps_its_healthcheck_and_runs_as_10001(serve_image):
+def test_image_keeps_its_healthcheck_and_runs_as_10001(images):
+    serve_image = images["serve"]
     config = json.loads(_run("podman", "image", "inspect", serve_image).stdout)[0]
     assert config["Config"]["User"] == "10001:10001"
     assert config["Config"]["Env"] and any(
@@ -209,9 +223,10 @@ def test_image_keeps_its_healthcheck_and_runs_as_10001(serve_image):
     assert "HEALTHCHECK_PORT" in health, f"HEALTHCHECK lost (an OCI-format build drops it): {health}"
 
 
-def test_serve_and_monitor_as_containers(serve_image, registered_project, tmp_path):
+def test_serve_and_monitor_as_containers(images, registered_project, tmp_path):
     """Monitoring and serving as non-root containers on a read-only root: a good x-ray is answered and its record
     reaches monitoring, a bad one is a 4xx JSON answer; SIGTERM stops both with exit code 0."""
+    serve_image = images["serve"]
     # The MLflow store (SQLite + artifacts) mounted at the path its runs recorded, owned by the container's user.
     store = tmp_path / "store"
     shutil.copytree(registered_project / ".medmlops", store, ignore=shutil.ignore_patterns("runs", "spool", "kfp"))
@@ -258,3 +273,24 @@ def test_serve_and_monitor_as_containers(serve_image, registered_project, tmp_pa
     finally:
         for container in containers:
             container.remove()
+
+
+def test_the_local_pipeline_runs_every_step_in_the_train_image(images, tmp_path, monkeypatch):
+    """`medmlops pipeline run ich --local --containers`: kfp's DockerRunner against podman's Docker API (started by
+    the command), every step a container of the train image over the mounted project, as a cluster runs them."""
+    from medmlops.cli import main
+
+    from .pipelines.test_pipeline_local import _client, _project
+
+    project = _project(tmp_path / "project", ("ich",))
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    argv = ["pipeline", "run", "ich", "--local", "--containers", "--profile", "smoke", "--repo", str(project)]
+    assert main([*argv, "--tag", images["train_tag"]]) == 0
+    logs = sorted(p.name for p in (project / ".medmlops" / "kfp" / "logs" / "ich").glob("[0-9]*.log"))
+    assert len(logs) == 10 and logs[0] == "01-validate-data.log" and logs[-1] == "10-promote.log"
+    client = _client(f"sqlite:///{project / '.medmlops' / 'mlflow.db'}")
+    assert str(client.get_model_version_by_alias("ich-prognosis", "candidate").version) == "1"
+    left = _run("podman", "ps", "--all", "--quiet", "--filter", f"ancestor={images['train']}").stdout.split()
+    assert not left, f"step containers left behind: {left}"
