@@ -227,11 +227,20 @@ def part_cuda_tests(part: Part, ctx: Context) -> None:
         part.status, part.reason = "passed", f"{passed} passed"
 
 
+def _run_bench(
+    part: Part, ctx: Context, script: str, cpu_args: list[str], gpu_args: list[str]
+) -> tuple[int | None, Path]:
+    """Run one benchmark script with its dry-run or GPU arguments and ``--json``; its exit code (None: not run to
+    the end) and the JSON file it was asked to write."""
+    out = ctx.work / f"{Path(script).stem}.json"
+    args = cpu_args if ctx.cpu else gpu_args
+    return ctx.run(part, [sys.executable, str(BENCH / script), *args, "--json", str(out)]), out
+
+
 def part_bench_training(part: Part, ctx: Context) -> None:
-    out = ctx.work / "bench_training.json"
-    args = (["--profiles", "smoke", "--batch", "2", "--steps", "1", "--device", "cpu"] if ctx.cpu
-            else ["--profiles", "paper", "--batch", "8", "--steps", "5", "--device", "cuda"])  # fmt: skip
-    code = ctx.run(part, [sys.executable, str(BENCH / "bench_ich_training.py"), *args, "--json", str(out)])
+    code, out = _run_bench(part, ctx, "bench_ich_training.py",
+                           ["--profiles", "smoke", "--batch", "2", "--steps", "1", "--device", "cpu"],
+                           ["--profiles", "paper", "--batch", "8", "--steps", "5", "--device", "cuda"])  # fmt: skip
     if code is None:
         return
     rows = json.loads(out.read_text())["rows"] if out.is_file() else []
@@ -250,10 +259,9 @@ def part_bench_training(part: Part, ctx: Context) -> None:
 
 
 def part_bench_informer(part: Part, ctx: Context) -> None:
-    out = ctx.work / "bench_informer.json"
-    args = (["--size", "32", "--batch", "2", "--repeats", "1", "--device", "cpu"] if ctx.cpu
-            else ["--size", "320", "--batch", "16", "--repeats", "3", "--device", "cuda"])  # fmt: skip
-    code = ctx.run(part, [sys.executable, str(BENCH / "bench_informer.py"), *args, "--json", str(out)])
+    code, out = _run_bench(part, ctx, "bench_informer.py",
+                           ["--size", "32", "--batch", "2", "--repeats", "1", "--device", "cpu"],
+                           ["--size", "320", "--batch", "16", "--repeats", "3", "--device", "cuda"])  # fmt: skip
     if code is None:
         return
     if code != 0 or not out.is_file():
