@@ -13,7 +13,7 @@ variables together) is mounted at /etc/pip.conf, and every local path it names (
 file, find-links folders, file:// wheel indexes) is mounted read-only at the same path, so locked wheels that lie
 on this disk are installed from there. With Docker nothing is mounted: pip uses its defaults (PyPI).
 
---base: the image the Dockerfiles' `ARG BASE_IMAGE` default names (python:3.11-slim-bookworm), made from Debian
+--base: the image the Dockerfiles' FROM line names (python:3.11-slim-bookworm), made from Debian
 bookworm's packages where no registry is reachable: `mmdebstrap --variant=minbase` with python3, python3-venv
 and ca-certificates from the mirror apt is configured with, then `podman import` under that name.
 """
@@ -121,10 +121,10 @@ def build_command(
 
 
 def base_image_name(dockerfile: str) -> str:
-    """The default of the Dockerfile's ``ARG BASE_IMAGE`` (what its FROM line builds on)."""
-    match = re.search(r"^ARG BASE_IMAGE=(\S+)", (ROOT / dockerfile).read_text(), re.MULTILINE)
+    """The image the Dockerfile's FROM line builds on."""
+    match = re.search(r"^FROM (\S+)", (ROOT / dockerfile).read_text(), re.MULTILINE)
     if not match:
-        raise SystemExit(f"{dockerfile}: no `ARG BASE_IMAGE=NAME` line")
+        raise SystemExit(f"{dockerfile}: no FROM line")
     return match.group(1)
 
 

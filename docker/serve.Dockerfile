@@ -11,8 +11,7 @@
 # the lock's ==2.14.1, so none of the ~3 GB of CUDA wheels is installed). No index is hard-coded: pip uses its
 # defaults or the configuration the build mounts (docker/build_image.py mounts the host's pip configuration and
 # the local wheel indexes it names, read-only).
-ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM python:3.11-slim-bookworm
 ARG TORCH_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

@@ -13,8 +13,7 @@
 # word for word (tests/test_images.py checks it), so the two images share those layers. TORCH_INDEX_URL as there
 # (empty: the lock's CUDA build, what the GPU steps need; a CPU index only for a CPU-only train image).
 # No index is hard-coded: pip uses its defaults or the configuration the build mounts (docker/build_image.py).
-ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM python:3.11-slim-bookworm
 ARG TORCH_INDEX_URL=""
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \

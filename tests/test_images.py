@@ -52,7 +52,7 @@ def test_no_index_is_hard_coded_and_torch_comes_from_the_lock(dockerfile):
     assert not [line for line in lines if re.search(r"torch==\S*\+cpu", line)], "a CPU wheel the lock does not pin"
     args = dict(re.findall(r"^ARG (\w+)(?:=(.*))?$", "\n".join(lines), re.MULTILINE))
     assert args.get("TORCH_INDEX_URL", '""') in ('""', ""), "torch's index is chosen by a build argument, empty"
-    assert lines[1] == "FROM ${BASE_IMAGE}" and args["BASE_IMAGE"] == "python:3.11-slim-bookworm"
+    assert lines[0] == "FROM python:3.11-slim-bookworm"  # `make base-image` makes it where no registry is reachable
     assert sum(line.startswith("FROM ") for line in lines) == 1, "one stage: no second copy of the virtualenv"
     install = next(line for line in lines if "-c requirements.lock" in line)
     assert "-r docker/requirements-cluster.txt" in install
