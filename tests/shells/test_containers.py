@@ -1,14 +1,16 @@
-"""The images, built and run: docker/serve.Dockerfile built with buildah (the same code path as `make images`,
-docker/build_image.py), then `medmlops monitor serve` and `medmlops serve` as containers on 127.0.0.1, the way the
-Kubernetes pods run them: uid 10001, read-only root filesystem, writable /tmp and /home/app only (the emptyDirs),
-the MLflow store mounted. A good and a bad image over HTTP, the record in the monitoring service, SIGTERM and a
-clean exit.
+"""The images, built and run: docker/serve.Dockerfile and docker/train.Dockerfile built with buildah (the same code
+path as `make images`, docker/build_image.py), then `medmlops monitor serve` and `medmlops serve` as containers on
+127.0.0.1, the way the Kubernetes pods run them: uid 10001, read-only root filesystem, writable /tmp and /home/app
+only (the emptyDirs), the MLflow store mounted. A good and a bad image over HTTP, the record in the monitoring
+service, the HEALTHCHECK, SIGTERM and a clean exit. Then the ich smoke pipeline with every step in the train image
+(`medmlops pipeline run ich --local --containers`: kfp's DockerRunner against podman's Docker API).
 
-Marked slow. Skipped, with the reason in pytest's summary, when buildah/podman/runc are missing (`make test`
-installs them on Debian: the Makefile's `containers` target) or when the disk holding the container storage has
-less free space than a build needs (:data:`NEED_GB`). ``MEDMLOPS_TEST_SERVE_IMAGE=NAME`` tests an image built
-beforehand instead of building one. The base image (docker/build_image.py --base, mmdebstrap) is
-made when missing and kept; the serve image is removed at the end.
+Marked slow. Skipped, with the reason in pytest's summary, when buildah/podman/runc/mmdebstrap are missing (`make
+test` installs them on Debian: the Makefile's `containers` target), when not root, or when the disk holding the
+container storage has less free space than the build needs (:data:`NEED_GB`). ``MEDMLOPS_TEST_SERVE_IMAGE=NAME``
+tests a serve image built beforehand instead of building one. The base image (docker/build_image.py --base,
+mmdebstrap) is made when missing. Everything the test made (images, cached build layers, the base image if it
+made it) is removed at the end.
 """
 
 from __future__ import annotations
