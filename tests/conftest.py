@@ -162,6 +162,20 @@ def _keep_the_working_directory() -> Iterator[None]:
         os.chdir(cwd)
 
 
+@pytest.fixture(autouse=True)
+def _our_loggers_enabled() -> None:
+    """A library called in-process by an earlier test may have run ``logging.config.dictConfig`` with
+    ``disable_existing_loggers: True`` (BentoML's CLI logging does), which disables every logger that existed then,
+    ours included, for the rest of the session: a later test's ``caplog`` would see none of our warnings. Enable
+    ours again before each test."""
+    import logging
+
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.split(".")[0] in ("medmlops", "pipelines", "monitoring",
+                                                                         "serving", "components"):  # fmt: skip
+            logger.disabled = False
+
+
 @contextlib.contextmanager
 def small_disk(path: Path, size: str = "64k") -> Iterator[Path]:
     """A real tmpfs of ``size`` mounted at ``path``: writes past it fail with ENOSPC, and after
