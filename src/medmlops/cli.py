@@ -242,7 +242,8 @@ def cmd_pipeline_step(args: argparse.Namespace) -> int:
 
 def cmd_weights_check(args: argparse.Namespace) -> int:
     """Where each backbone's ImageNet weights are (the store, a library cache, missing) and who needs them."""
-    from medmlops.models.weights import check_loads, make_command, weights_plan
+    from medmlops.models.backbones import check_loads
+    from medmlops.models.weights import make_command, weights_plan
 
     params = params_from_args(args)
     names = args.experiments or list(params.experiments)

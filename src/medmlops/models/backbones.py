@@ -17,28 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-# Paper-style key → (library, model name). timm wherever it has the architecture (checked with timm.list_models);
-# torchvision for GoogLeNet and ShuffleNetV2, which timm does not provide.
-BACKBONES: dict[str, tuple[str, str]] = {
-    "densenet121": ("timm", "densenet121"),
-    "densenet161": ("timm", "densenet161"),
-    "densenet169": ("timm", "densenet169"),
-    "densenet201": ("timm", "densenet201"),
-    "efficientnet_b0": ("timm", "efficientnet_b0"),
-    "efficientnet_b1_pruned": ("timm", "efficientnet_b1_pruned"),
-    "efficientnet_es": ("timm", "efficientnet_es"),
-    "efficientnet_es_pruned": ("timm", "efficientnet_es_pruned"),
-    "efficientnet_lite0": ("timm", "efficientnet_lite0"),
-    "googlenet": ("torchvision", "googlenet"),
-    "mobilenet_v2": ("timm", "mobilenetv2_100"),
-    "resnet18": ("timm", "resnet18"),
-    "resnet34": ("timm", "resnet34"),
-    "resnet50": ("timm", "resnet50"),
-    "resnet101": ("timm", "resnet101"),
-    "wide_resnet50_2": ("timm", "wide_resnet50_2"),
-    "shufflenet_v2_x0_5": ("torchvision", "shufflenet_v2_x0_5"),
-    "shufflenet_v2_x1_0": ("torchvision", "shufflenet_v2_x1_0"),
-}
+from medmlops.models.names import BACKBONES  # the table of names; re-exported here
 
 # Checkpoint keys that belong to a classifier (ImageNet's 1000-way layer, GoogLeNet's auxiliary classifiers):
 # they have no counterpart in a bare backbone and are ignored when loading a weights file.
@@ -254,3 +233,16 @@ def average_state_dicts(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Ten
         else:
             averaged[key] = ta.clone()
     return averaged
+
+
+def check_loads(entries) -> None:
+    """Load every weights file found (``models.weights.weights_plan``'s entries) into its backbone; set ``problem``
+    where it does not fit (another architecture, the other library's key names)."""
+    from medmlops.models.weights import MissingWeightsError, WeightsError
+
+    for entry in entries:
+        if entry.source.found:
+            try:
+                build_backbone(entry.source.name, weights_path=entry.source.path)
+            except (WeightsError, MissingWeightsError) as exc:
+                entry.problem = str(exc)

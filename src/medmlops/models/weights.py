@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 import torch
 
 from medmlops.errors import UserError
-from medmlops.models.backbones import BACKBONES
+from medmlops.models.names import BACKBONES
 
 if TYPE_CHECKING:
     from medmlops.config import Params
@@ -281,15 +281,3 @@ def weights_plan(
             users = entries[key].needed_by if exp.weights_path or train.pretrained else entries[key].unused_by
             users.append(name)
     return list(entries.values()), skipped
-
-
-def check_loads(entries: list[BackboneWeights]) -> None:
-    """Load every file found into its backbone; set ``problem`` where it does not fit (another architecture)."""
-    from medmlops.models.backbones import build_backbone
-
-    for entry in entries:
-        if entry.source.found:
-            try:
-                build_backbone(entry.source.name, weights_path=entry.source.path)
-            except (WeightsError, MissingWeightsError) as exc:
-                entry.problem = str(exc)
