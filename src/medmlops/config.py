@@ -23,6 +23,8 @@ from medmlops.errors import UserError, did_you_mean, unknown_name
 from medmlops.paths import state_path
 
 PROFILES = ("smoke", "demo", "paper")
+# CheXpert cohorts (data.chexpert.cohort): all = every image; paper = Shu et al.'s INFORMER cohort (data.readers).
+CHEXPERT_COHORTS = ("all", "paper")
 
 
 class ConfigError(UserError, ValueError):
@@ -63,7 +65,7 @@ class ChexpertData:
     cohort: str = "all"
 
     def __post_init__(self) -> None:
-        if self.cohort not in ("all", "paper"):
+        if self.cohort not in CHEXPERT_COHORTS:
             raise ConfigError(f"data.chexpert.cohort must be all or paper, got '{self.cohort}'")
         if self.cohort == "paper" and not self.frontal_only:
             raise ConfigError("data.chexpert.cohort paper uses frontal images only: set data.chexpert.frontal_only "
@@ -611,13 +613,15 @@ def _clear_train_layers(tree: dict[str, Any], dotted: str) -> None:
     parts = dotted.split(".")
     if len(parts) != 2 or parts[0] != "train" or parts[1] == "families":
         return
-    key = parts[1]
-    for layer in (tree.get("train") or {}).get("families", {}).values() if isinstance(tree.get("train"), dict) else ():
+
+    def mapping(value: Any) -> dict[str, Any]:  # a malformed section is named by the type checks after the merge
+        return value if isinstance(value, dict) else {}
+
+    families = mapping(mapping(tree.get("train")).get("families"))
+    experiments = mapping(tree.get("experiments"))
+    for layer in [*families.values(), *(mapping(e).get("train") for e in experiments.values())]:
         if isinstance(layer, dict):
-            layer.pop(key, None)
-    for exp in (tree.get("experiments") or {}).values():
-        if isinstance(exp, dict) and isinstance(exp.get("train"), dict):
-            exp["train"].pop(key, None)
+            layer.pop(parts[1], None)
 
 
 def _deep_merge(base: dict[str, Any], override: dict[str, Any], source: str) -> dict[str, Any]:

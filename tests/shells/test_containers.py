@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from ..conftest import REPO, _free_port
+from ..conftest import REPO, _free_port, _get
 
 pytestmark = pytest.mark.slow
 
@@ -193,12 +193,8 @@ class Container:
     def wait_ready(self, url: str, timeout_s: float = 240) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
+            if _get(url) == 200:
+                return
             if not self.running():
                 break
             time.sleep(1)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medmlops.config import CHEXPERT_COHORTS  # all; paper: Shu et al.'s cohort (chexpert_selection)
 from medmlops.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -303,8 +304,6 @@ def apply_uncertainty_policy(values: pd.Series | np.ndarray, policy: str) -> np.
 
 
 CHEXPERT_SPLITS = ("train", "valid", "test")  # test.csv: CheXpert's official test labels, when the user has them
-# all: every image (today's default); paper: Shu et al.'s INFORMER cohort (see chexpert_selection).
-CHEXPERT_COHORTS = ("all", "paper")
 # The csvs a cohort's training manifest holds. "all" mixes train.csv and valid.csv into patient-grouped folds. "paper"
 # keeps each csv in its own role (training.splits.official_splits): Shu et al. train on train.csv, choose the Youden
 # thresholds on valid.csv (where INFORMER's τ is tuned too) and test on test.csv; no image of valid.csv or test.csv
@@ -351,8 +350,6 @@ def chexpert_selection(frame: pd.DataFrame, cohort: str, frontal_only: bool) -> 
     keep a patient's all-negative images (with no finding "for the prevalence") because another of their studies
     is positive.
     """
-    if cohort not in CHEXPERT_COHORTS:
-        raise DataError(f"unknown CheXpert cohort '{cohort}': set data.chexpert.cohort to all or paper")
     steps = [("rows", len(frame))]
     if frontal_only or cohort == "paper":
         frame = frame[frame["view"] == "Frontal"]
